@@ -1,0 +1,80 @@
+//! A secret string that never shows itself.
+//!
+//! Wraps [`secrecy::SecretString`]: zeroized on drop, redacted in `Debug` and
+//! `Display`, and deliberately not `Serialize`. Reading it takes an explicit
+//! [`Secret::expose`] call, which makes every use easy to audit.
+
+use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
+
+/// A client secret, password, token, code or verifier.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(SecretString::from(value.into()))
+    }
+
+    /// The value in clear. Call only where the value must leave the process
+    /// (a request to the provider, a SASL exchange, sealing).
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.expose().is_empty()
+    }
+}
+
+impl PartialEq for Secret {
+    /// Constant-time comparison.
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.expose()
+            .as_bytes()
+            .ct_eq(other.expose().as_bytes())
+            .into()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([REDACTED])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret::new(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret::new(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_shows_itself() {
+        let s = Secret::new("hunter2-very-secret");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{s}").contains("hunter2"));
+        assert_eq!(s.expose(), "hunter2-very-secret");
+        assert_eq!(s, Secret::new("hunter2-very-secret"));
+        assert_ne!(s, Secret::new("other"));
+    }
+}
