@@ -1,0 +1,134 @@
+//! `mailsync`: every admin and user step of Gmail server-side sync from a
+//! terminal, over the embedded SQLite store.
+//!
+//! Output is a human table by default and JSON with `--json`. Every failure
+//! prints one line, `mailsync: <message> [<code>]`, and exits with status 1
+//! (2 for command-line usage errors). Secrets are never taken from the
+//! command line, where other users could see them in the process list: pass
+//! them through an environment variable or a file (`-` for stdin).
+
+mod output;
+mod profile_cmds;
+
+use clap::{Parser, Subcommand};
+use mailsync::{Error, ErrorCode, MailSync};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "mailsync",
+    version,
+    about = "Gmail OAuth server-side mail sync for CRMs"
+)]
+struct Cli {
+    /// SQLite database file (its seal key lives next to it as <db>.key).
+    #[arg(
+        long,
+        global = true,
+        env = "MAILSYNC_DB",
+        default_value = "mailsync.db"
+    )]
+    db: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Email server profiles.
+    #[command(subcommand)]
+    Profile(profile_cmds::ProfileCmd),
+    /// Mailboxes.
+    #[command(subcommand)]
+    Mailbox(profile_cmds::MailboxCmd),
+    /// Lists every error code with what to do about it.
+    ErrorCodes,
+}
+
+/// What a command printed, for the two output styles.
+pub struct Ctx {
+    pub sync: MailSync,
+    pub json: bool,
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    if let Command::ErrorCodes = cli.command {
+        output::error_codes(cli.json);
+        return Ok(());
+    }
+    let sync = MailSync::open_sqlite(&cli.db).await?;
+    let ctx = Ctx {
+        sync,
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Profile(cmd) => profile_cmds::run_profile(&ctx, cmd).await,
+        Command::Mailbox(cmd) => profile_cmds::run_mailbox(&ctx, cmd).await,
+        Command::ErrorCodes => Ok(()),
+    };
+    ctx.sync.close().await;
+    result
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MAILSYNC_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mailsync: cannot start the async runtime: {e} [internal]");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            output::error(&err, json);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads a secret from an environment variable or a file (`-` = stdin).
+pub fn read_secret(
+    env: Option<&str>,
+    file: Option<&PathBuf>,
+    what: &str,
+) -> Result<Option<String>, Error> {
+    if let Some(name) = env {
+        return std::env::var(name)
+            .map(|v| Some(v.trim_end_matches(['\r', '\n']).to_owned()))
+            .map_err(|_| {
+                Error::validation(what, format!("environment variable {name} is not set"))
+            });
+    }
+    if let Some(path) = file {
+        let text = if path.as_os_str() == "-" {
+            let mut buf = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf).map_err(|e| {
+                Error::new(
+                    ErrorCode::Validation,
+                    format!("{what}: cannot read stdin: {e}"),
+                )
+            })?;
+            buf
+        } else {
+            std::fs::read_to_string(path).map_err(|e| {
+                Error::validation(what, format!("cannot read {}: {e}", path.display()))
+            })?
+        };
+        return Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()));
+    }
+    Ok(None)
+}
