@@ -7,6 +7,7 @@
 //! command line, where other users could see them in the process list: pass
 //! them through an environment variable or a file (`-` for stdin).
 
+mod check_cmds;
 mod output;
 mod profile_cmds;
 
@@ -33,6 +34,12 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Also trust this CA certificate (PEM) for TLS to mail and OAuth servers.
+    #[arg(long, global = true, env = "MAILSYNC_EXTRA_ROOT_CERT")]
+    extra_root_cert: Option<PathBuf>,
+    /// Send Gmail OAuth to this issuer instead of Google (local test stacks, proxies).
+    #[arg(long, global = true, env = "MAILSYNC_GOOGLE_ISSUER_OVERRIDE")]
+    google_issuer_override: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,7 +67,17 @@ async fn run(cli: Cli) -> Result<(), Error> {
         output::error_codes(cli.json);
         return Ok(());
     }
-    let sync = MailSync::open_sqlite(&cli.db).await?;
+    let mut settings = mailsync::oauth::Settings::default();
+    if let Some(path) = &cli.extra_root_cert {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| Error::validation("extra_root_cert", format!("cannot read {}: {e}", path.display())))?;
+        settings.extra_root_certs_pem.push(pem);
+    }
+    if let Some(issuer) = &cli.google_issuer_override {
+        let url = mailsync::model::validate::issuer_url("google_issuer_override", issuer)?;
+        settings.google_issuer_override = Some(url);
+    }
+    let sync = MailSync::open_sqlite_with(&cli.db, settings).await?;
     let ctx = Ctx {
         sync,
         json: cli.json,

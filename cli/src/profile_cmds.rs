@@ -132,6 +132,14 @@ pub enum ProfileCmd {
         /// Name or id.
         profile: String,
     },
+    /// Tests and enables every mailbox of the profile.
+    TestAll {
+        /// Name or id.
+        profile: String,
+        /// Also send a test message from each mailbox to itself.
+        #[arg(long)]
+        send_test_message: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +179,14 @@ pub enum MailboxCmd {
     Delete {
         /// Email address or id.
         mailbox: String,
+    },
+    /// Tests incoming and outgoing settings and enables what passes.
+    TestEnable {
+        /// Email address or id.
+        mailbox: String,
+        /// Also send a test message from the mailbox to itself.
+        #[arg(long)]
+        send_test_message: bool,
     },
 }
 
@@ -333,6 +349,10 @@ pub async fn run_profile(ctx: &Ctx, cmd: ProfileCmd) -> Result<(), Error> {
             let profile = ctx.sync.set_default_profile(&profile.id).await?;
             show_profile(ctx, &profile).await
         }
+        ProfileCmd::TestAll {
+            profile,
+            send_test_message,
+        } => crate::check_cmds::test_all(ctx, &profile, send_test_message).await,
         ProfileCmd::Delete { profile } => {
             let profile = ctx.sync.find_profile(&profile).await?;
             ctx.sync.delete_profile(&profile.id).await?;
@@ -444,6 +464,10 @@ pub async fn run_mailbox(ctx: &Ctx, cmd: MailboxCmd) -> Result<(), Error> {
             }
             Ok(())
         }
+        MailboxCmd::TestEnable {
+            mailbox,
+            send_test_message,
+        } => crate::check_cmds::test_enable(ctx, &mailbox, send_test_message).await,
         MailboxCmd::Delete { mailbox } => {
             let mailbox = ctx.sync.find_mailbox(&mailbox).await?;
             ctx.sync.delete_mailbox(&mailbox.id).await?;

@@ -58,11 +58,14 @@
 pub mod directory;
 pub mod error;
 pub mod model;
-// pub mod net; (enabled once the transports land)
-// pub mod sasl;
+pub mod oauth;
+pub mod check;
+pub mod net;
+pub mod sasl;
 pub mod store;
 
 pub use error::{Error, ErrorCode, Result};
+pub use oauth::Settings;
 pub use store::{MemoryStore, SealKey, SqliteStore, Store};
 
 use std::path::{Path, PathBuf};
@@ -78,6 +81,7 @@ pub struct MailSync {
 
 struct Inner {
     store: Arc<dyn Store>,
+    oauth: oauth::Runtime,
 }
 
 impl std::fmt::Debug for MailSync {
@@ -119,8 +123,35 @@ impl MailSync {
     /// Any [`Store`] implementation.
     pub fn with_store(store: Arc<dyn Store>) -> MailSync {
         MailSync {
-            inner: Arc::new(Inner { store }),
+            inner: Arc::new(Inner {
+                store,
+                oauth: oauth::Runtime::new(Settings::default()),
+            }),
         }
+    }
+
+    /// Any [`Store`] with [`Settings`] (extra root certificates, provider
+    /// override, refresh skew, event listener, ...). Fails with `validation`
+    /// on unusable settings (e.g. a PEM without certificates).
+    pub fn with_store_and_settings(store: Arc<dyn Store>, settings: Settings) -> Result<MailSync> {
+        let runtime = oauth::Runtime::new(settings);
+        runtime.check()?;
+        Ok(MailSync {
+            inner: Arc::new(Inner { store, oauth: runtime }),
+        })
+    }
+
+    /// Like [`MailSync::open_sqlite`], with [`Settings`].
+    pub async fn open_sqlite_with(path: impl AsRef<Path>, settings: Settings) -> Result<MailSync> {
+        let path = path.as_ref();
+        let key = SealKey::load_or_create(default_key_path(path))?;
+        let store = SqliteStore::open(path, key).await?;
+        MailSync::with_store_and_settings(Arc::new(store), settings)
+    }
+
+    /// Like [`MailSync::in_memory`], with [`Settings`].
+    pub fn in_memory_with(settings: Settings) -> Result<MailSync> {
+        MailSync::with_store_and_settings(Arc::new(MemoryStore::new()), settings)
     }
 
     /// Closes the store cleanly (SQLite: waits for connections and checkpoints
