@@ -4,26 +4,44 @@
 use mailsync::check::{DirectionReport, TestOptions, TestReport};
 use mailsync::{Error, ErrorCode};
 
-use crate::output;
 use crate::Ctx;
+use crate::output;
 
 fn print_direction(label: &str, d: &DirectionReport) {
     let verdict = if d.success { "passed" } else { "FAILED" };
-    println!("  {label:<9}{} {} — {verdict} in {} ms", d.protocol, d.server, d.duration_ms);
+    println!(
+        "  {label:<9}{} {} — {verdict} in {} ms",
+        d.protocol, d.server, d.duration_ms
+    );
     for step in &d.steps {
         let mark = if step.ok { "ok  " } else { "FAIL" };
-        let detail = step.detail.as_deref().map(|t| format!("  {t}")).unwrap_or_default();
-        println!("    {mark} {:<13}{:>5} ms{detail}", step.step, step.duration_ms);
+        let detail = step
+            .detail
+            .as_deref()
+            .map(|t| format!("  {t}"))
+            .unwrap_or_default();
+        println!(
+            "    {mark} {:<13}{:>5} ms{detail}",
+            step.step, step.duration_ms
+        );
     }
     if let Some(diag) = &d.diagnosis {
-        let retry = if diag.transient { "will be retried" } else { "direction disabled" };
+        let retry = if diag.transient {
+            "will be retried"
+        } else {
+            "direction disabled"
+        };
         println!("    => {} [{}], {retry}", diag.message, diag.code);
         println!("    => what to do: {}", diag.next_action);
     }
 }
 
 fn print_report(report: &TestReport) {
-    let verdict = if report.is_success() { "ENABLED" } else { "NEEDS ATTENTION" };
+    let verdict = if report.is_success() {
+        "ENABLED"
+    } else {
+        "NEEDS ATTENTION"
+    };
     println!("{}: {verdict}", report.email);
     if let Some(d) = &report.incoming {
         print_direction("incoming", d);
@@ -40,11 +58,17 @@ fn print_report(report: &TestReport) {
 
 /// The command fails (exit 1) when a check failed, so scripts can branch on it.
 fn verdict(reports: &[TestReport]) -> Result<(), Error> {
-    match reports.iter().find_map(|r| r.first_failure().map(|d| (r, d))) {
+    match reports
+        .iter()
+        .find_map(|r| r.first_failure().map(|d| (r, d)))
+    {
         None => Ok(()),
         Some((r, d)) => {
             let code = ErrorCode::parse(&d.code).unwrap_or(ErrorCode::Internal);
-            Err(Error::new(code, format!("{}: {} failed: {}", r.email, d.step, d.message)))
+            Err(Error::new(
+                code,
+                format!("{}: {} failed: {}", r.email, d.step, d.message),
+            ))
         }
     }
 }

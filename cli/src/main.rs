@@ -8,6 +8,7 @@
 //! them through an environment variable or a file (`-` for stdin).
 
 mod check_cmds;
+mod oauth_cmds;
 mod output;
 mod profile_cmds;
 
@@ -51,7 +52,7 @@ enum Command {
     Profile(profile_cmds::ProfileCmd),
     /// Mailboxes.
     #[command(subcommand)]
-    Mailbox(profile_cmds::MailboxCmd),
+    Mailbox(oauth_cmds::MailboxAll),
     /// Lists every error code with what to do about it.
     ErrorCodes,
 }
@@ -69,8 +70,12 @@ async fn run(cli: Cli) -> Result<(), Error> {
     }
     let mut settings = mailsync::oauth::Settings::default();
     if let Some(path) = &cli.extra_root_cert {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| Error::validation("extra_root_cert", format!("cannot read {}: {e}", path.display())))?;
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            Error::validation(
+                "extra_root_cert",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
         settings.extra_root_certs_pem.push(pem);
     }
     if let Some(issuer) = &cli.google_issuer_override {
@@ -84,7 +89,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
     };
     let result = match cli.command {
         Command::Profile(cmd) => profile_cmds::run_profile(&ctx, cmd).await,
-        Command::Mailbox(cmd) => profile_cmds::run_mailbox(&ctx, cmd).await,
+        Command::Mailbox(oauth_cmds::MailboxAll::Directory(cmd)) => {
+            profile_cmds::run_mailbox(&ctx, cmd).await
+        }
+        Command::Mailbox(oauth_cmds::MailboxAll::OAuth(cmd)) => oauth_cmds::run(&ctx, cmd).await,
         Command::ErrorCodes => Ok(()),
     };
     ctx.sync.close().await;
@@ -92,8 +100,12 @@ async fn run(cli: Cli) -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
+    // async-imap logs raw commands (including the SASL line that carries the
+    // token) at trace level; keep that target off whatever MAILSYNC_LOG says.
+    let filter = tracing_subscriber::EnvFilter::from_env("MAILSYNC_LOG")
+        .add_directive("async_imap=off".parse().expect("static directive"));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("MAILSYNC_LOG"))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -62,10 +62,10 @@ impl MailSync {
 
     /// A profile by id or by name (case-insensitive).
     pub async fn find_profile(&self, id_or_name: &str) -> Result<ServerProfile> {
-        if let Ok(id) = ProfileId::parse(id_or_name) {
-            if let Some(profile) = self.store().get_profile(&id).await? {
-                return Ok(profile);
-            }
+        if let Ok(id) = ProfileId::parse(id_or_name)
+            && let Some(profile) = self.store().get_profile(&id).await?
+        {
+            return Ok(profile);
         }
         self.store()
             .list_profiles()
@@ -174,10 +174,10 @@ impl MailSync {
 
     /// A mailbox by id or email address.
     pub async fn find_mailbox(&self, id_or_email: &str) -> Result<Mailbox> {
-        if let Ok(id) = MailboxId::parse(id_or_email) {
-            if let Some(mailbox) = self.store().get_mailbox(&id).await? {
-                return Ok(mailbox);
-            }
+        if let Ok(id) = MailboxId::parse(id_or_email)
+            && let Some(mailbox) = self.store().get_mailbox(&id).await?
+        {
+            return Ok(mailbox);
         }
         let email = id_or_email.trim().to_ascii_lowercase();
         self.store()

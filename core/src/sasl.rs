@@ -125,7 +125,10 @@ impl fmt::Debug for SaslResponse {
 }
 
 fn check_field(field: &str, value: &str, forbidden: &[char]) -> Result<()> {
-    if value.chars().any(|c| forbidden.contains(&c) || c == '\r' || c == '\n') {
+    if value
+        .chars()
+        .any(|c| forbidden.contains(&c) || c == '\r' || c == '\n')
+    {
         return Err(Error::validation(
             field,
             "contains a character that SASL cannot carry",
@@ -368,8 +371,11 @@ mod tests {
     #[test]
     fn xoauth2_format_matches_google_doc() {
         // Example from Google's XOAUTH2 documentation.
-        let r = xoauth2_initial_response("someuser@example.com", &Secret::new("ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"))
-            .unwrap();
+        let r = xoauth2_initial_response(
+            "someuser@example.com",
+            &Secret::new("ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"),
+        )
+        .unwrap();
         assert_eq!(
             r.to_base64().as_str(),
             "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
@@ -439,7 +445,10 @@ mod tests {
     fn answers_and_names() {
         assert_eq!(Mechanism::XOAuth2.error_challenge_answer(), b"");
         assert_eq!(Mechanism::OAuthBearer.error_challenge_answer(), b"\x01");
-        assert_eq!(encode_base64(Mechanism::OAuthBearer.error_challenge_answer()), "AQ==");
+        assert_eq!(
+            encode_base64(Mechanism::OAuthBearer.error_challenge_answer()),
+            "AQ=="
+        );
         for m in Mechanism::ALL {
             assert_eq!(Mechanism::parse(m.as_str()), Some(m));
             assert_eq!(Mechanism::parse(&m.as_str().to_lowercase()), Some(m));

@@ -141,10 +141,10 @@ impl OAuthApp {
         self.javascript_origins = vec![origin_text];
         self.redirect_uris.retain(|u| u != &redirect);
         self.redirect_uris.insert(0, redirect);
-        if let Some(domain) = origin.host_str().and_then(validate::registrable_domain) {
-            if !self.consent_screen.authorized_domains.contains(&domain) {
-                self.consent_screen.authorized_domains.push(domain);
-            }
+        if let Some(domain) = origin.host_str().and_then(validate::registrable_domain)
+            && !self.consent_screen.authorized_domains.contains(&domain)
+        {
+            self.consent_screen.authorized_domains.push(domain);
         }
         Ok(self)
     }

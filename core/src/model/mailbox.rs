@@ -344,10 +344,10 @@ impl Mailbox {
                 "is allowed only on forward and queue mailboxes",
             ));
         }
-        if let Some(creds) = &self.credentials {
-            if creds.username.trim().is_empty() {
-                return Err(Error::validation("credentials.username", "is required"));
-            }
+        if let Some(creds) = &self.credentials
+            && creds.username.trim().is_empty()
+        {
+            return Err(Error::validation("credentials.username", "is required"));
         }
         Ok(())
     }

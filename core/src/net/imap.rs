@@ -32,8 +32,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::io::{LineStream, MailStream};
 use super::{
-    ConnectOptions, CredentialSource, Credentials, Step, StepError, Steps,
-    check_plaintext_allowed, choose_mechanism, open, timeout_error, tls_handshake, with_timeout,
+    ConnectOptions, CredentialSource, Credentials, Step, StepError, Steps, check_plaintext_allowed,
+    choose_mechanism, open, timeout_error, tls_handshake, with_timeout,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::profile::{Endpoint, Security};
@@ -191,7 +191,10 @@ async fn raw_capability(client: &mut Client<MailStream>, tag: &str) -> Result<Ve
         .write_all(line.as_bytes())
         .await
         .map_err(|e| super::io_error(PROTO, &e))?;
-    stream.flush().await.map_err(|e| super::io_error(PROTO, &e))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| super::io_error(PROTO, &e))?;
     let mut caps = Vec::new();
     loop {
         let resp = client
@@ -206,9 +209,9 @@ async fn raw_capability(client: &mut Client<MailStream>, tag: &str) -> Result<Ve
             Response::Done {
                 tag: t,
                 status,
-                information,
-                ..
+                outcome,
             } if t.0 == tag => {
+                let information = &outcome.information;
                 return match status {
                     imap_proto::Status::Ok => Ok(caps),
                     _ => Err(Error::new(
@@ -222,9 +225,9 @@ async fn raw_capability(client: &mut Client<MailStream>, tag: &str) -> Result<Ve
             }
             Response::Data {
                 status: imap_proto::Status::Bye,
-                information,
-                ..
+                outcome,
             } => {
+                let information = &outcome.information;
                 return Err(Error::new(
                     ErrorCode::ServerUnavailable,
                     format!(
@@ -251,12 +254,8 @@ async fn read_greeting(client: &mut Client<MailStream>) -> Result<String> {
             )
         })?;
     match resp.parsed() {
-        Response::Data {
-            status,
-            information,
-            ..
-        } => {
-            let text = information.as_deref().unwrap_or("").to_owned();
+        Response::Data { status, outcome } => {
+            let text = outcome.information.as_deref().unwrap_or("").to_owned();
             match status {
                 imap_proto::Status::Ok => Ok(text),
                 imap_proto::Status::Bye => Err(Error::new(
@@ -361,14 +360,20 @@ fn parse_no(s: &str) -> (bool, String) {
         .find("info: Some(\"")
         .map(|i| {
             let rest = &s[i + 12..];
-            rest.strip_suffix("\")").unwrap_or(rest).replace("\\\"", "\"")
+            rest.strip_suffix("\")")
+                .unwrap_or(rest)
+                .replace("\\\"", "\"")
         })
         .unwrap_or_default();
     (alert, info)
 }
 
 /// Classifies an error from AUTHENTICATE / LOGIN.
-fn auth_error(err: async_imap::error::Error, challenge: Option<&[u8]>, creds: &Credentials) -> Error {
+fn auth_error(
+    err: async_imap::error::Error,
+    challenge: Option<&[u8]>,
+    creds: &Credentials,
+) -> Error {
     use async_imap::error::Error as E;
     let decoded = challenge.map(|c| SaslChallenge::from_json(c).unwrap_or_default());
     match err {
@@ -380,14 +385,22 @@ fn auth_error(err: async_imap::error::Error, challenge: Option<&[u8]>, creds: &C
                     ErrorCode::ServerUnavailable,
                     format!("the IMAP server could not authenticate now: NO {info}"),
                 )
-            } else if alert
-                && decoded.is_none()
-                && !(matches!(creds, Credentials::Password { .. })
-                    && (upper.contains("PASSWORD") || upper.contains("WEB BROWSER")))
+            } else if decoded.is_none()
+                && (upper.starts_with("[CONTACTADMIN]")
+                    || (alert
+                        && !(matches!(creds, Credentials::Password { .. })
+                            && (upper.contains("PASSWORD") || upper.contains("WEB BROWSER")))))
             {
+                // A rejected token always gets the JSON challenge first; NO
+                // without one, with [ALERT] (Gmail: "not enabled for IMAP
+                // use") or [CONTACTADMIN] (Dovecot nologin), means the
+                // account may not use IMAP.
                 Error::new(
                     ErrorCode::ProtocolDisabled,
-                    format!("the IMAP server refuses this account: NO [ALERT] {info}"),
+                    format!(
+                        "the IMAP server accepted the login but refuses IMAP for this account: NO {}{info}",
+                        if alert { "[ALERT] " } else { "" }
+                    ),
                 )
             } else {
                 let what = match &decoded {
@@ -416,7 +429,10 @@ fn auth_error(err: async_imap::error::Error, challenge: Option<&[u8]>, creds: &C
             ErrorCode::ProtocolError,
             "the IMAP server sent a malformed answer during authentication",
         ),
-        other => Error::new(ErrorCode::ProtocolError, format!("IMAP authentication: {other}")),
+        other => Error::new(
+            ErrorCode::ProtocolError,
+            format!("IMAP authentication: {other}"),
+        ),
     }
 }
 
@@ -509,7 +525,10 @@ impl ImapClient {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         };
         // Post-login capabilities; turn on CONDSTORE so SELECT reports HIGHESTMODSEQ.
-        if let Ok(caps) = imap.command(Step::Capabilities, |s| Box::pin(s.capabilities())).await {
+        if let Ok(caps) = imap
+            .command(Step::Capabilities, |s| Box::pin(s.capabilities()))
+            .await
+        {
             imap.capabilities = caps.iter().map(capability_name).collect();
         }
         if imap.capabilities.iter().any(|c| c == "CONDSTORE") {
@@ -645,11 +664,12 @@ impl ImapClient {
         let timeout = self.timeout;
         let max = self.max_message_size;
         let result: Result<Vec<FetchedMessage>, (Error, bool)> = async {
-            let mut stream = match tokio::time::timeout(timeout, self.session.uid_fetch(set, query)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(session_error(e)),
-                Err(_) => return Err((timeout_error(timeout, Step::Fetch, PROTO), true)),
-            };
+            let mut stream =
+                match tokio::time::timeout(timeout, self.session.uid_fetch(set, query)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Err(session_error(e)),
+                    Err(_) => return Err((timeout_error(timeout, Step::Fetch, PROTO), true)),
+                };
             let mut out = Vec::new();
             loop {
                 match tokio::time::timeout(timeout, stream.next()).await {
@@ -661,7 +681,9 @@ impl ImapClient {
                             return Err((
                                 Error::new(
                                     ErrorCode::ProtocolError,
-                                    format!("the IMAP server sent more than {max} bytes for UID {uid}"),
+                                    format!(
+                                        "the IMAP server sent more than {max} bytes for UID {uid}"
+                                    ),
                                 ),
                                 false,
                             ));
@@ -734,7 +756,10 @@ fn session_error(e: async_imap::error::Error) -> (Error, bool) {
                 )
             } else {
                 (
-                    Error::new(ErrorCode::ProtocolError, format!("IMAP command refused: NO {info}")),
+                    Error::new(
+                        ErrorCode::ProtocolError,
+                        format!("IMAP command refused: NO {info}"),
+                    ),
                     false,
                 )
             }
@@ -742,7 +767,10 @@ fn session_error(e: async_imap::error::Error) -> (Error, bool) {
         E::Bad(s) => {
             let (_, info) = parse_no(&s);
             (
-                Error::new(ErrorCode::ProtocolError, format!("IMAP command refused: BAD {info}")),
+                Error::new(
+                    ErrorCode::ProtocolError,
+                    format!("IMAP command refused: BAD {info}"),
+                ),
                 false,
             )
         }
@@ -751,7 +779,10 @@ fn session_error(e: async_imap::error::Error) -> (Error, bool) {
             // A BYE ends the session.
             let gone = msg.contains("Bye");
             (
-                Error::new(ErrorCode::ProtocolError, format!("IMAP: {}", short_debug(&msg))),
+                Error::new(
+                    ErrorCode::ProtocolError,
+                    format!("IMAP: {}", short_debug(&msg)),
+                ),
                 gone,
             )
         }
@@ -760,7 +791,10 @@ fn session_error(e: async_imap::error::Error) -> (Error, bool) {
 
 fn status_of(mb: &async_imap::types::Mailbox) -> Result<MailboxStatus> {
     let uid_validity = mb.uid_validity.ok_or_else(|| {
-        Error::new(ErrorCode::ProtocolError, "the IMAP server did not report UIDVALIDITY for INBOX")
+        Error::new(
+            ErrorCode::ProtocolError,
+            "the IMAP server did not report UIDVALIDITY for INBOX",
+        )
     })?;
     Ok(MailboxStatus {
         uid_validity,
@@ -949,8 +983,14 @@ impl ImapMailbox {
         )
         .await?;
         let mut steps = Steps::new(PROTO, self.opts.timeout);
-        let attempt =
-            ImapClient::connect(&self.endpoint, &self.opts, &creds, self.preferred, &mut steps).await;
+        let attempt = ImapClient::connect(
+            &self.endpoint,
+            &self.opts,
+            &creds,
+            self.preferred,
+            &mut steps,
+        )
+        .await;
         let mut client = match attempt {
             Ok(c) => c,
             Err(e) if !force_fresh && e.error.code() == ErrorCode::AuthRejected => {
@@ -962,8 +1002,14 @@ impl ImapMailbox {
                 )
                 .await?;
                 let mut steps = Steps::new(PROTO, self.opts.timeout);
-                ImapClient::connect(&self.endpoint, &self.opts, &creds, self.preferred, &mut steps)
-                    .await?
+                ImapClient::connect(
+                    &self.endpoint,
+                    &self.opts,
+                    &creds,
+                    self.preferred,
+                    &mut steps,
+                )
+                .await?
             }
             Err(e) => return Err(e.error),
         };
@@ -1002,8 +1048,9 @@ impl ImapMailbox {
             Err(e) if client.is_broken() => {
                 let _ = e;
                 self.reconnect().await?;
-                self.status
-                    .ok_or_else(|| Error::new(ErrorCode::Internal, "no INBOX status after reconnect"))
+                self.status.ok_or_else(|| {
+                    Error::new(ErrorCode::Internal, "no INBOX status after reconnect")
+                })
             }
             Err(e) => Err(e),
         }
@@ -1078,20 +1125,34 @@ mod tests {
             access_token: crate::model::Secret::new("t"),
         };
         let e = auth_error(
-            E::No("code: None, info: Some(\"[UNAVAILABLE] Temporary authentication failure.\")".into()),
+            E::No(
+                "code: None, info: Some(\"[UNAVAILABLE] Temporary authentication failure.\")"
+                    .into(),
+            ),
             None,
             &oauth,
         );
         assert_eq!(e.code(), ErrorCode::ServerUnavailable);
         let e = auth_error(
-            E::No("code: None, info: Some(\"[AUTHENTICATIONFAILED] Authentication failed.\")".into()),
+            E::No(
+                "code: None, info: Some(\"[AUTHENTICATIONFAILED] Authentication failed.\")".into(),
+            ),
             Some(br#"{"status":"401","schemes":"bearer"}"#),
             &oauth,
         );
         assert_eq!(e.code(), ErrorCode::AuthRejected);
         assert!(e.message().contains("status 401"), "{}", e.message());
         let e = auth_error(
-            E::No("code: Some(Alert), info: Some(\"Your account is not enabled for IMAP use.\")".into()),
+            E::No(
+                "code: Some(Alert), info: Some(\"Your account is not enabled for IMAP use.\")"
+                    .into(),
+            ),
+            None,
+            &oauth,
+        );
+        assert_eq!(e.code(), ErrorCode::ProtocolDisabled);
+        let e = auth_error(
+            E::No("code: None, info: Some(\"[CONTACTADMIN] IMAP access is disabled for this account\")".into()),
             None,
             &oauth,
         );

@@ -153,12 +153,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineStream<S> {
                 self.buf.drain(..self.pos);
                 self.pos = 0;
             }
-            let mut chunk = [0u8; 8192];
-            let n = self.inner.read(&mut chunk).await.map_err(ReadError::Io)?;
+            self.buf.reserve(8192);
+            let n = self
+                .inner
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(ReadError::Io)?;
             if n == 0 {
                 return Err(ReadError::Eof);
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 

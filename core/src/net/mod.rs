@@ -55,8 +55,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::model::profile::{Endpoint, IncomingProtocol};
 use crate::model::Secret;
+use crate::model::profile::{Endpoint, IncomingProtocol};
 use crate::sasl::Mechanism;
 
 /// How to connect: the per-step timeout and the TLS trust settings.
@@ -421,7 +421,11 @@ pub(crate) fn choose_mechanism(
             ErrorCode::MechanismUnsupported,
             format!(
                 "{p} cannot be used with {} credentials",
-                if creds.is_oauth() { "OAuth" } else { "password" }
+                if creds.is_oauth() {
+                    "OAuth"
+                } else {
+                    "password"
+                }
             ),
         ));
     }
@@ -482,13 +486,14 @@ pub(crate) fn io_error(protocol: &str, e: &std::io::Error) -> Error {
         return Error::new(ErrorCode::Tls, format!("{protocol}: TLS error: {tls}"));
     }
     match e.kind() {
-        K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
-            Error::new(
-                ErrorCode::Network,
-                format!("the {protocol} server closed the connection"),
-            )
-        }
-        _ => Error::new(ErrorCode::Network, format!("{protocol} connection error: {e}")),
+        K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => Error::new(
+            ErrorCode::Network,
+            format!("the {protocol} server closed the connection"),
+        ),
+        _ => Error::new(
+            ErrorCode::Network,
+            format!("{protocol} connection error: {e}"),
+        ),
     }
 }
 
@@ -498,8 +503,12 @@ pub(crate) async fn tls_handshake(
     host: &str,
     tls: &TlsSettings,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|_| Error::new(ErrorCode::Tls, format!("'{host}' is not a valid TLS server name")))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|_| {
+        Error::new(
+            ErrorCode::Tls,
+            format!("'{host}' is not a valid TLS server name"),
+        )
+    })?;
     let connector = tokio_rustls::TlsConnector::from(tls.client_config());
     connector.connect(name, tcp).await.map_err(|e| {
         if let Some(inner) = e.get_ref()
@@ -711,10 +720,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code(), ErrorCode::MechanismUnsupported);
         assert!(e.message().contains("PLAIN OAUTHBEARER"), "{}", e.message());
-        let e = choose_mechanism("IMAP", &[Mechanism::Plain], &names[..1], &oauth, None)
-            .unwrap_err();
+        let e =
+            choose_mechanism("IMAP", &[Mechanism::Plain], &names[..1], &oauth, None).unwrap_err();
         assert!(e.message().contains("XOAUTH2 or OAUTHBEARER"));
-        assert!(choose_mechanism("IMAP", &offered, &names, &oauth, Some(Mechanism::Plain)).is_err());
+        assert!(
+            choose_mechanism("IMAP", &offered, &names, &oauth, Some(Mechanism::Plain)).is_err()
+        );
     }
 
     #[test]

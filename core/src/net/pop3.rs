@@ -20,10 +20,10 @@
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::io::{LineStream, MailStream, ReadError};
+use super::io::{LineStream, MailStream};
 use super::{
-    ConnectOptions, Credentials, Step, StepError, Steps, check_plaintext_allowed,
-    choose_mechanism, open, timeout_error, tls_handshake,
+    ConnectOptions, Credentials, Step, StepError, Steps, check_plaintext_allowed, choose_mechanism,
+    open, timeout_error, tls_handshake,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::profile::{Endpoint, Security};
@@ -55,7 +55,10 @@ pub enum SaslStyle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Status {
     Ok(String),
-    Err { code: Option<String>, text: String },
+    Err {
+        code: Option<String>,
+        text: String,
+    },
     /// `+ <base64>` continuation.
     Continue(String),
 }
@@ -119,11 +122,25 @@ fn command_error(command: &str, code: Option<&str>, text: &str) -> Error {
 }
 
 /// Classifies `-ERR` in answer to a login.
-fn login_error(code: Option<&str>, text: &str, challenge: Option<&SaslChallenge>) -> Error {
+///
+/// A rejected token always gets the JSON error challenge first, so an
+/// OAuth login refused with `[AUTH]` and *no* challenge means the token was
+/// fine but the account may not use POP (Dovecot: `-ERR [AUTH] POP access is
+/// disabled for this account`). Gmail says `-ERR [SYS/PERM] … not enabled
+/// for POP access`. For passwords there is no structural difference, so a
+/// refusal whose text says "disabled"/"not enabled" is taken as the same.
+fn login_error(
+    code: Option<&str>,
+    text: &str,
+    challenge: Option<&SaslChallenge>,
+    oauth: bool,
+) -> Error {
     let shown = match code {
         Some(c) => format!("-ERR [{c}] {text}"),
         None => format!("-ERR {text}"),
     };
+    let lower = text.to_ascii_lowercase();
+    let says_disabled = lower.contains("disabled") || lower.contains("not enabled");
     match code {
         Some("SYS/TEMP") | Some("IN-USE") | Some("LOGIN-DELAY") => Error::new(
             ErrorCode::ServerUnavailable,
@@ -133,21 +150,20 @@ fn login_error(code: Option<&str>, text: &str, challenge: Option<&SaslChallenge>
             ErrorCode::ProtocolDisabled,
             format!("the POP3 server refuses this account: {shown}"),
         ),
-        Some("AUTH") | Some(_) => Error::new(
+        _ if challenge.is_some() => Error::new(
             ErrorCode::AuthRejected,
-            match challenge {
-                Some(c) => format!(
-                    "the POP3 server rejected the credentials ({}): {shown}",
-                    c.describe()
-                ),
-                None => format!("the POP3 server rejected the credentials: {shown}"),
-            },
+            format!(
+                "the POP3 server rejected the credentials ({}): {shown}",
+                challenge.map(|c| c.describe()).unwrap_or_default()
+            ),
         ),
-        None if challenge.is_none() && !text.is_empty() => Error::new(
+        Some("AUTH") if oauth || says_disabled => Error::new(
             ErrorCode::ProtocolDisabled,
-            format!("the POP3 server refuses this account: {shown}"),
+            format!(
+                "the POP3 server accepted the credentials but refuses POP for this account: {shown}"
+            ),
         ),
-        None => Error::new(
+        _ => Error::new(
             ErrorCode::AuthRejected,
             format!("the POP3 server rejected the credentials: {shown}"),
         ),
@@ -369,13 +385,12 @@ impl Pop3Client {
     ) -> Result<Pop3Client, StepError> {
         let stream = open(endpoint, opts, steps).await?;
         let mut conn = Conn::new(stream, opts.timeout);
-        let banner = steps
+        steps
             .run_detailed(Step::Greeting, async {
                 let g = greeting(&mut conn).await?;
                 Ok(((), g))
             })
             .await?;
-        let _ = banner;
         let mut capabilities = steps
             .run_detailed(Step::Capabilities, async {
                 let c = capa(&mut conn).await?;
@@ -416,9 +431,7 @@ impl Pop3Client {
                 })
                 .await?;
             conn = Conn::new(upgraded, opts.timeout);
-            capabilities = steps
-                .run(Step::Capabilities, capa(&mut conn))
-                .await?;
+            capabilities = steps.run(Step::Capabilities, capa(&mut conn)).await?;
         }
         let encrypted = conn.lines.get_ref().is_encrypted();
         let offered_names = sasl_mechanisms(&capabilities);
@@ -494,7 +507,9 @@ impl Pop3Client {
         let size = words.next().and_then(|w| w.parse().ok());
         match (count, size) {
             (Some(c), Some(s)) => Ok((c, s)),
-            _ => Err(self.protocol_error(format!("malformed STAT answer: {}", truncate(&text, 80)))),
+            _ => {
+                Err(self.protocol_error(format!("malformed STAT answer: {}", truncate(&text, 80))))
+            }
         }
     }
 
@@ -514,7 +529,9 @@ impl Pop3Client {
         let text = self.conn.simple(Step::Fetch, &format!("LIST {n}")).await?;
         parse_pair(&text)
             .and_then(|(_, s)| s.parse().ok())
-            .ok_or_else(|| self.protocol_error(format!("malformed LIST answer: {}", truncate(&text, 80))))
+            .ok_or_else(|| {
+                self.protocol_error(format!("malformed LIST answer: {}", truncate(&text, 80)))
+            })
     }
 
     /// `UIDL`: (message number, unique id) of every message.
@@ -531,9 +548,9 @@ impl Pop3Client {
     /// `UIDL n`: the unique id of one message.
     pub async fn uidl_one(&mut self, n: u32) -> Result<String> {
         let text = self.conn.simple(Step::Fetch, &format!("UIDL {n}")).await?;
-        parse_pair(&text)
-            .map(|(_, u)| u.to_owned())
-            .ok_or_else(|| self.protocol_error(format!("malformed UIDL answer: {}", truncate(&text, 80))))
+        parse_pair(&text).map(|(_, u)| u.to_owned()).ok_or_else(|| {
+            self.protocol_error(format!("malformed UIDL answer: {}", truncate(&text, 80)))
+        })
     }
 
     /// `RETR n`: the whole message, dot-unstuffed, with CRLF line endings.
@@ -553,7 +570,9 @@ impl Pop3Client {
         }
         self.conn.simple(Step::Fetch, &format!("RETR {n}")).await?;
         // Allow for servers that count LF-only storage in LIST.
-        let max = self.max_message_size.saturating_add(self.max_message_size / 8 + 1024);
+        let max = self
+            .max_message_size
+            .saturating_add(self.max_message_size / 8 + 1024);
         self.conn.multiline(Step::Fetch, max).await
     }
 
@@ -588,7 +607,10 @@ async fn user_pass_login<S: AsyncRead + AsyncWrite + Unpin>(
     creds: &Credentials,
 ) -> Result<()> {
     let Credentials::Password { user, password } = creds else {
-        return Err(Error::new(ErrorCode::Internal, "USER/PASS needs a password"));
+        return Err(Error::new(
+            ErrorCode::Internal,
+            "USER/PASS needs a password",
+        ));
     };
     if user.contains(['\r', '\n']) || password.expose().contains(['\r', '\n']) {
         return Err(Error::validation("user", "contains a line break"));
@@ -597,9 +619,12 @@ async fn user_pass_login<S: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     match conn.status(Step::Authenticate).await? {
         Status::Ok(_) => {}
-        Status::Err { code, text } => return Err(login_error(code.as_deref(), &text, None)),
+        Status::Err { code, text } => return Err(login_error(code.as_deref(), &text, None, false)),
         Status::Continue(_) => {
-            return Err(Error::new(ErrorCode::ProtocolError, "unexpected POP3 continuation"));
+            return Err(Error::new(
+                ErrorCode::ProtocolError,
+                "unexpected POP3 continuation",
+            ));
         }
     }
     let mut line = zeroize::Zeroizing::new(format!("PASS {}", password.expose()));
@@ -608,8 +633,11 @@ async fn user_pass_login<S: AsyncRead + AsyncWrite + Unpin>(
     r?;
     match conn.status(Step::Authenticate).await? {
         Status::Ok(_) => Ok(()),
-        Status::Err { code, text } => Err(login_error(code.as_deref(), &text, None)),
-        Status::Continue(_) => Err(Error::new(ErrorCode::ProtocolError, "unexpected POP3 continuation")),
+        Status::Err { code, text } => Err(login_error(code.as_deref(), &text, None, false)),
+        Status::Continue(_) => Err(Error::new(
+            ErrorCode::ProtocolError,
+            "unexpected POP3 continuation",
+        )),
     }
 }
 
@@ -651,25 +679,31 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let result = auth_exchange(conn, mechanism, &first, second.as_ref(), style).await;
     match result {
-        Err(AuthFail::InitialResponseRefused(..)) if style == SaslStyle::Auto => {
-            auth_exchange(conn, mechanism, &first, second.as_ref(), SaslStyle::Challenge)
-                .await
-                .map_err(|f| f.into_error())
-        }
+        Err(AuthFail::InitialResponseRefused(..)) if style == SaslStyle::Auto => auth_exchange(
+            conn,
+            mechanism,
+            &first,
+            second.as_ref(),
+            SaslStyle::Challenge,
+        )
+        .await
+        .map_err(|f| f.into_error()),
         r => r.map_err(|f| f.into_error()),
     }
 }
 
 enum AuthFail {
     /// The one-line form got `-ERR` without a response code and without a challenge.
-    InitialResponseRefused(Option<String>, String),
+    InitialResponseRefused(Option<String>, String, bool),
     Other(Error),
 }
 
 impl AuthFail {
     fn into_error(self) -> Error {
         match self {
-            AuthFail::InitialResponseRefused(code, text) => login_error(code.as_deref(), &text, None),
+            AuthFail::InitialResponseRefused(code, text, oauth) => {
+                login_error(code.as_deref(), &text, None, oauth)
+            }
             AuthFail::Other(e) => e,
         }
     }
@@ -719,10 +753,25 @@ async fn auth_exchange<S: AsyncRead + AsyncWrite + Unpin>(
         match conn.status(Step::Authenticate).await? {
             Status::Ok(_) => return Ok(()),
             Status::Err { code, text } => {
-                if inline && style == SaslStyle::Auto && code.is_none() && challenge.is_none() && rounds == 1 {
-                    return Err(AuthFail::InitialResponseRefused(code, text));
+                if inline
+                    && style == SaslStyle::Auto
+                    && code.is_none()
+                    && challenge.is_none()
+                    && rounds == 1
+                {
+                    return Err(AuthFail::InitialResponseRefused(
+                        code,
+                        text,
+                        mechanism.is_oauth(),
+                    ));
                 }
-                return Err(login_error(code.as_deref(), &text, challenge.as_ref()).into());
+                return Err(login_error(
+                    code.as_deref(),
+                    &text,
+                    challenge.as_ref(),
+                    mechanism.is_oauth(),
+                )
+                .into());
             }
             Status::Continue(data) => {
                 if let Some(next) = pending.pop() {
@@ -746,7 +795,10 @@ mod tests {
 
     #[test]
     fn parses_status_lines() {
-        assert_eq!(parse_status(b"+OK 2 320").unwrap(), Status::Ok("2 320".into()));
+        assert_eq!(
+            parse_status(b"+OK 2 320").unwrap(),
+            Status::Ok("2 320".into())
+        );
         assert_eq!(
             parse_status(b"-ERR [SYS/TEMP] try later").unwrap(),
             Status::Err {
@@ -761,34 +813,68 @@ mod tests {
                 text: "nope".into()
             }
         );
-        assert_eq!(parse_status(b"+ abc=").unwrap(), Status::Continue("abc=".into()));
+        assert_eq!(
+            parse_status(b"+ abc=").unwrap(),
+            Status::Continue("abc=".into())
+        );
         assert_eq!(parse_status(b"+").unwrap(), Status::Continue(String::new()));
         assert_eq!(
             parse_status(b"* OK imap").unwrap_err().code(),
             ErrorCode::ProtocolError
         );
-        assert_eq!(parse_status(&[0xff, 0xfe]).unwrap_err().code(), ErrorCode::ProtocolError);
+        assert_eq!(
+            parse_status(&[0xff, 0xfe]).unwrap_err().code(),
+            ErrorCode::ProtocolError
+        );
     }
 
     #[test]
     fn classifies_errors() {
         assert_eq!(
-            login_error(Some("SYS/TEMP"), "x", None).code(),
+            login_error(Some("SYS/TEMP"), "x", None, true).code(),
             ErrorCode::ServerUnavailable
         );
-        assert_eq!(login_error(Some("IN-USE"), "x", None).code(), ErrorCode::ServerUnavailable);
-        assert_eq!(login_error(Some("AUTH"), "x", None).code(), ErrorCode::AuthRejected);
         assert_eq!(
-            login_error(Some("SYS/PERM"), "not enabled for POP access", None).code(),
+            login_error(Some("IN-USE"), "x", None, true).code(),
+            ErrorCode::ServerUnavailable
+        );
+        assert_eq!(
+            login_error(Some("AUTH"), "Authentication failed.", None, false).code(),
+            ErrorCode::AuthRejected
+        );
+        assert_eq!(
+            login_error(Some("SYS/PERM"), "not enabled for POP access", None, true).code(),
             ErrorCode::ProtocolDisabled
         );
         let c = SaslChallenge {
             status: Some("400".into()),
             ..Default::default()
         };
-        let e = login_error(Some("AUTH"), "Authentication failed.", Some(&c));
+        let e = login_error(Some("AUTH"), "Authentication failed.", Some(&c), true);
+        assert_eq!(e.code(), ErrorCode::AuthRejected);
         assert!(e.message().contains("status 400"), "{}", e.message());
-        assert!(login_error(None, "", None).code() == ErrorCode::AuthRejected);
+        assert!(login_error(None, "", None, true).code() == ErrorCode::AuthRejected);
+        // Dovecot's refusal for an account without POP (valid token, no challenge).
+        assert_eq!(
+            login_error(
+                Some("AUTH"),
+                "POP access is disabled for this account",
+                None,
+                true
+            )
+            .code(),
+            ErrorCode::ProtocolDisabled
+        );
+        assert_eq!(
+            login_error(
+                Some("AUTH"),
+                "POP access is disabled for this account",
+                None,
+                false
+            )
+            .code(),
+            ErrorCode::ProtocolDisabled
+        );
         assert_eq!(
             command_error("RETR", Some("SYS/TEMP"), "x").code(),
             ErrorCode::ServerUnavailable
@@ -801,7 +887,10 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        assert_eq!(sasl_mechanisms(&caps), vec!["XOAUTH2", "OAUTHBEARER", "PLAIN"]);
+        assert_eq!(
+            sasl_mechanisms(&caps),
+            vec!["XOAUTH2", "OAUTHBEARER", "PLAIN"]
+        );
         assert!(has_capability(&caps, "stls"));
         assert!(!has_capability(&caps, "TOP"));
     }
@@ -846,14 +935,20 @@ mod tests {
         let mut c = Conn::new(client, std::time::Duration::from_millis(50));
         let e = greeting(&mut c).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::Timeout);
-        assert_eq!(e.message(), "timed out after 50ms waiting for the POP3 greeting");
+        assert_eq!(
+            e.message(),
+            "timed out after 50ms waiting for the POP3 greeting"
+        );
     }
 
     /// A scripted peer for the client's AUTH exchange logic (parser-level:
     /// checks what the client writes in answer to each server line).
     async fn scripted(
         script: &'static [(&'static str, &'static str)],
-    ) -> (Conn<tokio::io::DuplexStream>, tokio::task::JoinHandle<Vec<String>>) {
+    ) -> (
+        Conn<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<Vec<String>>,
+    ) {
         let (client, server) = tokio::io::duplex(1 << 16);
         let handle = tokio::spawn(async move {
             let (r, mut w) = tokio::io::split(server);
@@ -865,7 +960,10 @@ mod tests {
                     break;
                 }
                 let line = line.trim_end().to_owned();
-                assert!(line.starts_with(expect_prefix), "got {line:?}, expected {expect_prefix:?}");
+                assert!(
+                    line.starts_with(expect_prefix),
+                    "got {line:?}, expected {expect_prefix:?}"
+                );
                 seen.push(line);
                 w.write_all(reply.as_bytes()).await.unwrap();
             }
@@ -888,7 +986,10 @@ mod tests {
     #[tokio::test]
     async fn xoauth2_error_challenge_is_answered_with_empty_line() {
         let (mut c, h) = scripted(&[
-            ("AUTH XOAUTH2 dXNlcj1", "+ eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiYmVhcmVyIn0=\r\n"),
+            (
+                "AUTH XOAUTH2 dXNlcj1",
+                "+ eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiYmVhcmVyIn0=\r\n",
+            ),
             ("", "-ERR [AUTH] Authentication failed.\r\n"),
         ])
         .await;
@@ -909,9 +1010,15 @@ mod tests {
             ("AQ==", "-ERR [AUTH] Authentication failed.\r\n"),
         ])
         .await;
-        let e = authenticate(&mut c, Mechanism::OAuthBearer, &oauth(), &ep(), SaslStyle::Challenge)
-            .await
-            .unwrap_err();
+        let e = authenticate(
+            &mut c,
+            Mechanism::OAuthBearer,
+            &oauth(),
+            &ep(),
+            SaslStyle::Challenge,
+        )
+        .await
+        .unwrap_err();
         assert!(e.message().contains("invalid_token"), "{}", e.message());
         assert_eq!(h.await.unwrap().len(), 3);
     }

@@ -60,7 +60,10 @@ impl TlsSettings {
         let mut certs = Vec::new();
         for item in rustls_pemfile::certs(&mut reader) {
             let cert = item.map_err(|e| {
-                Error::new(ErrorCode::Tls, format!("cannot read root certificate PEM: {e}"))
+                Error::new(
+                    ErrorCode::Tls,
+                    format!("cannot read root certificate PEM: {e}"),
+                )
             })?;
             certs.push(cert);
         }
@@ -140,11 +143,18 @@ fn unreachable_config() -> TlsSettings {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider);
     let config = match builder.with_safe_default_protocol_versions() {
-        Ok(b) => b.with_root_certificates(RootCertStore::empty()).with_no_client_auth(),
-        Err(_) => ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map(|b| b.with_root_certificates(RootCertStore::empty()).with_no_client_auth())
-            .unwrap_or_else(|_| unreachable!("ring supports TLS 1.3")),
+        Ok(b) => b
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth(),
+        Err(_) => {
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map(|b| {
+                    b.with_root_certificates(RootCertStore::empty())
+                        .with_no_client_auth()
+                })
+                .unwrap_or_else(|_| unreachable!("ring supports TLS 1.3"))
+        }
     };
     TlsSettings {
         config: Arc::new(config),

@@ -15,11 +15,13 @@ use std::time::Duration;
 
 use super::seal::SealKey;
 use super::{
-    Store, capacity_error, duplicate_mailbox, duplicate_profile, from_json, mailbox_secret,
-    profile_in_use, profile_secret, set_mailbox_secret, set_profile_secret, to_json,
+    PendingAuthorization, Store, TokenRecord, capacity_error, duplicate_mailbox, duplicate_profile,
+    from_json, mailbox_secret, profile_in_use, profile_secret, set_mailbox_secret,
+    set_profile_secret, state_key, to_json,
 };
 use crate::error::{Error, ErrorCode, Result};
-use crate::model::{Mailbox, MailboxId, ProfileId, ServerProfile};
+use crate::model::{Mailbox, MailboxId, ProfileId, Secret, ServerProfile};
+use time::OffsetDateTime;
 
 const KEY_CHECK: &[u8] = b"mailsync key check v1";
 
@@ -45,6 +47,27 @@ fn profile_context(id: &ProfileId) -> String {
 
 fn mailbox_context(id: &MailboxId) -> String {
     format!("mailbox:{id}:password")
+}
+
+fn pending_context(mailbox: &str, key: &str) -> String {
+    format!("oauth_pending:{mailbox}:{key}")
+}
+
+fn token_context(mailbox: &MailboxId, which: &str) -> String {
+    format!("oauth_tokens:{mailbox}:{which}")
+}
+
+fn from_unix(field: &str, seconds: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| {
+        Error::new(
+            ErrorCode::Store,
+            format!("corrupt record: {field} out of range"),
+        )
+    })
+}
+
+fn unix_millis(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
@@ -89,16 +112,6 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The connection pool, for modules that keep their own tables here.
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// The seal key.
-    pub(crate) fn key(&self) -> &SealKey {
-        &self.key
     }
 
     /// On an existing database, verifies the key before any migration runs.
@@ -432,6 +445,208 @@ impl Store for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(Error::not_found("mailbox", id));
         }
+        Ok(())
+    }
+
+    async fn put_pending_authorization(&self, pending: &PendingAuthorization) -> Result<()> {
+        let key = state_key(&pending.state);
+        let mailbox = pending.mailbox_id.as_str();
+        let both = Secret::new(format!(
+            "{}\n{}",
+            pending.state.expose(),
+            pending.pkce_verifier.expose()
+        ));
+        let sealed = self
+            .key
+            .seal_secret(&pending_context(mailbox, &key), &both)?;
+        let mut tx = self.immediate().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM mailboxes WHERE id = ?")
+            .bind(mailbox)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(Error::not_found("mailbox", mailbox));
+        }
+        sqlx::query("DELETE FROM oauth_pending WHERE mailbox_id = ?")
+            .bind(mailbox)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO oauth_pending (state_key, mailbox_id, sealed, redirect_uri, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key)
+        .bind(mailbox)
+        .bind(sealed)
+        .bind(&pending.redirect_uri)
+        .bind(pending.created_at.unix_timestamp())
+        .bind(pending.expires_at.unix_timestamp())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_pending_authorization(
+        &self,
+        state: &Secret,
+    ) -> Result<Option<PendingAuthorization>> {
+        let key = state_key(state);
+        // One statement: of two concurrent takers only one gets the row.
+        let row = sqlx::query(
+            "DELETE FROM oauth_pending WHERE state_key = ? \
+             RETURNING mailbox_id, sealed, redirect_uri, created_at, expires_at",
+        )
+        .bind(&key)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mailbox: String = row.get("mailbox_id");
+        let sealed: Vec<u8> = row.get("sealed");
+        let both = self
+            .key
+            .open_secret(&pending_context(&mailbox, &key), &sealed)?;
+        let (state, verifier) = both
+            .expose()
+            .split_once('\n')
+            .ok_or_else(|| Error::new(ErrorCode::Store, "corrupt pending authorization"))?;
+        Ok(Some(PendingAuthorization {
+            state: Secret::new(state),
+            mailbox_id: MailboxId::parse(&mailbox)?,
+            pkce_verifier: Secret::new(verifier),
+            redirect_uri: row.get("redirect_uri"),
+            created_at: from_unix("created_at", row.get("created_at"))?,
+            expires_at: from_unix("expires_at", row.get("expires_at"))?,
+        }))
+    }
+
+    async fn delete_pending_authorization(&self, mailbox: &MailboxId) -> Result<()> {
+        sqlx::query("DELETE FROM oauth_pending WHERE mailbox_id = ?")
+            .bind(mailbox.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_tokens(&self, mailbox: &MailboxId) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(
+            "SELECT version, account, scopes, expires_at, obtained_at, access_token, refresh_token \
+             FROM oauth_tokens WHERE mailbox_id = ?",
+        )
+        .bind(mailbox.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let access: Vec<u8> = row.get("access_token");
+        let refresh: Option<Vec<u8>> = row.get("refresh_token");
+        let scopes: String = row.get("scopes");
+        let expires_at: Option<i64> = row.get("expires_at");
+        let version: i64 = row.get("version");
+        Ok(Some(TokenRecord {
+            mailbox_id: mailbox.clone(),
+            account: row.get("account"),
+            access_token: self
+                .key
+                .open_secret(&token_context(mailbox, "access"), &access)?,
+            refresh_token: refresh
+                .map(|r| self.key.open_secret(&token_context(mailbox, "refresh"), &r))
+                .transpose()?,
+            expires_at: expires_at.map(|e| from_unix("expires_at", e)).transpose()?,
+            scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+            obtained_at: from_unix("obtained_at", row.get("obtained_at"))?,
+            version: version as u64,
+        }))
+    }
+
+    async fn put_tokens(
+        &self,
+        tokens: &TokenRecord,
+        expected_version: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let mailbox = &tokens.mailbox_id;
+        let access = self
+            .key
+            .seal_secret(&token_context(mailbox, "access"), &tokens.access_token)?;
+        let refresh = tokens
+            .refresh_token
+            .as_ref()
+            .map(|r| self.key.seal_secret(&token_context(mailbox, "refresh"), r))
+            .transpose()?;
+        let mut tx = self.immediate().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM mailboxes WHERE id = ?")
+            .bind(mailbox.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(Error::not_found("mailbox", mailbox));
+        }
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM oauth_tokens WHERE mailbox_id = ?")
+                .bind(mailbox.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(expected) = expected_version
+            && current != Some(expected as i64)
+        {
+            return Ok(None);
+        }
+        let version = current.unwrap_or(0) + 1;
+        sqlx::query(
+            "INSERT INTO oauth_tokens (mailbox_id, version, account, scopes, expires_at, obtained_at, access_token, refresh_token) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(mailbox_id) DO UPDATE SET version = excluded.version, account = excluded.account, \
+             scopes = excluded.scopes, expires_at = excluded.expires_at, obtained_at = excluded.obtained_at, \
+             access_token = excluded.access_token, refresh_token = excluded.refresh_token",
+        )
+        .bind(mailbox.as_str())
+        .bind(version)
+        .bind(&tokens.account)
+        .bind(tokens.scopes.join(" "))
+        .bind(tokens.expires_at.map(OffsetDateTime::unix_timestamp))
+        .bind(tokens.obtained_at.unix_timestamp())
+        .bind(access)
+        .bind(refresh)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(version as u64))
+    }
+
+    async fn delete_tokens(&self, mailbox: &MailboxId) -> Result<()> {
+        sqlx::query("DELETE FROM oauth_tokens WHERE mailbox_id = ?")
+            .bind(mailbox.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn try_acquire_refresh_lease(
+        &self,
+        mailbox: &MailboxId,
+        owner: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool> {
+        // One statement: insert, or take over an expired lease / renew our own.
+        let done = sqlx::query(
+            "INSERT INTO oauth_refresh_leases (mailbox_id, owner, expires_at) VALUES (?, ?, ?) \
+             ON CONFLICT(mailbox_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
+             WHERE oauth_refresh_leases.owner = excluded.owner OR oauth_refresh_leases.expires_at <= ?",
+        )
+        .bind(mailbox.as_str())
+        .bind(owner)
+        .bind(unix_millis(expires_at))
+        .bind(unix_millis(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_refresh_lease(&self, mailbox: &MailboxId, owner: &str) -> Result<()> {
+        sqlx::query("DELETE FROM oauth_refresh_leases WHERE mailbox_id = ? AND owner = ?")
+            .bind(mailbox.as_str())
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }

@@ -1,0 +1,270 @@
+//! `mailsync mailbox connect|complete|disconnect|token`: the OAuth lifecycle
+//! of a mailbox from a terminal (see docs/oauth.md).
+
+use clap::Subcommand;
+use mailsync::model::Mailbox;
+use mailsync::{Error, ErrorCode};
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::profile_cmds::MailboxCmd;
+use crate::{Ctx, output};
+
+/// `mailsync mailbox ...`: the directory commands plus the OAuth ones.
+#[derive(Subcommand)]
+pub enum MailboxAll {
+    #[command(flatten)]
+    Directory(MailboxCmd),
+    #[command(flatten)]
+    OAuth(OAuthCmd),
+}
+
+#[derive(Subcommand)]
+pub enum OAuthCmd {
+    /// Starts connecting a mailbox to Gmail: prints the consent URL, or with
+    /// --listen serves the redirect URI (a loopback one) and completes by itself.
+    Connect {
+        /// Mailbox address or id.
+        mailbox: String,
+        /// Serve the profile's loopback redirect URI and complete automatically.
+        #[arg(long)]
+        listen: bool,
+        /// With --listen: do not try to open a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Completes a connection from the redirect URL the browser landed on.
+    Complete {
+        /// The full redirect URL (or its query string).
+        url: String,
+    },
+    /// Revokes the grant at the provider and deletes the tokens.
+    Disconnect {
+        /// Mailbox address or id.
+        mailbox: String,
+    },
+    /// Obtains a valid access token (refreshing if needed) and reports on it.
+    Token {
+        /// Mailbox address or id.
+        mailbox: String,
+        /// Only report (the default): account, expiry, scopes — never the token.
+        #[arg(long, conflicts_with = "print")]
+        check: bool,
+        /// Print the access token itself on stdout (for scripts; handle with care).
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+pub async fn run(ctx: &Ctx, cmd: OAuthCmd) -> Result<(), Error> {
+    match cmd {
+        OAuthCmd::Connect {
+            mailbox,
+            listen,
+            no_browser,
+        } => {
+            let mailbox = ctx.sync.find_mailbox(&mailbox).await?;
+            let consent = ctx.sync.connect(&mailbox.id).await?;
+            if !listen {
+                if ctx.json {
+                    output::json_value(&json!({
+                        "mailbox": mailbox.email,
+                        "url": consent.url.as_str(),
+                        "expires_at": consent.expires_at.to_string(),
+                    }));
+                } else {
+                    println!("Open this URL as {} to give consent:", mailbox.email);
+                    println!("{}", consent.url);
+                    println!(
+                        "It expires at {}. Then run: mailsync mailbox complete '<redirect URL>'",
+                        consent.expires_at
+                    );
+                }
+                return Ok(());
+            }
+            let profile = ctx
+                .sync
+                .get_profile(mailbox.profile_id.as_ref().expect("connect checked it"))
+                .await?;
+            let redirect = profile
+                .oauth_app()
+                .and_then(|a| a.redirect_uri())
+                .unwrap_or_default()
+                .to_owned();
+            let callback = listen_once(
+                &redirect,
+                consent.url.as_str(),
+                consent.expires_at,
+                !no_browser,
+            )
+            .await?;
+            let mailbox = ctx.sync.complete_connect(&callback).await?;
+            print_mailbox(ctx, &mailbox);
+            Ok(())
+        }
+        OAuthCmd::Complete { url } => {
+            let mailbox = ctx.sync.complete_connect(&url).await?;
+            print_mailbox(ctx, &mailbox);
+            Ok(())
+        }
+        OAuthCmd::Disconnect { mailbox } => {
+            let mailbox = ctx.sync.find_mailbox(&mailbox).await?;
+            let mailbox = ctx.sync.disconnect(&mailbox.id).await?;
+            print_mailbox(ctx, &mailbox);
+            Ok(())
+        }
+        OAuthCmd::Token {
+            mailbox,
+            check: _,
+            print,
+        } => {
+            let mailbox = ctx.sync.find_mailbox(&mailbox).await?;
+            let token = ctx.sync.access_token(&mailbox.id).await?;
+            if print {
+                println!("{}", token.token.expose());
+                return Ok(());
+            }
+            let info = ctx.sync.token_info(&mailbox.id).await?;
+            let scopes = info
+                .as_ref()
+                .map(|i| i.scopes.join(" "))
+                .unwrap_or_default();
+            let expires = token
+                .expires_at
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            if ctx.json {
+                output::json_value(&json!({
+                    "mailbox": mailbox.email,
+                    "valid": true,
+                    "account": token.account,
+                    "expires_at": expires,
+                    "scopes": scopes,
+                    "has_refresh_token": info.as_ref().is_some_and(|i| i.has_refresh_token),
+                }));
+            } else {
+                println!(
+                    "{}: valid access token for {}, expires {expires}",
+                    mailbox.email, token.account
+                );
+                println!("scopes: {scopes}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_mailbox(ctx: &Ctx, mailbox: &Mailbox) {
+    if ctx.json {
+        output::json_value(&json!(mailbox));
+    } else {
+        println!(
+            "{}: {}",
+            mailbox.email,
+            output::enum_text(&mailbox.connection)
+        );
+    }
+}
+
+/// Serves the profile's loopback redirect URI until one redirect with
+/// `state` arrives (or the consent expires); returns its full URL.
+async fn listen_once(
+    redirect_uri: &str,
+    consent_url: &str,
+    expires_at: time::OffsetDateTime,
+    open_browser: bool,
+) -> Result<String, Error> {
+    let redirect = url::Url::parse(redirect_uri)
+        .map_err(|e| Error::validation("redirect_uris[0]", format!("not a URL: {e}")))?;
+    let host = redirect.host_str().unwrap_or_default().to_owned();
+    if redirect.scheme() != "http" || !mailsync::model::validate::is_loopback_host(&host) {
+        return Err(Error::validation(
+            "redirect_uris[0]",
+            format!(
+                "--listen needs a loopback http redirect URI on the profile, not {redirect_uri}; \
+                 open the URL without --listen and run `mailsync mailbox complete URL`"
+            ),
+        ));
+    }
+    let port = redirect.port_or_known_default().unwrap_or(80);
+    let bind = if host == "localhost" {
+        "127.0.0.1".to_owned()
+    } else {
+        host.trim_matches(['[', ']']).to_owned()
+    };
+    let listener = tokio::net::TcpListener::bind((bind.as_str(), port))
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::Network,
+                format!("cannot listen on {host}:{port}: {e}"),
+            )
+        })?;
+    eprintln!("Waiting for the redirect on {redirect_uri}");
+    eprintln!("Open this URL to give consent:\n{consent_url}");
+    if open_browser {
+        for opener in ["xdg-open", "open"] {
+            if std::process::Command::new(opener)
+                .arg(consent_url)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .is_ok()
+            {
+                break;
+            }
+        }
+    }
+    let left = (expires_at - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+    let deadline =
+        tokio::time::Instant::now() + Duration::try_from(left).unwrap_or(Duration::from_secs(600));
+    loop {
+        let accepted = tokio::time::timeout_at(deadline, listener.accept())
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorCode::StateInvalid,
+                    "the consent expired before the redirect arrived",
+                )
+            })?;
+        let (mut stream, _) = accepted
+            .map_err(|e| Error::new(ErrorCode::Network, format!("redirect listener: {e}")))?;
+        let mut buf = vec![0u8; 8192];
+        let n = match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => continue,
+        };
+        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let target = head
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("");
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let is_redirect =
+            path == redirect.path() && (query.contains("state=") || query.contains("error="));
+        let (status, body) = if is_redirect {
+            (
+                "200 OK",
+                "<!DOCTYPE html><title>mailsync</title><p>Done. You can close this window and return to the terminal.</p>",
+            )
+        } else {
+            (
+                "404 Not Found",
+                "<!DOCTYPE html><title>mailsync</title><p>Not found.</p>",
+            )
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        if is_redirect {
+            // complete_connect takes the query alone.
+            return Ok(format!("?{query}"));
+        }
+    }
+}
