@@ -21,13 +21,15 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
+use crate::MailSync;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
     AlertLevel, Authentication, Endpoint, IncomingDelivery, LastTestResult, Mailbox, MailboxId,
     OutgoingDelivery, ProfileId, ServerProfile, TestOutcome, TestStatus,
 };
-use crate::net::{self, ConnectOptions, CredentialSource, Credentials, ProbeReport, Step, Steps, TlsSettings};
-use crate::MailSync;
+use crate::net::{
+    self, ConnectOptions, CredentialSource, Credentials, ProbeReport, Step, Steps, TlsSettings,
+};
 
 /// Which way mail flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,7 +148,10 @@ struct MailboxCredentials {
 impl CredentialSource for MailboxCredentials {
     async fn credentials(&self, force_fresh: bool) -> Result<Credentials> {
         let missing = |what: &str| {
-            Error::validation(what, format!("no password is stored for mailbox {}", self.mailbox.email))
+            Error::validation(
+                what,
+                format!("no password is stored for mailbox {}", self.mailbox.email),
+            )
         };
         match &self.profile.authentication {
             Authentication::GmailOAuth { .. } | Authentication::OAuthProvider { .. } => {
@@ -159,12 +164,20 @@ impl CredentialSource for MailboxCredentials {
                     access_token: token.token,
                 })
             }
-            Authentication::CredentialsInProfile { username, password } => Ok(Credentials::Password {
-                user: username.clone(),
-                password: password.clone().ok_or_else(|| missing("authentication.password"))?,
-            }),
+            Authentication::CredentialsInProfile { username, password } => {
+                Ok(Credentials::Password {
+                    user: username.clone(),
+                    password: password
+                        .clone()
+                        .ok_or_else(|| missing("authentication.password"))?,
+                })
+            }
             Authentication::CredentialsPerMailbox => {
-                let creds = self.mailbox.credentials.as_ref().ok_or_else(|| missing("credentials"))?;
+                let creds = self
+                    .mailbox
+                    .credentials
+                    .as_ref()
+                    .ok_or_else(|| missing("credentials"))?;
                 Ok(Credentials::Password {
                     user: creds.username.clone(),
                     password: creds
@@ -181,7 +194,12 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
-fn direction_report(direction: Direction, server: String, probe: ProbeReport, started: Instant) -> DirectionReport {
+fn direction_report(
+    direction: Direction,
+    server: String,
+    probe: ProbeReport,
+    started: Instant,
+) -> DirectionReport {
     let mut steps: Vec<StepResult> = probe
         .steps
         .iter()
@@ -255,7 +273,10 @@ fn record(mailbox: &mut Mailbox, report: &DirectionReport, at: OffsetDateTime) {
         Some(d) if d.transient => mailbox.push_alert(
             AlertLevel::Warning,
             d.code.clone(),
-            format!("{label} test of {} failed at {} and will be retried: {}", mailbox.email, d.step, d.message),
+            format!(
+                "{label} test of {} failed at {} and will be retried: {}",
+                mailbox.email, d.step, d.message
+            ),
         ),
         Some(d) => mailbox.push_alert(
             AlertLevel::Error,
@@ -275,22 +296,33 @@ impl MailSync {
         for pem in &self.settings().extra_root_certs_pem {
             tls = tls.with_root_pem(pem.as_bytes())?;
         }
-        Ok(ConnectOptions::new(profile.processing.connection_timeout(), tls))
+        Ok(ConnectOptions::new(
+            profile.processing.connection_timeout(),
+            tls,
+        ))
     }
 
     /// Tests the mailbox's incoming and outgoing settings and enables the
     /// directions that pass. See the module docs.
     pub async fn test_and_enable(&self, mailbox: &MailboxId) -> Result<TestReport> {
-        self.test_and_enable_with(mailbox, &TestOptions::default()).await
+        self.test_and_enable_with(mailbox, &TestOptions::default())
+            .await
     }
 
     /// [`MailSync::test_and_enable`] with options (e.g. send a test message).
-    pub async fn test_and_enable_with(&self, mailbox: &MailboxId, options: &TestOptions) -> Result<TestReport> {
+    pub async fn test_and_enable_with(
+        &self,
+        mailbox: &MailboxId,
+        options: &TestOptions,
+    ) -> Result<TestReport> {
         let record_before = self.get_mailbox(mailbox).await?;
         let Some(profile_id) = record_before.profile_id.clone() else {
             return Err(Error::validation(
                 "profile_id",
-                format!("mailbox {} has no server profile; assign one first", record_before.email),
+                format!(
+                    "mailbox {} has no server profile; assign one first",
+                    record_before.email
+                ),
             ));
         };
         let profile = self.get_profile(&profile_id).await?;
@@ -307,7 +339,9 @@ impl MailSync {
         } else {
             let started = Instant::now();
             let endpoint = &profile.incoming.endpoint;
-            let probe = net::probe_incoming(profile.incoming.protocol, endpoint, &opts, &source, None).await;
+            let probe =
+                net::probe_incoming(profile.incoming.protocol, endpoint, &opts, &source, None)
+                    .await;
             Some(direction_report(
                 Direction::Incoming,
                 format!("{}:{}", endpoint.host, endpoint.port),
@@ -343,14 +377,21 @@ impl MailSync {
             mailbox_record.push_alert(
                 AlertLevel::Info,
                 "mailbox_enabled",
-                format!("{} passed Test & Enable and is enabled", mailbox_record.email),
+                format!(
+                    "{} passed Test & Enable and is enabled",
+                    mailbox_record.email
+                ),
             );
         }
         let mailbox_record = self.update_mailbox(mailbox_record).await?;
         let report = TestReport {
             mailbox_id: mailbox.clone(),
             email: mailbox_record.email.clone(),
-            outcome: if success { TestOutcome::Success } else { TestOutcome::Failure },
+            outcome: if success {
+                TestOutcome::Success
+            } else {
+                TestOutcome::Failure
+            },
             incoming,
             outgoing,
             incoming_enabled: mailbox_record.incoming_enabled,
@@ -371,7 +412,10 @@ impl MailSync {
             .sum();
         let message = match report.first_failure() {
             None => format!("{}: all checks passed", report.email),
-            Some(d) => format!("{}: {} failed ({}): {}", report.email, d.step, d.code, d.message),
+            Some(d) => format!(
+                "{}: {} failed ({}): {}",
+                report.email, d.step, d.code, d.message
+            ),
         };
         profile.last_test = Some(LastTestResult {
             outcome: report.outcome,
@@ -385,17 +429,26 @@ impl MailSync {
     /// Tests and enables every mailbox of a profile, at most the profile's
     /// "maximum concurrent connections" at a time. Reports come back in
     /// mailbox address order.
-    pub async fn test_all_mailboxes(&self, profile: &ProfileId, options: &TestOptions) -> Result<Vec<TestReport>> {
+    pub async fn test_all_mailboxes(
+        &self,
+        profile: &ProfileId,
+        options: &TestOptions,
+    ) -> Result<Vec<TestReport>> {
         let profile = self.get_profile(profile).await?;
         let mailboxes = self.list_mailboxes(Some(&profile.id)).await?;
         let limit = usize::from(profile.processing.max_concurrent_connections.max(1));
-        let mut reports: Vec<(usize, TestReport)> = futures::stream::iter(mailboxes.into_iter().enumerate())
-            .map(|(i, m)| async move { self.test_and_enable_with(&m.id, options).await.map(|r| (i, r)) })
-            .buffer_unordered(limit)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
+        let mut reports: Vec<(usize, TestReport)> =
+            futures::stream::iter(mailboxes.into_iter().enumerate())
+                .map(|(i, m)| async move {
+                    self.test_and_enable_with(&m.id, options)
+                        .await
+                        .map(|r| (i, r))
+                })
+                .buffer_unordered(limit)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_>>()?;
         reports.sort_by_key(|(i, _)| *i);
         Ok(reports.into_iter().map(|(_, r)| r).collect())
     }
@@ -415,7 +468,12 @@ fn test_message(mailbox: &Mailbox) -> Result<lettre::Message> {
         .body(String::from(
             "This message was sent by mailsync to check that the mailbox can send email.\r\n",
         ))
-        .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot build the test message: {e}")))
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("cannot build the test message: {e}"),
+            )
+        })
 }
 
 /// SMTP check that also sends `message`: the steps of [`net::probe_smtp`],
@@ -428,12 +486,17 @@ async fn probe_smtp_send(
 ) -> ProbeReport {
     let mut steps = Steps::new("SMTP", opts.timeout);
     let result = async {
-        let creds = steps.run(Step::Credentials, source.credentials(false)).await?;
-        let mut client = net::smtp::SmtpClient::connect(endpoint, opts, &creds, None, &mut steps).await?;
+        let creds = steps
+            .run(Step::Credentials, source.credentials(false))
+            .await?;
+        let mut client =
+            net::smtp::SmtpClient::connect(endpoint, opts, &creds, None, &mut steps).await?;
         let reply = steps.run(Step::Send, client.send_message(message)).await?;
         let mechanism = client.mechanism();
         client.quit().await;
-        Ok(format!("authenticated with {mechanism}; test message accepted ({reply})"))
+        Ok(format!(
+            "authenticated with {mechanism}; test message accepted ({reply})"
+        ))
     }
     .await;
     ProbeReport {

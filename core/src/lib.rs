@@ -55,12 +55,12 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod directory;
 pub mod error;
 pub mod model;
-pub mod oauth;
-pub mod check;
 pub mod net;
+pub mod oauth;
 pub mod sasl;
 pub mod store;
 
@@ -137,7 +137,10 @@ impl MailSync {
         let runtime = oauth::Runtime::new(settings);
         runtime.check()?;
         Ok(MailSync {
-            inner: Arc::new(Inner { store, oauth: runtime }),
+            inner: Arc::new(Inner {
+                store,
+                oauth: runtime,
+            }),
         })
     }
 

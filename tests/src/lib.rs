@@ -461,11 +461,20 @@ pub mod wire;
 pub async fn imap_search_subject(stack: &Stack, email: &str, token: &str, subject: &str) -> bool {
     let mut c = wire::connect_tls(&stack.imap.host, stack.imap.tls_port).await;
     wire::imap_greeting(&mut c).await;
-    let auth = wire::imap_auth(&mut c, wire::Mech::XOAuth2, email, token, &stack.imap.host, stack.imap.tls_port).await;
+    let auth = wire::imap_auth(
+        &mut c,
+        wire::Mech::XOAuth2,
+        email,
+        token,
+        &stack.imap.host,
+        stack.imap.tls_port,
+    )
+    .await;
     assert!(auth.ok, "IMAP refused the token for {email}");
     let (_, done) = wire::imap_cmd(&mut c, "s1", "EXAMINE INBOX").await;
     assert!(done.contains("OK"), "EXAMINE INBOX: {done}");
-    let (lines, done) = wire::imap_cmd(&mut c, "s2", &format!("SEARCH SUBJECT \"{subject}\"")).await;
+    let (lines, done) =
+        wire::imap_cmd(&mut c, "s2", &format!("SEARCH SUBJECT \"{subject}\"")).await;
     assert!(done.contains("OK"), "SEARCH: {done}");
     lines
         .iter()

@@ -1,12 +1,13 @@
 //! "Test and enable" against the real stack: every step reported, mailbox
 //! state updated, and each failure path with its step and code.
 
+use mailsync::MailSync;
 use mailsync::check::{Direction, TestOptions, TestReport};
 use mailsync::model::{
-    AlertLevel, Endpoint, Mailbox, MailboxSpec, OAuthApp, Security, ServerProfile, TestOutcome, TestStatus,
+    AlertLevel, Endpoint, Mailbox, MailboxSpec, OAuthApp, Security, ServerProfile, TestOutcome,
+    TestStatus,
 };
 use mailsync::oauth::Settings;
-use mailsync::MailSync;
 use mailsync_e2e::Stack;
 use std::time::Duration;
 
@@ -28,19 +29,35 @@ fn settings(stack: &Stack, trust_stack_ca: bool) -> Settings {
 /// A Gmail-type profile pointed at the stack (IMAP TLS + SMTP STARTTLS unless
 /// `shape` changes it), a mailbox for `email`, connected through the real
 /// consent pages.
-async fn connected(email: &str, trust_stack_ca: bool, shape: impl FnOnce(ServerProfile, &Stack) -> ServerProfile) -> Env {
+async fn connected(
+    email: &str,
+    trust_stack_ca: bool,
+    shape: impl FnOnce(ServerProfile, &Stack) -> ServerProfile,
+) -> Env {
     let stack = Stack::get();
     let dir = tempfile::tempdir().unwrap();
-    let sync = MailSync::open_sqlite_with(dir.path().join("m.db"), settings(&stack, trust_stack_ca))
-        .await
-        .unwrap();
-    let app = OAuthApp::google(stack.oauth.client_id.clone(), stack.oauth.client_secret.clone())
-        .for_environment("http://localhost:8765")
-        .unwrap();
+    let sync =
+        MailSync::open_sqlite_with(dir.path().join("m.db"), settings(&stack, trust_stack_ca))
+            .await
+            .unwrap();
+    let app = OAuthApp::google(
+        stack.oauth.client_id.clone(),
+        stack.oauth.client_secret.clone(),
+    )
+    .for_environment("http://localhost:8765")
+    .unwrap();
     let mut profile = ServerProfile::gmail("Stack Gmail", app)
         .default_for_new_mailboxes()
-        .with_incoming(Endpoint::new(&stack.imap.host, stack.imap.tls_port, Security::Tls))
-        .with_outgoing(Endpoint::new(&stack.smtp.host, stack.smtp.starttls_port, Security::StartTls));
+        .with_incoming(Endpoint::new(
+            &stack.imap.host,
+            stack.imap.tls_port,
+            Security::Tls,
+        ))
+        .with_outgoing(Endpoint::new(
+            &stack.smtp.host,
+            stack.smtp.starttls_port,
+            Security::StartTls,
+        ));
     profile.processing.connection_timeout_secs = 10;
     let profile = shape(profile, &stack);
     sync.create_profile(profile).await.unwrap();
@@ -48,11 +65,16 @@ async fn connected(email: &str, trust_stack_ca: bool, shape: impl FnOnce(ServerP
     let consent = sync.connect(&mailbox.id).await.unwrap();
     let password = stack.account(email).password.clone();
     let (url, who) = (consent.url.to_string(), email.to_owned());
-    let callback = tokio::task::spawn_blocking(move || mailsync_e2e::consent(&url, &who, &password, false))
-        .await
-        .unwrap();
+    let callback =
+        tokio::task::spawn_blocking(move || mailsync_e2e::consent(&url, &who, &password, false))
+            .await
+            .unwrap();
     let mailbox = sync.complete_connect(&callback).await.unwrap();
-    Env { sync, mailbox, _dir: dir }
+    Env {
+        sync,
+        mailbox,
+        _dir: dir,
+    }
 }
 
 fn steps(report: &TestReport, direction: Direction) -> Vec<String> {
@@ -60,7 +82,11 @@ fn steps(report: &TestReport, direction: Direction) -> Vec<String> {
         Direction::Incoming => report.incoming.as_ref(),
         Direction::Outgoing => report.outgoing.as_ref(),
     };
-    d.unwrap().steps.iter().map(|s| format!("{}:{}", s.step, if s.ok { "ok" } else { "failed" })).collect()
+    d.unwrap()
+        .steps
+        .iter()
+        .map(|s| format!("{}:{}", s.step, if s.ok { "ok" } else { "failed" }))
+        .collect()
 }
 
 #[tokio::test]
@@ -71,10 +97,24 @@ async fn imap_and_smtp_mailbox_passes_and_is_enabled() {
     assert!(report.is_success(), "{report:#?}");
     assert_eq!(
         steps(&report, Direction::Incoming),
-        ["credentials:ok", "connect:ok", "tls:ok", "greeting:ok", "capabilities:ok", "authenticate:ok", "select_inbox:ok"]
+        [
+            "credentials:ok",
+            "connect:ok",
+            "tls:ok",
+            "greeting:ok",
+            "capabilities:ok",
+            "authenticate:ok",
+            "select_inbox:ok"
+        ]
     );
     let outgoing = steps(&report, Direction::Outgoing);
-    for step in ["credentials:ok", "connect:ok", "ehlo:ok", "tls:ok", "authenticate:ok"] {
+    for step in [
+        "credentials:ok",
+        "connect:ok",
+        "ehlo:ok",
+        "tls:ok",
+        "authenticate:ok",
+    ] {
         assert!(outgoing.contains(&step.to_string()), "{outgoing:?}");
     }
     assert_eq!(report.incoming.as_ref().unwrap().protocol, "IMAP");
@@ -84,7 +124,11 @@ async fn imap_and_smtp_mailbox_passes_and_is_enabled() {
     assert!(matches!(mailbox.outgoing_test, TestStatus::Success { .. }));
     assert!(mailbox.incoming_enabled && mailbox.outgoing_enabled);
     assert_eq!(mailbox.alerts.last().unwrap().code, "mailbox_enabled");
-    let profile = env.sync.get_profile(mailbox.profile_id.as_ref().unwrap()).await.unwrap();
+    let profile = env
+        .sync
+        .get_profile(mailbox.profile_id.as_ref().unwrap())
+        .await
+        .unwrap();
     assert_eq!(profile.last_test.unwrap().outcome, TestOutcome::Success);
 }
 
@@ -94,7 +138,11 @@ async fn pop3_and_smtp_465_mailbox_passes() {
     let env = connected("bob@example.test", true, |p, stack| {
         let mut p = p.use_pop3();
         p.incoming.endpoint = Endpoint::new(&stack.pop3.host, stack.pop3.tls_port, Security::Tls);
-        p.with_outgoing(Endpoint::new(&stack.smtp.host, stack.smtp.tls_port, Security::Tls))
+        p.with_outgoing(Endpoint::new(
+            &stack.smtp.host,
+            stack.smtp.tls_port,
+            Security::Tls,
+        ))
     })
     .await;
     let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
@@ -107,13 +155,25 @@ async fn pop3_and_smtp_465_mailbox_passes() {
 async fn test_message_reaches_the_mailbox_itself() {
     let _provider = mailsync_e2e::provider_shared().await;
     let env = connected("carol@example.test", true, |p, _| p).await;
-    let options = TestOptions { send_test_message: true };
-    let report = env.sync.test_and_enable_with(&env.mailbox.id, &options).await.unwrap();
+    let options = TestOptions {
+        send_test_message: true,
+    };
+    let report = env
+        .sync
+        .test_and_enable_with(&env.mailbox.id, &options)
+        .await
+        .unwrap();
     assert!(report.is_success(), "{report:#?}");
     assert!(steps(&report, Direction::Outgoing).contains(&"send:ok".to_string()));
     let token = env.sync.access_token(&env.mailbox.id).await.unwrap();
     let stack = Stack::get();
-    let found = mailsync_e2e::imap_search_subject(&stack, "carol@example.test", token.token.expose(), "Test Message").await;
+    let found = mailsync_e2e::imap_search_subject(
+        &stack,
+        "carol@example.test",
+        token.token.expose(),
+        "Test Message",
+    )
+    .await;
     assert!(found, "the test message did not arrive in carol's INBOX");
 }
 
@@ -121,32 +181,73 @@ async fn test_message_reaches_the_mailbox_itself() {
 async fn expired_access_token_is_refreshed_and_the_test_passes() {
     let _provider = mailsync_e2e::provider_shared().await;
     let env = connected("alice@example.test", true, |p, _| p).await;
-    let mut tokens = env.sync.store().get_tokens(&env.mailbox.id).await.unwrap().unwrap();
+    let mut tokens = env
+        .sync
+        .store()
+        .get_tokens(&env.mailbox.id)
+        .await
+        .unwrap()
+        .unwrap();
     let old = tokens.access_token.expose().to_owned();
     tokens.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
-    env.sync.store().put_tokens(&tokens, Some(tokens.version)).await.unwrap();
+    env.sync
+        .store()
+        .put_tokens(&tokens, Some(tokens.version))
+        .await
+        .unwrap();
     let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
     assert!(report.is_success(), "{report:#?}");
     let now = env.sync.access_token(&env.mailbox.id).await.unwrap();
-    assert_ne!(now.token.expose(), old, "the expired token should have been refreshed");
+    assert_ne!(
+        now.token.expose(),
+        old,
+        "the expired token should have been refreshed"
+    );
 }
 
 #[tokio::test]
 async fn revoked_grant_fails_at_credentials_with_token_revoked() {
     let _provider = mailsync_e2e::provider_shared().await;
     let env = connected("bob@example.test", true, |p, _| p).await;
-    let mut tokens = env.sync.store().get_tokens(&env.mailbox.id).await.unwrap().unwrap();
+    let mut tokens = env
+        .sync
+        .store()
+        .get_tokens(&env.mailbox.id)
+        .await
+        .unwrap()
+        .unwrap();
     mailsync_e2e::revoke(tokens.access_token.expose());
     tokens.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
-    env.sync.store().put_tokens(&tokens, Some(tokens.version)).await.unwrap();
+    env.sync
+        .store()
+        .put_tokens(&tokens, Some(tokens.version))
+        .await
+        .unwrap();
     let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
     assert_eq!(report.outcome, TestOutcome::Failure);
-    let d = report.incoming.as_ref().unwrap().diagnosis.as_ref().unwrap();
-    assert_eq!((d.step.as_str(), d.code.as_str(), d.transient), ("credentials", "token_revoked", false));
+    let d = report
+        .incoming
+        .as_ref()
+        .unwrap()
+        .diagnosis
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (d.step.as_str(), d.code.as_str(), d.transient),
+        ("credentials", "token_revoked", false)
+    );
     assert!(d.next_action.contains("connect"), "{}", d.next_action);
-    assert!(!report.incoming_enabled, "a permanent failure disables the direction");
+    assert!(
+        !report.incoming_enabled,
+        "a permanent failure disables the direction"
+    );
     let mailbox = env.sync.get_mailbox(&env.mailbox.id).await.unwrap();
-    assert!(mailbox.alerts.iter().any(|a| a.level == AlertLevel::Error && a.code == "token_revoked"));
+    assert!(
+        mailbox
+            .alerts
+            .iter()
+            .any(|a| a.level == AlertLevel::Error && a.code == "token_revoked")
+    );
 }
 
 #[tokio::test]
@@ -162,11 +263,22 @@ async fn server_not_listening_is_network_and_stays_retryable() {
     .await;
     let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
     let d = report.incoming.as_ref().unwrap().diagnosis.clone().unwrap();
-    assert_eq!((d.step.as_str(), d.code.as_str(), d.transient), ("connect", "network", true));
-    assert!(report.incoming_enabled, "a transient failure leaves the mailbox retryable");
+    assert_eq!(
+        (d.step.as_str(), d.code.as_str(), d.transient),
+        ("connect", "network", true)
+    );
+    assert!(
+        report.incoming_enabled,
+        "a transient failure leaves the mailbox retryable"
+    );
     assert!(report.outgoing.as_ref().unwrap().success);
     let mailbox = env.sync.get_mailbox(&env.mailbox.id).await.unwrap();
-    assert!(mailbox.alerts.iter().any(|a| a.level == AlertLevel::Warning && a.code == "network"));
+    assert!(
+        mailbox
+            .alerts
+            .iter()
+            .any(|a| a.level == AlertLevel::Warning && a.code == "network")
+    );
 }
 
 #[tokio::test]
@@ -177,7 +289,11 @@ async fn certificate_from_unknown_ca_is_tls() {
     for direction in [&report.incoming, &report.outgoing] {
         let d = direction.as_ref().unwrap().diagnosis.clone().unwrap();
         assert_eq!((d.step.as_str(), d.code.as_str()), ("tls", "tls"), "{d:?}");
-        assert!(d.message.contains("not trusted") || d.message.contains("certificate"), "{}", d.message);
+        assert!(
+            d.message.contains("not trusted") || d.message.contains("certificate"),
+            "{}",
+            d.message
+        );
     }
     assert!(!report.incoming_enabled && !report.outgoing_enabled);
 }
@@ -188,9 +304,15 @@ async fn imap_disabled_for_the_account_is_protocol_disabled() {
     let env = connected("dave@example.test", true, |p, _| p).await;
     let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
     let d = report.incoming.as_ref().unwrap().diagnosis.clone().unwrap();
-    assert_eq!((d.step.as_str(), d.code.as_str()), ("authenticate", "protocol_disabled"));
+    assert_eq!(
+        (d.step.as_str(), d.code.as_str()),
+        ("authenticate", "protocol_disabled")
+    );
     assert!(d.next_action.contains("Enable IMAP"), "{}", d.next_action);
-    assert!(report.outgoing.as_ref().unwrap().success, "dave may still send");
+    assert!(
+        report.outgoing.as_ref().unwrap().success,
+        "dave may still send"
+    );
 }
 
 #[tokio::test]
@@ -214,8 +336,14 @@ async fn silent_server_times_out_within_the_connection_timeout() {
     let started = std::time::Instant::now();
     let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
     let d = report.incoming.as_ref().unwrap().diagnosis.clone().unwrap();
-    assert_eq!((d.step.as_str(), d.code.as_str(), d.transient), ("tls", "timeout", true));
-    assert!(started.elapsed() < Duration::from_secs(30), "the exchange must not hang");
+    assert_eq!(
+        (d.step.as_str(), d.code.as_str(), d.transient),
+        ("tls", "timeout", true)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the exchange must not hang"
+    );
     hold.abort();
 }
 
@@ -223,14 +351,25 @@ async fn silent_server_times_out_within_the_connection_timeout() {
 async fn test_all_mailboxes_of_a_profile() {
     let _provider = mailsync_e2e::provider_shared().await;
     let env = connected("alice@example.test", true, |p, _| p).await;
-    let second = env.sync.create_mailbox(MailboxSpec::user("carol@example.test")).await.unwrap();
+    let second = env
+        .sync
+        .create_mailbox(MailboxSpec::user("carol@example.test"))
+        .await
+        .unwrap();
     let profile = env.mailbox.profile_id.clone().unwrap();
-    let reports = env.sync.test_all_mailboxes(&profile, &TestOptions::default()).await.unwrap();
+    let reports = env
+        .sync
+        .test_all_mailboxes(&profile, &TestOptions::default())
+        .await
+        .unwrap();
     assert_eq!(reports.len(), 2);
     assert_eq!(reports[0].email, "alice@example.test");
     assert!(reports[0].is_success(), "{:#?}", reports[0]);
     // carol never connected: her check stops at credentials with not_connected.
     assert_eq!(reports[1].mailbox_id, second.id);
     let d = reports[1].first_failure().unwrap();
-    assert_eq!((d.step.as_str(), d.code.as_str()), ("credentials", "not_connected"));
+    assert_eq!(
+        (d.step.as_str(), d.code.as_str()),
+        ("credentials", "not_connected")
+    );
 }

@@ -3,16 +3,24 @@
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
+use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use super::{Store, capacity_error, duplicate_mailbox, duplicate_profile, profile_in_use};
+use super::{
+    PendingAuthorization, Store, TokenRecord, capacity_error, duplicate_mailbox, duplicate_profile,
+    profile_in_use, state_key,
+};
 use crate::error::{Error, Result};
-use crate::model::{Mailbox, MailboxId, ProfileId, ServerProfile};
+use crate::model::{Mailbox, MailboxId, ProfileId, Secret, ServerProfile};
 
 #[derive(Default)]
 struct Inner {
     profiles: BTreeMap<ProfileId, ServerProfile>,
     mailboxes: BTreeMap<MailboxId, Mailbox>,
+    /// state key -> pending authorization
+    pending: BTreeMap<String, PendingAuthorization>,
+    tokens: BTreeMap<MailboxId, TokenRecord>,
+    leases: BTreeMap<MailboxId, (String, OffsetDateTime)>,
 }
 
 impl Inner {
@@ -173,9 +181,107 @@ impl Store for MemoryStore {
     }
 
     async fn delete_mailbox(&self, id: &MailboxId) -> Result<()> {
-        match self.inner.lock().await.mailboxes.remove(id) {
-            Some(_) => Ok(()),
+        let mut inner = self.inner.lock().await;
+        match inner.mailboxes.remove(id) {
+            Some(_) => {
+                inner.pending.retain(|_, p| &p.mailbox_id != id);
+                inner.tokens.remove(id);
+                inner.leases.remove(id);
+                Ok(())
+            }
             None => Err(Error::not_found("mailbox", id)),
         }
+    }
+
+    async fn put_pending_authorization(&self, pending: &PendingAuthorization) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        if !inner.mailboxes.contains_key(&pending.mailbox_id) {
+            return Err(Error::not_found("mailbox", &pending.mailbox_id));
+        }
+        inner
+            .pending
+            .retain(|_, p| p.mailbox_id != pending.mailbox_id);
+        inner
+            .pending
+            .insert(state_key(&pending.state), pending.clone());
+        Ok(())
+    }
+
+    async fn take_pending_authorization(
+        &self,
+        state: &Secret,
+    ) -> Result<Option<PendingAuthorization>> {
+        Ok(self.inner.lock().await.pending.remove(&state_key(state)))
+    }
+
+    async fn delete_pending_authorization(&self, mailbox: &MailboxId) -> Result<()> {
+        self.inner
+            .lock()
+            .await
+            .pending
+            .retain(|_, p| &p.mailbox_id != mailbox);
+        Ok(())
+    }
+
+    async fn get_tokens(&self, mailbox: &MailboxId) -> Result<Option<TokenRecord>> {
+        Ok(self.inner.lock().await.tokens.get(mailbox).cloned())
+    }
+
+    async fn put_tokens(
+        &self,
+        tokens: &TokenRecord,
+        expected_version: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let mut inner = self.inner.lock().await;
+        if !inner.mailboxes.contains_key(&tokens.mailbox_id) {
+            return Err(Error::not_found("mailbox", &tokens.mailbox_id));
+        }
+        let current = inner.tokens.get(&tokens.mailbox_id).map(|t| t.version);
+        if let Some(expected) = expected_version
+            && current != Some(expected)
+        {
+            return Ok(None);
+        }
+        let version = current.unwrap_or(0) + 1;
+        let mut record = tokens.clone();
+        record.version = version;
+        inner.tokens.insert(tokens.mailbox_id.clone(), record);
+        Ok(Some(version))
+    }
+
+    async fn delete_tokens(&self, mailbox: &MailboxId) -> Result<()> {
+        self.inner.lock().await.tokens.remove(mailbox);
+        Ok(())
+    }
+
+    async fn try_acquire_refresh_lease(
+        &self,
+        mailbox: &MailboxId,
+        owner: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool> {
+        let mut inner = self.inner.lock().await;
+        let now = OffsetDateTime::now_utc();
+        match inner.leases.get(mailbox) {
+            Some((holder, until)) if holder != owner && *until > now => Ok(false),
+            _ => {
+                inner
+                    .leases
+                    .insert(mailbox.clone(), (owner.to_owned(), expires_at));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_refresh_lease(&self, mailbox: &MailboxId, owner: &str) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        if inner
+            .leases
+            .get(mailbox)
+            .is_some_and(|(holder, _)| holder == owner)
+        {
+            inner.leases.remove(mailbox);
+        }
+        Ok(())
     }
 }

@@ -109,8 +109,50 @@ pub trait Store: Send + Sync + 'static {
     async fn list_mailboxes(&self, profile: Option<&ProfileId>) -> Result<Vec<Mailbox>>;
     /// How many mailboxes a profile holds.
     async fn count_mailboxes(&self, profile: &ProfileId) -> Result<u32>;
-    /// Deletes a mailbox. `not_found` if it is gone.
+    /// Deletes a mailbox. `not_found` if it is gone. Its pending
+    /// authorization, tokens and refresh lease go with it.
     async fn delete_mailbox(&self, id: &MailboxId) -> Result<()>;
+
+    // ---------------------------------------------------------------- OAuth
+
+    /// Stores a pending authorization, replacing any previous one for the
+    /// same mailbox (its state stops working).
+    async fn put_pending_authorization(&self, pending: &PendingAuthorization) -> Result<()>;
+    /// Removes and returns the pending authorization whose state is `state`,
+    /// atomically: of two concurrent callers with the same state at most one
+    /// gets it. Expired entries are returned too (the caller refuses them).
+    async fn take_pending_authorization(
+        &self,
+        state: &Secret,
+    ) -> Result<Option<PendingAuthorization>>;
+    /// Removes the mailbox's pending authorization, if any.
+    async fn delete_pending_authorization(&self, mailbox: &MailboxId) -> Result<()>;
+
+    /// The mailbox's token set.
+    async fn get_tokens(&self, mailbox: &MailboxId) -> Result<Option<TokenRecord>>;
+    /// Writes a token set with compare-and-swap. With `expected_version:
+    /// Some(v)` the write happens only if the stored set has version `v`;
+    /// with `None` it replaces whatever is stored. Returns the new version,
+    /// or `None` when the comparison failed (nothing written).
+    async fn put_tokens(
+        &self,
+        tokens: &TokenRecord,
+        expected_version: Option<u64>,
+    ) -> Result<Option<u64>>;
+    /// Deletes the mailbox's token set (no error if there is none).
+    async fn delete_tokens(&self, mailbox: &MailboxId) -> Result<()>;
+
+    /// Takes the mailbox's refresh lease for `owner` until `expires_at`, if it
+    /// is free, expired or already held by `owner`. Returns whether `owner`
+    /// holds it now. This is the cross-process single-flight for refreshes.
+    async fn try_acquire_refresh_lease(
+        &self,
+        mailbox: &MailboxId,
+        owner: &str,
+        expires_at: OffsetDateTime,
+    ) -> Result<bool>;
+    /// Releases the lease if `owner` holds it.
+    async fn release_refresh_lease(&self, mailbox: &MailboxId, owner: &str) -> Result<()>;
 
     /// Flushes and releases resources (e.g. checkpoints SQLite's WAL).
     /// Further calls fail. The default does nothing.
