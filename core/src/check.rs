@@ -25,7 +25,7 @@ use crate::MailSync;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
     AlertLevel, Authentication, Endpoint, IncomingDelivery, LastTestResult, Mailbox, MailboxId,
-    OutgoingDelivery, ProfileId, ServerProfile, TestOutcome, TestStatus,
+    OutgoingDelivery, ProfileId, Secret, ServerProfile, TestOutcome, TestStatus,
 };
 use crate::net::{
     self, ConnectOptions, CredentialSource, Credentials, ProbeReport, Step, Steps, TlsSettings,
@@ -142,6 +142,29 @@ struct MailboxCredentials {
     sync: MailSync,
     mailbox: Mailbox,
     profile: ServerProfile,
+    /// The last access token handed out, to replace when a server refuses it.
+    last_token: std::sync::Mutex<Option<Secret>>,
+}
+
+impl MailboxCredentials {
+    fn new(sync: MailSync, mailbox: Mailbox, profile: ServerProfile) -> Self {
+        MailboxCredentials {
+            sync,
+            mailbox,
+            profile,
+            last_token: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// Hands out fresh credentials on every call: the retry after a refusal.
+struct Fresh<'a>(&'a MailboxCredentials);
+
+#[async_trait::async_trait]
+impl CredentialSource for Fresh<'_> {
+    async fn credentials(&self, _force_fresh: bool) -> Result<Credentials> {
+        self.0.credentials(true).await
+    }
 }
 
 #[async_trait::async_trait]
@@ -155,10 +178,18 @@ impl CredentialSource for MailboxCredentials {
         };
         match &self.profile.authentication {
             Authentication::GmailOAuth { .. } | Authentication::OAuthProvider { .. } => {
-                // A refused or expired token is refreshed by access_token()
-                // itself once it is within the refresh skew of its expiry.
-                let _ = force_fresh;
-                let token = self.sync.access_token(&self.mailbox.id).await?;
+                let last = self.last_token.lock().map(|t| t.clone()).unwrap_or(None);
+                let token = match (force_fresh, last) {
+                    (true, Some(rejected)) => {
+                        self.sync
+                            .refresh_access_token(&self.mailbox.id, &rejected)
+                            .await?
+                    }
+                    _ => self.sync.access_token(&self.mailbox.id).await?,
+                };
+                if let Ok(mut last) = self.last_token.lock() {
+                    *last = Some(token.token.clone());
+                }
                 Ok(Credentials::OAuth {
                     user: self.mailbox.email.clone(),
                     access_token: token.token,
@@ -187,6 +218,26 @@ impl CredentialSource for MailboxCredentials {
                 })
             }
         }
+    }
+}
+
+/// Whether the server refused the token itself: one retry with a refreshed
+/// token then tells a stale token (passes) from a revoked grant
+/// (`token_revoked` at the credentials step).
+fn refused_token(probe: &ProbeReport) -> bool {
+    matches!(&probe.result, Err(e) if e.step == Step::Authenticate && e.error.code() == ErrorCode::AuthRejected)
+}
+
+/// The SMTP check, sending `message` when given.
+async fn smtp_probe(
+    endpoint: &Endpoint,
+    opts: &ConnectOptions,
+    source: &dyn CredentialSource,
+    message: Option<&lettre::Message>,
+) -> ProbeReport {
+    match message {
+        Some(message) => probe_smtp_send(endpoint, opts, source, message).await,
+        None => net::probe_smtp(endpoint, opts, source, None).await,
     }
 }
 
@@ -328,20 +379,20 @@ impl MailSync {
         let profile = self.get_profile(&profile_id).await?;
         let opts = self.connect_options(&profile)?;
         let tested_at = OffsetDateTime::now_utc();
-        let source = MailboxCredentials {
-            sync: self.clone(),
-            mailbox: record_before.clone(),
-            profile: profile.clone(),
-        };
+        let source = MailboxCredentials::new(self.clone(), record_before.clone(), profile.clone());
+        let oauth = profile.authentication.is_oauth();
 
         let incoming = if record_before.incoming_delivery == IncomingDelivery::None {
             None
         } else {
             let started = Instant::now();
             let endpoint = &profile.incoming.endpoint;
-            let probe =
-                net::probe_incoming(profile.incoming.protocol, endpoint, &opts, &source, None)
-                    .await;
+            let protocol = profile.incoming.protocol;
+            let mut probe = net::probe_incoming(protocol, endpoint, &opts, &source, None).await;
+            if oauth && refused_token(&probe) {
+                let fresh = Fresh(&source);
+                probe = net::probe_incoming(protocol, endpoint, &opts, &fresh, None).await;
+            }
             Some(direction_report(
                 Direction::Incoming,
                 format!("{}:{}", endpoint.host, endpoint.port),
@@ -354,11 +405,14 @@ impl MailSync {
         } else {
             let started = Instant::now();
             let endpoint = &profile.outgoing;
-            let probe = if options.send_test_message {
-                probe_smtp_send(endpoint, &opts, &source, &test_message(&record_before)?).await
-            } else {
-                net::probe_smtp(endpoint, &opts, &source, None).await
-            };
+            let message = options
+                .send_test_message
+                .then(|| test_message(&record_before))
+                .transpose()?;
+            let mut probe = smtp_probe(endpoint, &opts, &source, message.as_ref()).await;
+            if oauth && refused_token(&probe) {
+                probe = smtp_probe(endpoint, &opts, &Fresh(&source), message.as_ref()).await;
+            }
             Some(direction_report(
                 Direction::Outgoing,
                 format!("{}:{}", endpoint.host, endpoint.port),

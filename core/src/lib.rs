@@ -134,6 +134,7 @@ impl MailSync {
     /// override, refresh skew, event listener, ...). Fails with `validation`
     /// on unusable settings (e.g. a PEM without certificates).
     pub fn with_store_and_settings(store: Arc<dyn Store>, settings: Settings) -> Result<MailSync> {
+        settings.validate()?;
         let runtime = oauth::Runtime::new(settings);
         runtime.check()?;
         Ok(MailSync {
@@ -148,6 +149,17 @@ impl MailSync {
     pub async fn open_sqlite_with(path: impl AsRef<Path>, settings: Settings) -> Result<MailSync> {
         let path = path.as_ref();
         let key = SealKey::load_or_create(default_key_path(path))?;
+        let store = SqliteStore::open(path, key).await?;
+        MailSync::with_store_and_settings(Arc::new(store), settings)
+    }
+
+    /// The SQLite store at `path` with a key supplied by the host, and [`Settings`].
+    pub async fn open_sqlite_with_key_and_settings(
+        path: impl AsRef<Path>,
+        key: SealKey,
+        settings: Settings,
+    ) -> Result<MailSync> {
+        settings.validate()?;
         let store = SqliteStore::open(path, key).await?;
         MailSync::with_store_and_settings(Arc::new(store), settings)
     }

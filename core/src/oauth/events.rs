@@ -23,6 +23,14 @@ pub enum MailboxEventKind {
 }
 
 impl MailboxEventKind {
+    /// Every kind, in documentation order.
+    pub const ALL: &'static [MailboxEventKind] = &[
+        MailboxEventKind::Connected,
+        MailboxEventKind::Refreshed,
+        MailboxEventKind::NeedsReconsent,
+        MailboxEventKind::Disconnected,
+    ];
+
     /// The stable snake_case name, e.g. `"needs_reconsent"`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,7 +61,9 @@ pub struct MailboxEvent {
 }
 
 /// Receives [`MailboxEvent`]s. Called synchronously on the task that caused
-/// the event; keep it quick (queue the work). A panic in the listener is
+/// the event, which may hold the mailbox's token lock: keep it quick and
+/// queue the work — calling back into [`crate::MailSync`] for the same
+/// mailbox from inside `on_event` can deadlock. A panic in the listener is
 /// caught and logged, never propagated.
 pub trait MailboxEventListener: Send + Sync {
     /// One event.

@@ -122,6 +122,41 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// Checks the values; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let retry = &self.refresh_retry;
+        if retry.attempts < 1 {
+            return Err(Error::validation(
+                "refresh_retry.attempts",
+                "must be at least 1",
+            ));
+        }
+        if retry.initial_backoff > retry.max_backoff {
+            return Err(Error::validation(
+                "refresh_retry.initial_backoff",
+                "must not exceed refresh_retry.max_backoff",
+            ));
+        }
+        if self.http_timeout.is_zero() {
+            return Err(Error::validation(
+                "http_timeout",
+                "must be longer than zero",
+            ));
+        }
+        if self.refresh_lease.is_zero() {
+            return Err(Error::validation(
+                "refresh_lease",
+                "must be longer than zero",
+            ));
+        }
+        if let Some(url) = &self.google_issuer_override {
+            crate::model::validate::issuer_url("google_issuer_override", url.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")

@@ -115,11 +115,38 @@ impl MailSync {
     /// `invalid_client` (fix the profile); `provider_unavailable`
     /// (transient: retried with bounded backoff before it is returned).
     pub async fn access_token(&self, mailbox: &MailboxId) -> Result<AccessToken> {
+        self.obtain_access_token(mailbox, None).await
+    }
+
+    /// A new access token to replace `rejected`, which a mail server refused
+    /// or ended a session for before its expiry (revoked, password changed,
+    /// clock skew). Refreshes unless another caller has already replaced
+    /// `rejected`; single-flight like [`MailSync::access_token`], with the
+    /// same errors — a revoked grant surfaces here as `token_revoked`.
+    pub async fn refresh_access_token(
+        &self,
+        mailbox: &MailboxId,
+        rejected: &Secret,
+    ) -> Result<AccessToken> {
+        self.obtain_access_token(mailbox, Some(rejected)).await
+    }
+
+    /// Whether the stored token can be handed out: fresh, and not the one a
+    /// caller reported as rejected.
+    fn usable(&self, tokens: &TokenRecord, rejected: Option<&Secret>) -> bool {
+        self.is_fresh(tokens) && rejected.is_none_or(|r| &tokens.access_token != r)
+    }
+
+    async fn obtain_access_token(
+        &self,
+        mailbox: &MailboxId,
+        rejected: Option<&Secret>,
+    ) -> Result<AccessToken> {
         let arrived = Instant::now();
         let flight = self.oauth().flight(mailbox);
         let mut state = flight.lock().await;
         let tokens = self.usable_tokens(mailbox).await?;
-        if self.is_fresh(&tokens) {
+        if self.usable(&tokens, rejected) {
             return Ok(to_access(&tokens));
         }
         if let Some(f) = &state.last_failure
@@ -127,7 +154,7 @@ impl MailSync {
         {
             return Err(Error::new(f.code, f.message.clone()));
         }
-        let result = self.refresh_across_processes(mailbox).await;
+        let result = self.refresh_across_processes(mailbox, rejected).await;
         if let Err(e) = &result
             && e.is_transient()
         {
@@ -141,7 +168,11 @@ impl MailSync {
     }
 
     /// Takes the store lease (or waits for whoever holds it) and refreshes.
-    async fn refresh_across_processes(&self, mailbox: &MailboxId) -> Result<AccessToken> {
+    async fn refresh_across_processes(
+        &self,
+        mailbox: &MailboxId,
+        rejected: Option<&Secret>,
+    ) -> Result<AccessToken> {
         let settings = self.settings();
         let owner = uuid::Uuid::new_v4().to_string();
         let lease =
@@ -158,7 +189,7 @@ impl MailSync {
                 let result = async {
                     // Someone may have refreshed between our read and the lease.
                     let tokens = self.usable_tokens(mailbox).await?;
-                    if self.is_fresh(&tokens) {
+                    if self.usable(&tokens, rejected) {
                         return Ok(to_access(&tokens));
                     }
                     self.refresh(mailbox, tokens).await
@@ -173,7 +204,7 @@ impl MailSync {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(250));
             let tokens = self.usable_tokens(mailbox).await?;
-            if self.is_fresh(&tokens) {
+            if self.usable(&tokens, rejected) {
                 return Ok(to_access(&tokens));
             }
             if Instant::now() >= deadline {
@@ -314,6 +345,7 @@ impl MailSync {
 
     /// What is stored for the mailbox, without secrets (`None` if nothing).
     pub async fn token_info(&self, mailbox: &MailboxId) -> Result<Option<TokenInfo>> {
+        self.get_mailbox(mailbox).await?;
         Ok(self.store().get_tokens(mailbox).await?.map(|t| TokenInfo {
             has_refresh_token: t.refresh_token.is_some(),
             account: t.account,
