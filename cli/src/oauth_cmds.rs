@@ -71,7 +71,7 @@ pub async fn run(ctx: &Ctx, cmd: OAuthCmd) -> Result<(), Error> {
                     output::json_value(&json!({
                         "mailbox": mailbox.email,
                         "url": consent.url.as_str(),
-                        "expires_at": consent.expires_at.to_string(),
+                        "expires_at": output::timestamp(consent.expires_at),
                     }));
                 } else {
                     println!("Open this URL as {} to give consent:", mailbox.email);
@@ -85,7 +85,9 @@ pub async fn run(ctx: &Ctx, cmd: OAuthCmd) -> Result<(), Error> {
             }
             let profile = ctx
                 .sync
-                .get_profile(mailbox.profile_id.as_ref().expect("connect checked it"))
+                .get_profile(mailbox.profile_id.as_ref().ok_or_else(|| {
+                    Error::validation("profile_id", "the mailbox has no server profile")
+                })?)
                 .await?;
             let redirect = profile
                 .oauth_app()
@@ -132,7 +134,7 @@ pub async fn run(ctx: &Ctx, cmd: OAuthCmd) -> Result<(), Error> {
                 .unwrap_or_default();
             let expires = token
                 .expires_at
-                .map(|e| e.to_string())
+                .map(output::timestamp)
                 .unwrap_or_else(|| "unknown".into());
             if ctx.json {
                 output::json_value(&json!({

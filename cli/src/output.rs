@@ -26,6 +26,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// An instant as RFC 3339 (`2026-11-24T15:09:52Z`), to the second.
+pub fn timestamp(at: time::OffsetDateTime) -> String {
+    let at = at.replace_nanosecond(0).unwrap_or(at);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
+}
+
 /// Prints a value as pretty JSON.
 pub fn json_value(value: &serde_json::Value) {
     println!(
@@ -163,7 +170,7 @@ pub fn mailbox_details(mailbox: &Mailbox, profile_name: &str) {
     for alert in &mailbox.alerts {
         println!(
             "Alert              {} {} {}: {}",
-            alert.at,
+            timestamp(alert.at),
             enum_text(&alert.level),
             alert.code,
             alert.message

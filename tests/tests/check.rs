@@ -378,15 +378,28 @@ async fn test_all_mailboxes_of_a_profile() {
 async fn revoked_grant_with_an_unexpired_token_is_still_token_revoked() {
     let _provider = mailsync_e2e::provider_shared().await;
     let env = connected("carol@example.test", true, |p, _| p).await;
-    let tokens = env.sync.store().get_tokens(&env.mailbox.id).await.unwrap().unwrap();
+    let tokens = env
+        .sync
+        .store()
+        .get_tokens(&env.mailbox.id)
+        .await
+        .unwrap()
+        .unwrap();
     // The user revokes access; the stored token still looks valid for an hour.
     mailsync_e2e::revoke(tokens.access_token.expose());
     let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
     let d = report.incoming.as_ref().unwrap().diagnosis.clone().unwrap();
-    assert_eq!((d.step.as_str(), d.code.as_str()), ("credentials", "token_revoked"), "{d:?}");
+    assert_eq!(
+        (d.step.as_str(), d.code.as_str()),
+        ("credentials", "token_revoked"),
+        "{d:?}"
+    );
     let mailbox = env.sync.get_mailbox(&env.mailbox.id).await.unwrap();
     assert!(
-        matches!(mailbox.connection, mailsync::model::ConnectionState::NeedsReconsent { .. }),
+        matches!(
+            mailbox.connection,
+            mailsync::model::ConnectionState::NeedsReconsent { .. }
+        ),
         "{:?}",
         mailbox.connection
     );
