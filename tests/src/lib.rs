@@ -314,6 +314,28 @@ pub fn restart_provider(token_ttl_secs: u64) {
     );
 }
 
+/// Restarts the provider with a short access-token lifetime and restores
+/// the previous one when dropped — also when the test fails, so later tests
+/// and suites never inherit the short lifetime. Hold
+/// [`provider_exclusive`] while it lives.
+#[must_use = "the lifetime is restored when the guard drops"]
+pub struct ShortTokenTtl(u64);
+
+impl ShortTokenTtl {
+    /// Sets the lifetime to `secs` until the guard drops.
+    pub fn set(secs: u64) -> ShortTokenTtl {
+        let before = Stack::get().oauth.access_token_ttl;
+        restart_provider(secs);
+        ShortTokenTtl(before)
+    }
+}
+
+impl Drop for ShortTokenTtl {
+    fn drop(&mut self) {
+        restart_provider(self.0);
+    }
+}
+
 // ------------------------------------------------------------------ provider HTTP (loopback)
 
 /// A tiny HTTP/1.1 client for the provider on loopback (`Connection: close`).

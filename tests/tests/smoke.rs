@@ -158,20 +158,10 @@ async fn revoked_token_is_refused_with_json_challenge() {
     assert_refused_everywhere(&s, user, &t.access_token).await;
 }
 
-struct RestoreProvider(u64);
-
-impl Drop for RestoreProvider {
-    fn drop(&mut self) {
-        mailsync_e2e::restart_provider(self.0);
-    }
-}
-
 #[tokio::test]
 async fn expired_token_is_refused_with_json_challenge() {
     let _p = mailsync_e2e::provider_exclusive().await;
-    let before = Stack::get().oauth.access_token_ttl;
-    let _restore = RestoreProvider(before);
-    mailsync_e2e::restart_provider(2);
+    let _ttl = mailsync_e2e::ShortTokenTtl::set(2);
     let s = Stack::get();
     assert_eq!(s.oauth.access_token_ttl, 2);
     let user = "carol@example.test";

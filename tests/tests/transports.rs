@@ -638,10 +638,31 @@ async fn kick(user: &str) {
     assert!(out.status.success(), "doveadm kick: {out:?}");
 }
 
+/// How many IMAP sessions Dovecot lists for `user`.
+async fn imap_sessions(user: &str) -> usize {
+    let s = Stack::get();
+    let conf = s.state_dir.join("dovecot").join("dovecot.conf");
+    let user = user.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("doveadm")
+            .arg("-c")
+            .arg(conf)
+            .args(["who", "-1", &user])
+            .output()
+            .expect("run doveadm")
+    })
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == "imap"))
+        .count()
+}
+
 #[tokio::test]
 async fn session_outliving_its_token_is_reauthenticated_transparently() {
     let _g = provider_exclusive().await;
-    tokio::task::spawn_blocking(|| mailsync_e2e::restart_provider(4))
+    let _ttl = tokio::task::spawn_blocking(|| mailsync_e2e::ShortTokenTtl::set(4))
         .await
         .unwrap();
     let s = Stack::get();
@@ -667,8 +688,16 @@ async fn session_outliving_its_token_is_reauthenticated_transparently() {
         },
     )
     .await;
-    // The server ends the session (as Gmail does when the token expires).
+    // The server ends the session (as Gmail does when the token expires),
+    // and we wait until Dovecot no longer lists it, so the next command
+    // meets the closed session rather than racing the kick.
     kick(user).await;
+    mailsync_e2e::wait_for(
+        "the kicked IMAP session to end",
+        Duration::from_secs(10),
+        || async { imap_sessions(user).await == 0 },
+    )
+    .await;
 
     let msgs = mailbox
         .fetch(UidRange::from(before.uid_next))
@@ -693,8 +722,4 @@ async fn session_outliving_its_token_is_reauthenticated_transparently() {
     assert_eq!(stale.fresh_calls.load(Ordering::SeqCst), 1);
     mailbox.close().await;
     mailbox2.close().await;
-
-    tokio::task::spawn_blocking(|| mailsync_e2e::restart_provider(3600))
-        .await
-        .unwrap();
 }

@@ -740,6 +740,15 @@ def cmd_up(p, ttl, rotate):
     t0 = time.monotonic()
     all_alive, alive = running_state(p)
     if all_alive and os.path.exists(p.stack_json):
+        # A test that died while it had shortened the token lifetime (or
+        # turned on rotation) must not leak that into the next run.
+        with open(p.stack_json) as f:
+            oauth = json.load(f)["oauth"]
+        if oauth.get("access_token_ttl") != ttl or oauth.get("rotate_refresh_tokens", False) != rotate:
+            log(f"provider runs with other token settings; restarting it (ttl {ttl}s, rotate {rotate})")
+            rc = cmd_restart_provider(p, ttl, rotate)
+            if rc != 0:
+                return rc
         print(f"stack already running ({p.stack_json})")
         return 0
     if any(read_pid(p, n) for n in SERVICES):
