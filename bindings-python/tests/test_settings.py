@@ -117,12 +117,8 @@ def test_round2_operations_reject_garbage_with_codes(name):
             with pytest.raises(mailsync.ValidationError) as e:
                 await call(sync, op, "not-an-id")
             assert e.value.field == "mailbox_id"
-            if op == "token_info":
-                # Core semantics: token_info reads the token store only.
-                assert await call(sync, op, UNKNOWN) is None
-            else:
-                with pytest.raises(mailsync.NotFoundError):
-                    await call(sync, op, UNKNOWN)
+            with pytest.raises(mailsync.NotFoundError):
+                await call(sync, op, UNKNOWN)
             with pytest.raises(TypeError):
                 await call(sync, op, 42)
         with pytest.raises(mailsync.ValidationError):
