@@ -214,10 +214,9 @@ impl MailSync {
 
         if let Err(err) = self.check_grant(&ctx, &tokens).await {
             // Give back what was granted; store nothing.
-            let revoked = match &tokens.refresh_token {
-                Some(r) => self.revoke(&ctx, r, true).await,
-                None => self.revoke(&ctx, &tokens.access_token, false).await,
-            };
+            let revoked = self
+                .revoke_grant(&ctx, &tokens.access_token, tokens.refresh_token.as_ref())
+                .await;
             if let Err(e) = revoked {
                 tracing::warn!(mailbox = %mailbox_id, code = %e.code(), "could not revoke a refused grant");
             }

@@ -535,6 +535,20 @@ impl MailSync {
     /// Done here rather than through `oauth2`, whose revocation refuses
     /// non-https endpoints outright; our endpoints are checked at discovery
     /// (https, or http on loopback only).
+    /// Revokes a whole grant: through its refresh token when there is one
+    /// (which also ends its access tokens), else through the access token.
+    pub(crate) async fn revoke_grant(
+        &self,
+        ctx: &Context,
+        access: &Secret,
+        refresh: Option<&Secret>,
+    ) -> Result<()> {
+        match refresh {
+            Some(r) => self.revoke(ctx, r, true).await,
+            None => self.revoke(ctx, access, false).await,
+        }
+    }
+
     pub(crate) async fn revoke(&self, ctx: &Context, token: &Secret, refresh: bool) -> Result<()> {
         let Some(endpoint) = ctx.provider.revocation_endpoint.as_ref() else {
             tracing::warn!(mailbox = %ctx.mailbox.id, "provider has no revocation endpoint; tokens only deleted");

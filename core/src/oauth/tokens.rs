@@ -369,10 +369,9 @@ impl MailSync {
         if let Some(tokens) = self.store().get_tokens(mailbox).await? {
             match self.oauth_context(mailbox).await {
                 Ok(ctx) => {
-                    let revoked = match &tokens.refresh_token {
-                        Some(r) => self.revoke(&ctx, r, true).await,
-                        None => self.revoke(&ctx, &tokens.access_token, false).await,
-                    };
+                    let revoked = self
+                        .revoke_grant(&ctx, &tokens.access_token, tokens.refresh_token.as_ref())
+                        .await;
                     match revoked {
                         Ok(()) => {}
                         Err(e) if e.is_transient() => return Err(e),
