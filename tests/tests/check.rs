@@ -404,3 +404,101 @@ async fn revoked_grant_with_an_unexpired_token_is_still_token_revoked() {
         mailbox.connection
     );
 }
+
+#[tokio::test]
+async fn smtp_without_auth_before_starttls_is_mechanism_unsupported() {
+    let _provider = mailsync_e2e::provider_shared().await;
+    // Postfix offers AUTH only after STARTTLS; speaking plaintext to the
+    // submission port (allowed on loopback, explicitly) finds no mechanism.
+    let env = connected("alice@example.test", true, |p, s| {
+        let mut p = p.with_outgoing(Endpoint::new(
+            &s.smtp.host,
+            s.smtp.starttls_port,
+            Security::Plaintext,
+        ));
+        p.allow_plaintext_on_loopback = true;
+        p
+    })
+    .await;
+    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
+    assert!(report.incoming.as_ref().unwrap().success);
+    let d = report.outgoing.as_ref().unwrap().diagnosis.clone().unwrap();
+    assert_eq!(
+        (d.step.as_str(), d.code.as_str()),
+        ("ehlo", "mechanism_unsupported"),
+        "{d:?}"
+    );
+    assert!(!report.outgoing_enabled);
+}
+
+#[tokio::test]
+async fn smtp_refusing_the_sender_is_send_rejected_with_password_credentials() {
+    use mailsync::model::{Authentication, IncomingEndpoint, IncomingProtocol, MailboxCredentials};
+    let stack = Stack::get();
+    let dir = tempfile::tempdir().unwrap();
+    let sync = MailSync::open_sqlite_with(dir.path().join("m.db"), settings(&stack, true))
+        .await
+        .unwrap();
+    // A generic IMAP/SMTP profile with per-mailbox passwords (app passwords).
+    let incoming = IncomingEndpoint {
+        protocol: IncomingProtocol::Imap,
+        endpoint: Endpoint::new(&stack.imap.host, stack.imap.tls_port, Security::Tls),
+    };
+    let outgoing = Endpoint::new(
+        &stack.smtp.host,
+        stack.smtp.starttls_port,
+        Security::StartTls,
+    );
+    let profile = sync
+        .create_profile(ServerProfile::generic(
+            "Passwords",
+            incoming,
+            outgoing,
+            Authentication::CredentialsPerMailbox,
+        ))
+        .await
+        .unwrap();
+    // alice's mailbox, but it logs in as bob: the server refuses alice as sender.
+    let bob = stack.account("bob@example.test");
+    let mut spec = MailboxSpec::user("alice@example.test").on_profile(profile.id.clone());
+    spec.credentials = Some(MailboxCredentials {
+        username: bob.email.clone(),
+        password: Some(bob.password.clone().into()),
+    });
+    let mailbox = sync.create_mailbox(spec).await.unwrap();
+    let options = TestOptions {
+        send_test_message: true,
+    };
+    let report = sync
+        .test_and_enable_with(&mailbox.id, &options)
+        .await
+        .unwrap();
+    let incoming = report.incoming.as_ref().unwrap();
+    assert!(incoming.success, "{incoming:?}");
+    assert!(
+        incoming
+            .steps
+            .iter()
+            .any(|s| s.step == "authenticate" && s.detail.as_deref() == Some("PLAIN")),
+        "{incoming:?}"
+    );
+    let d = report.outgoing.as_ref().unwrap().diagnosis.clone().unwrap();
+    assert_eq!(
+        (d.step.as_str(), d.code.as_str(), d.transient),
+        ("send", "send_rejected", false),
+        "{d:?}"
+    );
+    assert!(
+        d.message.contains("553") || d.message.contains("5.7.1"),
+        "the server's reply code is kept: {}",
+        d.message
+    );
+    // The password is sealed and never shown.
+    assert!(!format!("{report:?}").contains(&bob.password));
+    let stored = sync.get_mailbox(&mailbox.id).await.unwrap();
+    assert!(
+        !serde_json::to_string(&stored)
+            .unwrap()
+            .contains(&bob.password)
+    );
+}
