@@ -149,8 +149,7 @@ impl MailSync {
     pub async fn open_sqlite_with(path: impl AsRef<Path>, settings: Settings) -> Result<MailSync> {
         let path = path.as_ref();
         let key = SealKey::load_or_create(default_key_path(path))?;
-        let store = SqliteStore::open(path, key).await?;
-        MailSync::with_store_and_settings(Arc::new(store), settings)
+        MailSync::open_sqlite_with_key_and_settings(path, key, settings).await
     }
 
     /// The SQLite store at `path` with a key supplied by the host, and [`Settings`].
