@@ -234,6 +234,11 @@ export declare class MailSync {
    * settings (e.g. a PEM without certificates).
    */
   static openSqliteWith(path: string, settings: Settings): Promise<MailSync>
+  /**
+   * Like `openSqliteWithKey` (a key supplied by the host), with settings;
+   * rejects with `validation` on unusable settings.
+   */
+  static openSqliteWithKeyAndSettings(path: string, key: SealKey, settings: Settings): Promise<MailSync>
   /** Like `inMemory`, with settings; throws `validation` on unusable settings. */
   static inMemoryWith(settings: Settings): MailSync
   /** Replaces the connection event listener (`null` removes it). */
@@ -258,6 +263,14 @@ export declare class MailSync {
    * `not_connected`, `token_revoked`, `provider_unavailable`, ...
    */
   accessToken(mailboxId: string): Promise<AccessToken>
+  /**
+   * A new access token to replace `rejected` (one a mail server refused or
+   * ended a session for before its expiry). Refreshes unless another caller
+   * already replaced `rejected`, in which case it resolves with the stored,
+   * newer token without asking the provider; single-flight like
+   * `accessToken`, with the same errors (a revoked grant is `token_revoked`).
+   */
+  refreshAccessToken(mailboxId: string, rejected: AccessToken): Promise<AccessToken>
   /** What is stored for the mailbox's grant, without secrets; `null` if nothing. */
   tokenInfo(mailboxId: string): Promise<TokenInfo | undefined | null>
   /**
@@ -304,6 +317,13 @@ export declare class MailSync {
   assignProfile(mailboxId: string, profileId: string): Promise<Mailbox>
   /** Deletes a mailbox. */
   deleteMailbox(id: string): Promise<void>
+  /**
+   * Closes the store cleanly (SQLite: waits for its connections and
+   * checkpoints the write-ahead log); call it before the process exits.
+   * Closing twice is harmless. Later operations on a closed SQLite store
+   * reject with `store`; an in-memory store keeps working.
+   */
+  close(): Promise<void>
   /** `{}`: the store shows nothing about itself. */
   toJSON(): Record<string, unknown>
   /** `MailSync`. */

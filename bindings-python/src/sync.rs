@@ -379,6 +379,25 @@ macro_rules! mailsync_class {
                 })
             }
 
+            /// Like `open_sqlite_with_key`, with `Settings`. Unusable settings
+            /// raise ValidationError.
+            #[doc = $ret]
+            #[staticmethod]
+            fn open_sqlite_with_key_and_settings(
+                py: Python<'_>,
+                path: PathBuf,
+                key: SealKey,
+                settings: Settings,
+            ) -> PyResult<Bound<'_, PyAny>> {
+                let listener = settings.listener.clone();
+                let core = settings.to_core();
+                run(py, $mode, async move {
+                    mailsync::MailSync::open_sqlite_with_key_and_settings(path, key.inner, core)
+                        .await
+                        .map(|inner| $class::wrap(inner, listener))
+                })
+            }
+
             /// Like `in_memory`, with `Settings`. Returns immediately; unusable
             /// settings raise ValidationError.
             #[staticmethod]
@@ -485,6 +504,30 @@ macro_rules! mailsync_class {
                 let id = guard(|| convert::mailbox_id(mailbox_id))?;
                 run(py, $mode, async move {
                     sync.access_token(&id)
+                        .await
+                        .map(|inner| AccessToken { inner })
+                })
+            }
+
+            /// A new `AccessToken` to replace `rejected` (an `AccessToken` from
+            /// this library that a mail server refused or ended a session for
+            /// before its expiry). Refreshes unless another caller already
+            /// replaced `rejected`, in which case the stored, newer token is
+            /// returned without asking the provider; single-flight like
+            /// `access_token`, with the same errors (TokenRevokedError when the
+            /// grant is gone).
+            #[doc = $ret]
+            fn refresh_access_token<'py>(
+                &self,
+                py: Python<'py>,
+                mailbox_id: &str,
+                rejected: PyRef<'py, AccessToken>,
+            ) -> PyResult<Bound<'py, PyAny>> {
+                let sync = self.inner.clone();
+                let id = guard(|| convert::mailbox_id(mailbox_id))?;
+                let rejected = rejected.inner.token.clone();
+                run(py, $mode, async move {
+                    sync.refresh_access_token(&id, &rejected)
                         .await
                         .map(|inner| AccessToken { inner })
                 })

@@ -102,6 +102,41 @@ def test_unusable_pem_is_refused_when_the_store_opens(tmp_path):
     assert e.value.code == "validation"
 
 
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_open_sqlite_with_key_and_settings(tmp_path, name):
+    async def main():
+        flavour = FLAVOURS[name]
+        path = tmp_path / "m.db"
+        key = mailsync.SealKey.generate()
+        events = []
+        settings = Settings(consent_ttl=timedelta(minutes=3), event_listener=events.append)
+        sync = await call(flavour, "open_sqlite_with_key_and_settings", path, key, settings)
+        assert isinstance(sync, flavour)
+        assert sync.settings().consent_ttl == timedelta(minutes=3)
+        assert sync.settings().event_listener == events.append
+        app = OAuthApp.google(CLIENT_ID, SECRET).for_environment("https://contoso.crm.example.com")
+        await call(sync, "create_profile", ServerProfile.gmail("Keyed", app, default_for_new_mailboxes=True))
+        await call(sync, "close")
+        # The host's key, not a key file next to the database.
+        assert not (tmp_path / "m.db.key").exists()
+        again = await call(flavour, "open_sqlite_with_key_and_settings", path, key, Settings())
+        assert (await call(again, "find_profile", "Keyed")).has_client_secret
+        await call(again, "close")
+        with pytest.raises(mailsync.SealKeyMismatchError) as e:
+            await call(flavour, "open_sqlite_with_key_and_settings", path, mailsync.SealKey.generate(), Settings())
+        assert e.value.code == "seal_key_mismatch"
+        bad = Settings(extra_root_certs_pem=["-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"])
+        with pytest.raises(mailsync.ValidationError) as e:
+            await call(flavour, "open_sqlite_with_key_and_settings", tmp_path / "other.db", key, bad)
+        assert e.value.code == "validation"
+        with pytest.raises(TypeError):
+            await call(flavour, "open_sqlite_with_key_and_settings", path, bytes(32), Settings())
+        with pytest.raises(TypeError):
+            await call(flavour, "open_sqlite_with_key_and_settings", path, key, {"consent_ttl": 1})
+
+    asyncio.run(main())
+
+
 def test_test_options():
     assert mailsync.TestOptions().send_test_message is False
     assert mailsync.TestOptions(send_test_message=True) == mailsync.TestOptions(send_test_message=True)
@@ -127,6 +162,10 @@ def test_round2_operations_reject_garbage_with_codes(name):
             await call(sync, "test_all_mailboxes", UNKNOWN, mailsync.TestOptions())
         with pytest.raises(TypeError):
             await call(sync, "test_and_enable_with", UNKNOWN, {"send_test_message": True})
+        # `rejected` is the AccessToken object, never the raw token string.
+        for junk in ("raw-token", None, 42):
+            with pytest.raises(TypeError):
+                await call(sync, "refresh_access_token", UNKNOWN, junk)
         for junk in ("", "?", "code=abc", "https://evil.example/cb?code=1&state=2", "\x00" * 10):
             with pytest.raises(mailsync.MailsyncError) as e:
                 await call(sync, "complete_connect", junk)

@@ -1,5 +1,6 @@
 """Round 2 against the real local stack (tests/stack): the OAuth lifecycle
-(connect -> consent pages -> complete_connect -> access_token -> disconnect),
+(connect -> consent pages -> complete_connect -> access_token ->
+refresh_access_token -> disconnect),
 host event callbacks, and Test & Enable over IMAP/POP3 + SMTP.
 
 Every test opens its own SQLite file with its own profiles and mailboxes.
@@ -164,6 +165,80 @@ def test_imap_lifecycle_connect_token_test_and_enable_disconnect(stack, tmp_path
         # Idempotent.
         again = await env.op("disconnect", mailbox.id)
         assert again.connection.state == "not_connected"
+
+    run(main())
+
+
+# --- Round 3: refresh_access_token (a server rejected the token) -------------
+
+
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_refresh_access_token_replaces_a_rejected_token_once(stack, tmp_path, name):
+    async def main():
+        env = await Env(stack, FLAVOURS[name], tmp_path / "m.db").open()
+        email = "alice@example.test"
+        alice = await env.connected(email)
+        t1 = await env.op("access_token", alice.id)
+        before = await env.op("token_info", alice.id)
+        assert env.kinds() == [("connected", email)]
+
+        t2 = await env.op("refresh_access_token", alice.id, t1)
+        assert isinstance(t2, mailsync.AccessToken) and t2.account == email
+        assert t2.expose() != t1.expose()
+        assert t2.expose() not in repr(t2) and "redacted" in repr(t2)
+        # The listener ran before refresh_access_token returned.
+        assert env.kinds() == [("connected", email), ("refreshed", email)]
+        assert env.events[-1].mailbox_id == alice.id and env.events[-1].code is None
+        after = await env.op("token_info", alice.id)
+        assert after.version > before.version
+
+        # t1 was already replaced: the stored t2 comes back, no second refresh.
+        t3 = await env.op("refresh_access_token", alice.id, t1)
+        assert t3.expose() == t2.expose()
+        assert env.kinds() == [("connected", email), ("refreshed", email)]
+        assert (await env.op("token_info", alice.id)).version == after.version
+        assert (await env.op("access_token", alice.id)).expose() == t2.expose()
+
+        # Rejecting the current token refreshes again.
+        t4 = await env.op("refresh_access_token", alice.id, t2)
+        assert t4.expose() not in (t1.expose(), t2.expose())
+        assert env.kinds()[-1] == ("refreshed", email) and len(env.events) == 3
+
+        # Garbage and unknown ids (no provider request), wrong types.
+        with pytest.raises(mailsync.ValidationError) as e:
+            await env.op("refresh_access_token", "not-an-id", t4)
+        assert e.value.code == "validation" and e.value.field == "mailbox_id"
+        with pytest.raises(mailsync.NotFoundError) as e:
+            await env.op("refresh_access_token", "00000000-0000-4000-8000-000000000000", t4)
+        assert e.value.code == "not_found"
+        with pytest.raises(TypeError):
+            await env.op("refresh_access_token", alice.id, t4.expose())
+        with pytest.raises(TypeError):
+            await env.op("refresh_access_token", 42, t4)
+        # A mailbox without tokens.
+        carol = await env.mailbox("carol@example.test")
+        with pytest.raises(mailsync.NotConnectedError) as e:
+            await env.op("refresh_access_token", carol.id, t4)
+        assert e.value.code == "not_connected"
+        assert len(env.events) == 3
+        await env.op("close")
+
+    run(main())
+
+
+def test_refresh_access_token_after_revocation_raises_token_revoked(stack, tmp_path):
+    async def main():
+        env = await Env(stack, mailsync.MailSync, tmp_path / "m.db").open()
+        email = "bob@example.test"
+        bob = await env.connected(email)
+        token = await env.op("access_token", bob.id)
+        revoke_token(token.expose())  # the provider revokes the whole grant
+        with pytest.raises(mailsync.TokenRevokedError) as e:
+            await env.op("refresh_access_token", bob.id, token)
+        assert e.value.code == "token_revoked" and not e.value.transient and e.value.next_action
+        assert token.expose() not in str(e.value)
+        assert env.kinds() == [("connected", email), ("needs_reconsent", email)]
+        assert env.events[-1].code == "token_revoked"
 
     run(main())
 

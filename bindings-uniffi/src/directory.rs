@@ -89,9 +89,12 @@ impl MailSync {
         settings: Arc<Settings>,
     ) -> Result<Arc<MailSync>> {
         guard_async(async move {
-            let store = mailsync::SqliteStore::open(&path, key.inner.clone()).await?;
-            let inner =
-                mailsync::MailSync::with_store_and_settings(Arc::new(store), settings.to_core())?;
+            let inner = mailsync::MailSync::open_sqlite_with_key_and_settings(
+                &path,
+                key.inner.clone(),
+                settings.to_core(),
+            )
+            .await?;
             Ok(MailSync::new(inner, Some(&settings)))
         })
         .await

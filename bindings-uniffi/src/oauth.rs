@@ -1,5 +1,6 @@
 //! OAuth lifecycle of a mailbox: `connect` → consent in the browser →
-//! `completeConnect` → `accessToken` / `tokenInfo` → `disconnect`.
+//! `completeConnect` → `accessToken` / `refreshAccessToken` / `tokenInfo` →
+//! `disconnect`.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -134,6 +135,29 @@ impl MailSync {
         guard_async(async move {
             let id = parse_mailbox_id(&mailbox_id)?;
             let inner = inner.access_token(&id).await?;
+            Ok(Arc::new(AccessToken { inner }))
+        })
+        .await
+    }
+
+    /// A new access token to replace `rejected`, one a mail server refused
+    /// or ended a session for before its expiry (revoked, password changed,
+    /// clock skew). Refreshes unless another caller has already replaced
+    /// `rejected` (then returns the stored, newer token without a provider
+    /// request); single-flight like `accessToken`, with the same errors — a
+    /// revoked grant surfaces here as `token_revoked`. The host passes the
+    /// `AccessToken` object it got; it never handles the raw value.
+    pub async fn refresh_access_token(
+        &self,
+        mailbox_id: String,
+        rejected: Arc<AccessToken>,
+    ) -> Result<Arc<AccessToken>> {
+        let inner = self.inner.clone();
+        guard_async(async move {
+            let id = parse_mailbox_id(&mailbox_id)?;
+            let inner = inner
+                .refresh_access_token(&id, &rejected.inner.token)
+                .await?;
             Ok(Arc::new(AccessToken { inner }))
         })
         .await

@@ -134,15 +134,19 @@ impl MailSync {
     /// override, refresh skew, event listener, ...). Fails with `validation`
     /// on unusable settings (e.g. a PEM without certificates).
     pub fn with_store_and_settings(store: Arc<dyn Store>, settings: Settings) -> Result<MailSync> {
+        let oauth = MailSync::oauth_runtime(settings)?;
+        Ok(MailSync {
+            inner: Arc::new(Inner { store, oauth }),
+        })
+    }
+
+    /// Validates the settings and builds what they describe (HTTP client,
+    /// trusted roots) before anything touches a store.
+    fn oauth_runtime(settings: Settings) -> Result<oauth::Runtime> {
         settings.validate()?;
         let runtime = oauth::Runtime::new(settings);
         runtime.check()?;
-        Ok(MailSync {
-            inner: Arc::new(Inner {
-                store,
-                oauth: runtime,
-            }),
-        })
+        Ok(runtime)
     }
 
     /// Like [`MailSync::open_sqlite`], with [`Settings`].
@@ -158,9 +162,11 @@ impl MailSync {
         key: SealKey,
         settings: Settings,
     ) -> Result<MailSync> {
-        settings.validate()?;
-        let store = SqliteStore::open(path, key).await?;
-        MailSync::with_store_and_settings(Arc::new(store), settings)
+        let oauth = MailSync::oauth_runtime(settings)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path, key).await?);
+        Ok(MailSync {
+            inner: Arc::new(Inner { store, oauth }),
+        })
     }
 
     /// Like [`MailSync::in_memory`], with [`Settings`].

@@ -498,3 +498,27 @@ async fn duplicate_names_and_addresses_are_refused() {
         ErrorCode::AlreadyExists
     );
 }
+
+#[tokio::test]
+async fn unusable_settings_are_refused_before_the_database_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("never.db");
+    let mut settings = mailsync::Settings::default();
+    settings.extra_root_certs_pem = vec!["-----BEGIN NOTHING-----\n".into()];
+    let err =
+        MailSync::open_sqlite_with_key_and_settings(&db, SealKey::generate().unwrap(), settings)
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Validation);
+    let mut settings = mailsync::Settings::default();
+    settings.http_timeout = std::time::Duration::ZERO;
+    let err =
+        MailSync::open_sqlite_with_key_and_settings(&db, SealKey::generate().unwrap(), settings)
+            .await
+            .unwrap_err();
+    assert_eq!(err.field(), Some("http_timeout"));
+    assert!(
+        !db.exists(),
+        "nothing may be created for settings that cannot work"
+    );
+}

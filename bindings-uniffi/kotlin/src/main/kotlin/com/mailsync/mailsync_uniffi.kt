@@ -758,6 +758,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_mailsync_disconnect(
     ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_mailsync_refresh_access_token(
+    ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_mailsync_token_info(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_mailboxeventlistener_on_event(
@@ -1124,6 +1126,8 @@ internal object UniffiLib {
     external fun uniffi_mailsync_uniffi_fn_method_mailsync_connect(`ptr`: Long,`mailboxId`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_mailsync_uniffi_fn_method_mailsync_disconnect(`ptr`: Long,`mailboxId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_mailsync_refresh_access_token(`ptr`: Long,`mailboxId`: RustBuffer.ByValue,`rejected`: Long,
     ): Long
     external fun uniffi_mailsync_uniffi_fn_method_mailsync_token_info(`ptr`: Long,`mailboxId`: RustBuffer.ByValue,
     ): Long
@@ -1657,6 +1661,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_mailsync_disconnect() and 0xFFFF) != 64506) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_mailsync_refresh_access_token() and 0xFFFF) != 2860) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_mailsync_token_info() and 0xFFFF) != 40309) {
@@ -3579,6 +3586,17 @@ public interface MailSyncInterface {
     suspend fun `disconnect`(`mailboxId`: kotlin.String): Mailbox
     
     /**
+     * A new access token to replace `rejected`, one a mail server refused
+     * or ended a session for before its expiry (revoked, password changed,
+     * clock skew). Refreshes unless another caller has already replaced
+     * `rejected` (then returns the stored, newer token without a provider
+     * request); single-flight like `accessToken`, with the same errors — a
+     * revoked grant surfaces here as `token_revoked`. The host passes the
+     * `AccessToken` object it got; it never handles the raw value.
+     */
+    suspend fun `refreshAccessToken`(`mailboxId`: kotlin.String, `rejected`: AccessToken): AccessToken
+    
+    /**
      * What is stored for the mailbox (no secrets), or `null` if not connected.
      */
     suspend fun `tokenInfo`(`mailboxId`: kotlin.String): TokenInfo?
@@ -4316,6 +4334,38 @@ open class MailSync: Disposable, AutoCloseable, MailSyncInterface
         { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_u64(future) },
         // lift function
         { FfiConverterTypeMailbox.lift(it) },
+        // Error FFI converter
+        MailsyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A new access token to replace `rejected`, one a mail server refused
+     * or ended a session for before its expiry (revoked, password changed,
+     * clock skew). Refreshes unless another caller has already replaced
+     * `rejected` (then returns the stored, newer token without a provider
+     * request); single-flight like `accessToken`, with the same errors — a
+     * revoked grant surfaces here as `token_revoked`. The host passes the
+     * `AccessToken` object it got; it never handles the raw value.
+     */
+    @Throws(MailsyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `refreshAccessToken`(`mailboxId`: kotlin.String, `rejected`: AccessToken) : AccessToken {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_method_mailsync_refresh_access_token(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`mailboxId`),
+        FfiConverterTypeAccessToken.lower(`rejected`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterTypeAccessToken.lift(it) },
         // Error FFI converter
         MailsyncException.ErrorHandler,
     )

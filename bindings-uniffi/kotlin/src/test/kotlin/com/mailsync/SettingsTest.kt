@@ -8,6 +8,7 @@ import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
 import org.junit.jupiter.api.io.TempDir
+import java.nio.file.Files
 import java.nio.file.Path
 import java.time.Duration
 
@@ -60,6 +61,42 @@ class SettingsTest {
         val err = assertThrows<MailsyncException> { MailSync.inMemoryWith(pem) }
         assertEquals("validation", err.code)
         assertFalse(pem.toString().contains("garbage"), pem.toString())
+    }
+
+    @Test
+    fun openSqliteWithKeyAndSettings(@TempDir dir: Path) = runBlocking {
+        val db = dir.resolve("keyed.db")
+        val bytes = ByteArray(32) { (it * 7).toByte() }
+        // Invalid settings values are refused before the store file is created.
+        val zero = Settings().withHttpTimeout(Duration.ZERO)
+        val bad = assertThrows<MailsyncException.Validation> {
+            runBlocking { MailSync.openSqliteWithKeyAndSettings(db.toString(), SealKey.fromBytes(bytes), zero) }
+        }
+        assertEquals("http_timeout", bad.field)
+        assertFalse(Files.exists(db), "store created despite refused settings")
+        // A PEM without a certificate: validation as well.
+        val pem = Settings().withExtraRootCertsPem(listOf("-----BEGIN NOTHING-----\ngarbage\n"))
+        val badPem = assertThrows<MailsyncException.Validation> {
+            runBlocking { MailSync.openSqliteWithKeyAndSettings(dir.resolve("pem.db").toString(), SealKey.fromBytes(bytes), pem) }
+        }
+        assertEquals("validation", badPem.code)
+
+        val settings = Settings().withTokenRefreshSkew(Duration.ofSeconds(42))
+        MailSync.openSqliteWithKeyAndSettings(db.toString(), SealKey.fromBytes(bytes), settings).use { sync ->
+            assertEquals(Duration.ofSeconds(42), sync.settings().tokenRefreshSkew())
+            sync.createProfile(ServerProfile.gmail("keyed", OAuthApp.google("id.apps.googleusercontent.com", "s3cr3t-value").forEnvironment("https://crm.example.com")))
+            sync.closeStore()
+        }
+        // The host key sealed the secret: the same key reads it, another is refused.
+        MailSync.openSqliteWithKeyAndSettings(db.toString(), SealKey.fromBytes(bytes), Settings()).use { sync ->
+            assertTrue(sync.findProfile("keyed").hasClientSecret())
+        }
+        val wrong = assertThrows<MailsyncException.SealKeyMismatch> {
+            runBlocking {
+                MailSync.openSqliteWithKeyAndSettings(db.toString(), SealKey.generate(), Settings()).use { it.findProfile("keyed") }
+            }
+        }
+        assertEquals("seal_key_mismatch", wrong.code)
     }
 
     @Test

@@ -5,6 +5,7 @@ import com.google.gson.JsonParser
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertFalse
+import org.junit.jupiter.api.Assertions.assertNotEquals
 import org.junit.jupiter.api.Assertions.assertNotNull
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
@@ -280,6 +281,54 @@ class StackTest {
             assertEquals(listOf(MailboxEventKind.CONNECTED, MailboxEventKind.DISCONNECTED), events.kinds())
             val err = assertThrows<MailsyncException.NotConnected> { runBlocking { sync.accessToken(box.id()) } }
             assertEquals("not_connected", err.code)
+        }
+    }
+
+    @Test
+    fun refreshAccessTokenReplacesTheRejectedTokenOnce(@TempDir dir: Path) = runBlocking {
+        val events = Recorder()
+        open(dir, events).use { sync ->
+            val profile = imapProfile(sync)
+            val box = connect(sync, mailbox(sync, profile, "alice@example.test"))
+            val t1 = sync.accessToken(box.id())
+            val version = sync.tokenInfo(box.id())!!.version
+
+            // The server rejected t1: a new token, a `refreshed` event, a new store version.
+            val t2 = sync.refreshAccessToken(box.id(), t1)
+            assertNotEquals(t1.expose(), t2.expose())
+            assertEquals("alice@example.test", t2.account())
+            assertTrue(t2.toString().contains("REDACTED") && !t2.toString().contains(t2.expose()), t2.toString())
+            assertEquals(listOf(MailboxEventKind.CONNECTED, MailboxEventKind.REFRESHED), events.kinds())
+            assertEquals(box.id(), events.events.last().mailboxId)
+            assertEquals(version + 1, sync.tokenInfo(box.id())!!.version)
+
+            // Another caller reporting the same t1: the stored t2, no second refresh.
+            val again = sync.refreshAccessToken(box.id(), t1)
+            assertEquals(t2.expose(), again.expose())
+            assertEquals(listOf(MailboxEventKind.CONNECTED, MailboxEventKind.REFRESHED), events.kinds())
+            assertEquals(version + 1, sync.tokenInfo(box.id())!!.version)
+            // accessToken now hands out t2 as well.
+            assertEquals(t2.expose(), sync.accessToken(box.id()).expose())
+
+            // Garbage ids: validation on `id`; unknown: not_found; not connected: not_connected.
+            for (id in listOf("", "not-an-id", "user@example.test")) {
+                val e = assertThrows<MailsyncException.Validation> { runBlocking { sync.refreshAccessToken(id, t2) } }
+                assertEquals("validation", e.code)
+                assertEquals("id", e.field, "'$id'")
+            }
+            val unknown = assertThrows<MailsyncException.NotFound> {
+                runBlocking { sync.refreshAccessToken("00000000-0000-0000-0000-000000000000", t2) }
+            }
+            assertEquals("not_found", unknown.code)
+            val other = mailbox(sync, profile, "bob@example.test")
+            assertThrows<MailsyncException.NotConnected> { runBlocking { sync.refreshAccessToken(other.id(), t2) } }
+
+            // A revoked grant surfaces as token_revoked.
+            helper("revoke", t2.expose())
+            val revoked = assertThrows<MailsyncException.TokenRevoked> { runBlocking { sync.refreshAccessToken(box.id(), t2) } }
+            assertEquals("token_revoked", revoked.code)
+            assertFalse(revoked.transient)
+            assertFalse(revoked.toString().contains(t2.expose()))
         }
     }
 
