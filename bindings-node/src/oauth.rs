@@ -1,6 +1,7 @@
 //! OAuth lifecycle of a mailbox: `connect`, `completeConnect`, `accessToken`,
-//! `tokenInfo`, `disconnect`, `setEventListener`, and the settings-taking
-//! constructors `openSqliteWith` / `inMemoryWith`.
+//! `refreshAccessToken`, `tokenInfo`, `disconnect`, `setEventListener`, and the
+//! settings-taking constructors `openSqliteWith` / `openSqliteWithKeyAndSettings`
+//! / `inMemoryWith`.
 
 use mailsync::oauth;
 use napi::Env;
@@ -10,7 +11,7 @@ use napi_derive::napi;
 use crate::error::{guard, promise};
 use crate::mailbox::Mailbox;
 use crate::settings::{EffectiveSettings, ListenerFn, Settings, listener};
-use crate::store::MailSync;
+use crate::store::{MailSync, SealKey};
 use crate::{parse_mailbox_id, rfc3339};
 
 /// A consent request for the mailbox owner's browser.
@@ -130,6 +131,26 @@ impl MailSync {
         )
     }
 
+    /// Like `openSqliteWithKey` (a key supplied by the host), with settings;
+    /// rejects with `validation` on unusable settings.
+    #[napi]
+    pub fn open_sqlite_with_key_and_settings<'env>(
+        env: &'env Env,
+        path: String,
+        key: &SealKey,
+        settings: Settings,
+    ) -> napi::Result<PromiseRaw<'env, MailSync>> {
+        let key = key.inner.clone();
+        promise(
+            env,
+            async move {
+                let settings = settings.into_core()?;
+                mailsync::MailSync::open_sqlite_with_key_and_settings(path, key, settings).await
+            },
+            MailSync::wrap,
+        )
+    }
+
     /// Like `inMemory`, with settings; throws `validation` on unusable settings.
     #[napi]
     pub fn in_memory_with(env: &Env, settings: Settings) -> napi::Result<MailSync> {
@@ -204,6 +225,29 @@ impl MailSync {
         promise(
             env,
             async move { sync.access_token(&parse_mailbox_id(&mailbox_id)?).await },
+            |inner| AccessToken { inner },
+        )
+    }
+
+    /// A new access token to replace `rejected` (one a mail server refused or
+    /// ended a session for before its expiry). Refreshes unless another caller
+    /// already replaced `rejected`, in which case it resolves with the stored,
+    /// newer token without asking the provider; single-flight like
+    /// `accessToken`, with the same errors (a revoked grant is `token_revoked`).
+    #[napi]
+    pub fn refresh_access_token<'env>(
+        &self,
+        env: &'env Env,
+        mailbox_id: String,
+        rejected: &AccessToken,
+    ) -> napi::Result<PromiseRaw<'env, AccessToken>> {
+        let (sync, rejected) = (self.inner.clone(), rejected.inner.token.clone());
+        promise(
+            env,
+            async move {
+                sync.refresh_access_token(&parse_mailbox_id(&mailbox_id)?, &rejected)
+                    .await
+            },
             |inner| AccessToken { inner },
         )
     }

@@ -17,7 +17,7 @@ use crate::{parse_mailbox_id, parse_profile_id};
 #[napi]
 #[derive(Clone)]
 pub struct SealKey {
-    inner: mailsync::SealKey,
+    pub(crate) inner: mailsync::SealKey,
 }
 
 #[napi]
@@ -331,6 +331,23 @@ impl MailSync {
         promise(
             env,
             async move { sync.delete_mailbox(&parse_mailbox_id(&id)?).await },
+            |()| (),
+        )
+    }
+
+    /// Closes the store cleanly (SQLite: waits for its connections and
+    /// checkpoints the write-ahead log); call it before the process exits.
+    /// Closing twice is harmless. Later operations on a closed SQLite store
+    /// reject with `store`; an in-memory store keeps working.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+        let sync = self.inner.clone();
+        promise(
+            env,
+            async move {
+                sync.close().await;
+                Ok(())
+            },
             |()| (),
         )
     }

@@ -2,6 +2,7 @@
 // The rest of the directory API: every operation, through the binding.
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
 const { mailsync, tempDb, rejectsWith, ENV_URL, CLIENT_ID, SECRET } = require('./helpers');
 const { MailSync, OAuthApp, ServerProfile, MailboxSpec, Authentication, SealKey } = mailsync;
 
@@ -163,4 +164,44 @@ test('openSqliteWithKey: a host key; the wrong key cannot read secrets', async (
   assert.equal((await again.getProfile(p.id)).hasClientSecret, true);
   await rejectsWith(MailSync.openSqliteWithKey(db, SealKey.generate()), 'seal_key_mismatch');
   await rejectsWith(() => SealKey.fromBytes(new Uint8Array(31)), 'validation', 'seal_key');
+});
+
+test('openSqliteWithKeyAndSettings: the host key and the settings both apply', async (t) => {
+  const db = tempDb(t);
+  const bytes = new Uint8Array(32).fill(9);
+  const sync = await MailSync.openSqliteWithKeyAndSettings(db, SealKey.fromBytes(bytes), { httpTimeoutMs: 1234, consentTtlMs: 5000 });
+  assert.equal(sync.settings.httpTimeoutMs, 1234);
+  assert.equal(sync.settings.consentTtlMs, 5000);
+  const p = await sync.createProfile(ServerProfile.gmail('Keyed', app()));
+  // No <path>.key file: the key is the host's.
+  assert.equal(fs.existsSync(`${db}.key`), false);
+  const again = await MailSync.openSqliteWithKey(db, SealKey.fromBytes(bytes));
+  assert.equal((await again.getProfile(p.id)).hasClientSecret, true);
+  await rejectsWith(MailSync.openSqliteWithKeyAndSettings(db, SealKey.generate(), {}), 'seal_key_mismatch');
+  await rejectsWith(MailSync.openSqliteWithKeyAndSettings(db, SealKey.fromBytes(bytes), { httpTimeoutMs: -1 }), 'validation', 'http_timeout_ms');
+  await rejectsWith(MailSync.openSqliteWithKeyAndSettings(db, SealKey.fromBytes(bytes), { googleIssuerOverride: 'not a url' }), 'validation', 'google_issuer_override');
+  await assert.rejects(async () => MailSync.openSqliteWithKeyAndSettings(db, { bytes }, {}), (e) => !(e instanceof mailsync.MailsyncError));
+  await sync.close();
+  await again.close();
+});
+
+test('close: checkpoints the WAL, is idempotent, later calls reject with store; the data survives', async (t) => {
+  const db = tempDb(t);
+  const sync = await MailSync.openSqlite(db);
+  const p = await sync.createProfile(ServerProfile.gmail('Closing', app()).asDefaultForNewMailboxes());
+  await sync.createMailbox(MailboxSpec.user('closing@example.com'));
+  assert.equal(fs.existsSync(`${db}-wal`), true);
+  assert.equal(await sync.close(), undefined);
+  assert.equal(fs.existsSync(`${db}-wal`), false);
+  await sync.close();
+  await rejectsWith(sync.listProfiles(), 'store');
+  await rejectsWith(sync.createMailbox(MailboxSpec.user('late@example.com')), 'store');
+  const reopened = await MailSync.openSqlite(db);
+  assert.equal((await reopened.getProfile(p.id)).hasClientSecret, true);
+  assert.deepEqual((await reopened.listMailboxes()).map((m) => m.email), ['closing@example.com']);
+  await reopened.close();
+  // An in-memory store has nothing to close.
+  const memory = MailSync.inMemory();
+  await memory.close();
+  assert.deepEqual(await memory.listProfiles(), []);
 });

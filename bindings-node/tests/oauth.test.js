@@ -121,3 +121,53 @@ test('disconnect a connected mailbox: not_connected, event, token gone', opts, a
   assert.deepEqual(kinds, ['connected', 'disconnected']);
   await rejectsWith(env.sync.accessToken(mailbox.id), 'not_connected');
 });
+
+test('refreshAccessToken: replaces a rejected token once (single-flight), refreshed event, then token_revoked', opts, async (t) => {
+  const env = await setup(t);
+  const mailbox = await connected(env, 'alice@example.test');
+  const t1 = await env.sync.accessToken(mailbox.id);
+  const v1 = (await env.sync.tokenInfo(mailbox.id)).version;
+
+  const t2 = await env.sync.refreshAccessToken(mailbox.id, t1);
+  assert.ok(t2 instanceof AccessToken);
+  assert.notEqual(t2.reveal(), t1.reveal());
+  assert.equal(t2.account, 'alice@example.test');
+  assert.ok(Date.parse(t2.expiresAt) > Date.now());
+  const event = await env.events.next('refreshed', mailbox.id);
+  assert.equal(event.email, 'alice@example.test');
+  assert.ok(!JSON.stringify(event).includes(t2.reveal()));
+  const v2 = (await env.sync.tokenInfo(mailbox.id)).version;
+  assert.ok(v2 > v1, `version ${v1} -> ${v2}`);
+
+  // t1 was already replaced: the stored t2, no second provider request.
+  const again = await env.sync.refreshAccessToken(mailbox.id, t1);
+  assert.equal(again.reveal(), t2.reveal());
+  assert.equal((await env.sync.tokenInfo(mailbox.id)).version, v2);
+  assert.equal((await env.sync.accessToken(mailbox.id)).reveal(), t2.reveal());
+
+  // Concurrent callers reporting the same rejected token share one refresh.
+  const [a, b, c] = await Promise.all([0, 1, 2].map(() => env.sync.refreshAccessToken(mailbox.id, t2)));
+  assert.notEqual(a.reveal(), t2.reveal());
+  assert.equal(b.reveal(), a.reveal());
+  assert.equal(c.reveal(), a.reveal());
+  const v3 = (await env.sync.tokenInfo(mailbox.id)).version;
+  assert.ok(v3 > v2);
+  assert.equal((await env.sync.refreshAccessToken(mailbox.id, t2)).reveal(), a.reveal());
+  assert.equal((await env.sync.tokenInfo(mailbox.id)).version, v3);
+
+  // Garbage and unknown ids, with a real token in hand; the wrong kind of `rejected`.
+  await rejectsWith(env.sync.refreshAccessToken('garbage', t1), 'validation', 'id');
+  await rejectsWith(env.sync.refreshAccessToken('', t1), 'validation', 'id');
+  await rejectsWith(env.sync.refreshAccessToken('00000000-0000-4000-8000-000000000000', t1), 'not_found');
+  assert.throws(() => env.sync.refreshAccessToken(mailbox.id, { token: t1.reveal() }), (e) => !(e instanceof mailsync.MailsyncError));
+  assert.throws(() => env.sync.refreshAccessToken(mailbox.id, t1.reveal()), (e) => !(e instanceof mailsync.MailsyncError));
+  const other = await env.sync.createMailbox(MailboxSpec.user('bob@example.test'));
+  await rejectsWith(env.sync.refreshAccessToken(other.id, t1), 'not_connected');
+
+  // A revoked grant surfaces as token_revoked; the mailbox needs re-consent.
+  await revoke(a.reveal());
+  await rejectsWith(env.sync.refreshAccessToken(mailbox.id, a), 'token_revoked');
+  await env.events.next('needs_reconsent', mailbox.id);
+  assert.equal((await env.sync.getMailbox(mailbox.id)).connection.state, 'needs_reconsent');
+  await env.sync.close();
+});

@@ -63,4 +63,4 @@ def walk_consent(stack, url, email, *flags):
 
 
 def revoke_token(token):
-    subprocess.run([str(STACK / "bin" / "revoke"), token], check=True, capture_output=True, text=True)
+    subprocess.run([str(STACK / "bin" / "revoke"), "--", token], check=True, capture_output=True, text=True)

@@ -303,7 +303,7 @@ pub fn deliver(email: &str, count: usize, opts: &DeliverOpts) -> Vec<String> {
 
 /// Revoke a token (and with it the whole grant) at the provider.
 pub fn revoke(token: &str) {
-    helper("revoke", &[token]);
+    helper("revoke", &["--", token]);
 }
 
 /// Restart only the provider with a new access-token lifetime (all tokens become invalid).

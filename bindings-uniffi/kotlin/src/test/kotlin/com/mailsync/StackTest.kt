@@ -274,7 +274,7 @@ class StackTest {
         open(dir, events).use { sync ->
             val box = connect(sync, mailbox(sync, imapProfile(sync), "carol@example.test"))
             val token = sync.accessToken(box.id()).expose()
-            helper("revoke", token) // the provider revokes the whole grant
+            helper("revoke", "--", token) // the provider revokes the whole grant
             // disconnect still succeeds (the provider already considers the token invalid)
             val gone = sync.disconnect(box.id())
             assertEquals(ConnectionState.NotConnected, gone.connection())
@@ -324,7 +324,7 @@ class StackTest {
             assertThrows<MailsyncException.NotConnected> { runBlocking { sync.refreshAccessToken(other.id(), t2) } }
 
             // A revoked grant surfaces as token_revoked.
-            helper("revoke", t2.expose())
+            helper("revoke", "--", t2.expose())
             val revoked = assertThrows<MailsyncException.TokenRevoked> { runBlocking { sync.refreshAccessToken(box.id(), t2) } }
             assertEquals("token_revoked", revoked.code)
             assertFalse(revoked.transient)
