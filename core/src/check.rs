@@ -293,12 +293,8 @@ fn direction_report(
     }
 }
 
-/// Applies a direction's outcome to the mailbox: status, enabled flag, alert.
+/// Applies a direction's outcome to the mailbox: test status and enabled flag.
 fn record(mailbox: &mut Mailbox, report: &DirectionReport, at: OffsetDateTime) {
-    let label = match report.direction {
-        Direction::Incoming => "incoming",
-        Direction::Outgoing => "outgoing",
-    };
     let (status, enabled) = match report.direction {
         Direction::Incoming => (&mut mailbox.incoming_test, &mut mailbox.incoming_enabled),
         Direction::Outgoing => (&mut mailbox.outgoing_test, &mut mailbox.outgoing_enabled),
@@ -319,24 +315,50 @@ fn record(mailbox: &mut Mailbox, report: &DirectionReport, at: OffsetDateTime) {
             }
         }
     }
-    match &report.diagnosis {
-        None => {}
-        Some(d) if d.transient => mailbox.push_alert(
-            AlertLevel::Warning,
-            d.code.clone(),
-            format!(
-                "{label} test of {} failed at {} and will be retried: {}",
-                mailbox.email, d.step, d.message
-            ),
-        ),
-        Some(d) => mailbox.push_alert(
-            AlertLevel::Error,
-            d.code.clone(),
-            format!(
-                "{label} sync for {} is disabled: {} failed: {} {}",
-                mailbox.email, d.step, d.message, d.next_action
-            ),
-        ),
+}
+
+/// One alert per failure cause: when both directions fail the same way
+/// (e.g. a revoked grant at `credentials`), the alert names both instead of
+/// repeating itself.
+fn alert_failures(mailbox: &mut Mailbox, reports: &[&DirectionReport]) {
+    let mut done: Vec<(&str, &str)> = Vec::new();
+    for report in reports {
+        let Some(d) = &report.diagnosis else { continue };
+        if done.contains(&(d.step.as_str(), d.code.as_str())) {
+            continue;
+        }
+        done.push((d.step.as_str(), d.code.as_str()));
+        let directions: Vec<&str> = reports
+            .iter()
+            .filter(|r| {
+                r.diagnosis
+                    .as_ref()
+                    .is_some_and(|o| o.step == d.step && o.code == d.code)
+            })
+            .map(|r| match r.direction {
+                Direction::Incoming => "incoming",
+                Direction::Outgoing => "outgoing",
+            })
+            .collect();
+        let label = directions.join(" and ");
+        let (level, message) = if d.transient {
+            (
+                AlertLevel::Warning,
+                format!(
+                    "{label} test of {} failed at {} and will be retried: {}",
+                    mailbox.email, d.step, d.message
+                ),
+            )
+        } else {
+            (
+                AlertLevel::Error,
+                format!(
+                    "{label} sync for {} is disabled: {} failed: {} {}",
+                    mailbox.email, d.step, d.message, d.next_action
+                ),
+            )
+        };
+        mailbox.push_alert(level, d.code.clone(), message);
     }
 }
 
@@ -423,9 +445,11 @@ impl MailSync {
 
         // Re-read: token refreshes during the checks may have changed the record.
         let mut mailbox_record = self.get_mailbox(mailbox).await?;
-        for report in incoming.iter().chain(outgoing.iter()) {
+        let reports: Vec<&DirectionReport> = incoming.iter().chain(outgoing.iter()).collect();
+        for report in &reports {
             record(&mut mailbox_record, report, tested_at);
         }
+        alert_failures(&mut mailbox_record, &reports);
         let success = incoming.iter().chain(outgoing.iter()).all(|r| r.success);
         if success {
             mailbox_record.push_alert(
@@ -557,5 +581,63 @@ async fn probe_smtp_send(
         protocol: "SMTP",
         steps: steps.into_records(),
         result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MailboxSpec;
+
+    fn failed(direction: Direction, step: &str, code: &str, transient: bool) -> DirectionReport {
+        DirectionReport {
+            direction,
+            protocol: "IMAP".into(),
+            server: "h:1".into(),
+            success: false,
+            steps: Vec::new(),
+            diagnosis: Some(Diagnosis {
+                step: step.into(),
+                code: code.into(),
+                message: format!("{code} happened"),
+                next_action: "Do something.".into(),
+                transient,
+            }),
+            summary: String::new(),
+            duration_ms: 0,
+        }
+    }
+
+    #[test]
+    fn one_alert_per_cause_naming_both_directions() {
+        let mut mailbox = Mailbox::from_spec(MailboxSpec::user("a@example.com"), None).unwrap();
+        let incoming = failed(Direction::Incoming, "credentials", "token_revoked", false);
+        let outgoing = failed(Direction::Outgoing, "credentials", "token_revoked", false);
+        alert_failures(&mut mailbox, &[&incoming, &outgoing]);
+        assert_eq!(mailbox.alerts.len(), 1, "{:?}", mailbox.alerts);
+        assert_eq!(mailbox.alerts[0].level, AlertLevel::Error);
+        assert!(
+            mailbox.alerts[0]
+                .message
+                .starts_with("incoming and outgoing sync for a@example.com is disabled")
+        );
+
+        let mut mailbox = Mailbox::from_spec(MailboxSpec::user("a@example.com"), None).unwrap();
+        let incoming = failed(Direction::Incoming, "connect", "network", true);
+        let outgoing = failed(Direction::Outgoing, "authenticate", "auth_rejected", false);
+        alert_failures(&mut mailbox, &[&incoming, &outgoing]);
+        let codes: Vec<_> = mailbox
+            .alerts
+            .iter()
+            .map(|a| (a.level, a.code.as_str()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                (AlertLevel::Warning, "network"),
+                (AlertLevel::Error, "auth_rejected")
+            ]
+        );
+        assert!(mailbox.alerts[0].message.starts_with("incoming test of"));
     }
 }
