@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the UniFFI cdylib, checks the committed Kotlin bindings are current,
-# generates Swift (not compiled: no Swift toolchain), and runs the JUnit suite
-# on the JVM with Maven (including the tests against the local stack, which
-# it starts with tests/stack/up if needed; it never stops it). Exits non-zero on any failure.
+# Builds the UniFFI cdylib, checks the committed Kotlin bindings (one file per
+# crate, see kotlin-files.sh) are current, generates Swift (not compiled: no
+# Swift toolchain), and runs the JUnit suite on the JVM with Maven (including
+# the tests against the local stack, which it starts with tests/stack/up if
+# needed; it never stops it). Exits non-zero on any failure.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -21,10 +22,11 @@ if cargo tree -p mailsync-uniffi -i aws-lc-rs >/dev/null 2>&1; then
     exit 1
 fi
 
-echo "== bindings-uniffi: stale-bindings check (Kotlin)"
+echo "== bindings-uniffi: stale-bindings check (Kotlin, one file per crate: kotlin-files.sh)"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 "$BINDGEN" generate --library "$LIB" --language kotlin --no-format --out-dir "$TMP/kotlin" >/dev/null
+"$HERE/kotlin-files.sh" check "$TMP/kotlin"
 if ! diff -ru "$HERE/kotlin/src/main/kotlin" "$TMP/kotlin" >"$TMP/diff.txt"; then
     head -n 60 "$TMP/diff.txt" >&2
     echo "FAIL: the committed Kotlin bindings are stale (the Rust API changed)." >&2

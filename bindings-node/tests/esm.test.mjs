@@ -13,6 +13,7 @@ test('index.mjs re-exports every binding export', async () => {
   assert.deepEqual(actual, expected);
   assert.ok(expected.includes('MailsyncError'));
   assert.equal(esm.default, cjs);
-  await assert.rejects(MailSync.inMemory().getProfile('00000000-0000-4000-8000-000000000000'),
+  const sync = await MailSync.open({ kind: 'memory' });
+  await assert.rejects(sync.directory.getProfile('00000000-0000-4000-8000-000000000000'),
     (e) => e instanceof MailsyncError && e.code === 'not_found');
 });

@@ -1,199 +1,172 @@
-//! The one place where core errors become Python exceptions.
+//! The one place where core errors become Python exceptions (and where an
+//! exception a host callback raised becomes a core error).
 //!
-//! `MailsyncError` is the base; every [`ErrorCode`] has exactly one subclass
-//! named CamelCase(code) + "Error" (e.g. `capacity_exceeded` ->
-//! `CapacityExceededError`). Instances carry `code`, `message`, `field`,
-//! `transient` and `next_action`; each subclass also has `code` as a class
-//! attribute. Panics never cross into Python: [`guard`] and the async/blocking
-//! runners in `runtime.rs` turn them into `InternalError`.
+//! `MailsyncError(Exception)` is the base; every entry of
+//! [`ErrorCode::ALL`] gets one subclass named CamelCase(code) + "Error"
+//! (`capacity_exceeded` -> `CapacityExceededError`), built in a loop at
+//! import, with `code`, `transient` and `next_action` as class attributes.
+//! Instances also carry `message` and `field`.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ffi::CString;
 
 use mailsync::{Error, ErrorCode};
-use pyo3::create_exception;
+use pyo3::IntoPyObjectExt;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyType};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
 
-create_exception!(
-    mailsync,
-    MailsyncError,
-    PyException,
-    "Base class of every mailsync error.\n\nAttributes: code (the stable snake_case code, identical in every language), message (for people, never contains secrets), field (the field at fault for validation errors, else None), transient (whether retrying later unchanged may succeed) and next_action (what to do next, one sentence)."
-);
+/// The base class, then one class per code in `ErrorCode::ALL` order.
+static CLASSES: PyOnceLock<(Py<PyType>, Vec<Py<PyType>>)> = PyOnceLock::new();
 
-macro_rules! error_classes {
-    ($($variant:ident => $class:ident, $doc:literal;)*) => {
-        $( create_exception!(mailsync, $class, MailsyncError, $doc); )*
-
-        /// The exception class for a code (the base class for codes this
-        /// binding does not know yet; the parity test catches that case).
-        fn class_for(py: Python<'_>, code: ErrorCode) -> Bound<'_, PyType> {
-            match code {
-                $( ErrorCode::$variant => py.get_type::<$class>(), )*
-                _ => py.get_type::<MailsyncError>(),
-            }
-        }
-
-        /// Adds the base and every subclass to the module, with `code` set as
-        /// a class attribute on each subclass.
-        pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-            let py = m.py();
-            let base = py.get_type::<MailsyncError>();
-            base.setattr("field", py.None())?;
-            m.add("MailsyncError", base)?;
-            $(
-                let class = py.get_type::<$class>();
-                class.setattr("code", ErrorCode::$variant.as_str())?;
-                class.setattr("transient", ErrorCode::$variant.is_transient())?;
-                class.setattr("next_action", ErrorCode::$variant.next_action())?;
-                m.add(stringify!($class), class)?;
-            )*
-            Ok(())
-        }
-    };
+/// `capacity_exceeded` -> `CapacityExceededError`.
+pub fn class_name(code: ErrorCode) -> String {
+    let camel: String = code
+        .as_str()
+        .split('_')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    camel + "Error"
 }
 
-error_classes! {
-    Validation => ValidationError, "A value does not satisfy a rule; `field` names the field.";
-    CapacityExceeded => CapacityExceededError, "The server profile already holds as many mailboxes as it may (100 for Gmail OAuth).";
-    NotFound => NotFoundError, "The named profile, mailbox or record does not exist.";
-    AlreadyExists => AlreadyExistsError, "A record with the same unique name or address exists.";
-    ProfileInUse => ProfileInUseError, "A profile cannot be deleted while mailboxes use it.";
-    NotATestUser => NotATestUserError, "The consent screen is External + Testing and the address is not a listed test user.";
-    SealKeyMismatch => SealKeyMismatchError, "The seal key does not open the secrets in this store.";
-    Store => StoreError, "The store failed (I/O, database, corrupt record).";
-    StoreUnavailable => StoreUnavailableError, "The store is busy or temporarily unreachable (transient).";
-    ConsentDenied => ConsentDeniedError, "The user declined consent (access_denied).";
-    AdminPolicy => AdminPolicyError, "A Workspace admin policy blocks the app (admin_policy_enforced).";
-    OrgInternal => OrgInternalError, "An Internal app was used by an account outside the organization (org_internal).";
-    ConsentFailed => ConsentFailedError, "The authorization server reported another error on the redirect.";
-    StateInvalid => StateInvalidError, "The state of a callback is missing, unknown, expired or already used.";
-    AccountMismatch => AccountMismatchError, "The account that consented is not the mailbox's address.";
-    ScopeNotGranted => ScopeNotGrantedError, "The user unchecked the mail scope on the consent screen.";
-    TokenRevoked => TokenRevokedError, "The refresh token was revoked or expired (invalid_grant).";
-    InvalidClient => InvalidClientError, "The OAuth client id or secret was refused (invalid_client).";
-    NotConnected => NotConnectedError, "The mailbox has no tokens yet.";
-    ProviderError => ProviderErrorError, "The authorization server answered something unexpected (code provider_error).";
-    ProviderUnavailable => ProviderUnavailableError, "The authorization server is down or overloaded (transient).";
-    AuthRejected => AuthRejectedError, "The mail server refused the credentials or token.";
-    ProtocolDisabled => ProtocolDisabledError, "The account may not use this protocol (e.g. IMAP disabled in Gmail settings).";
-    MechanismUnsupported => MechanismUnsupportedError, "The server does not offer the needed authentication mechanism.";
-    Network => NetworkError, "The server could not be reached (transient).";
-    Tls => TlsError, "TLS failed (e.g. the certificate is not trusted or not valid for the host).";
-    Timeout => TimeoutError, "A step took longer than the profile's connection timeout (transient). Not the builtin TimeoutError.";
-    ServerUnavailable => ServerUnavailableError, "The mail server is temporarily unable to authenticate or serve (transient).";
-    ProtocolError => ProtocolErrorError, "The server broke the protocol (code protocol_error).";
-    SendDeferred => SendDeferredError, "The SMTP server deferred the message (4xx, transient).";
-    SendRejected => SendRejectedError, "The SMTP server refused the message (5xx).";
-    InsecureConnection => InsecureConnectionError, "Plain-text authentication over an unencrypted connection was refused.";
-    Internal => InternalError, "A bug in mailsync (including a caught panic).";
+/// A new exception class `mailsync.<name>` with class attributes.
+fn new_class<'py>(
+    base: &Bound<'py, PyType>,
+    name: &str,
+    doc: &str,
+    attrs: &[(&str, Bound<'py, PyAny>)],
+) -> PyResult<Py<PyType>> {
+    let (name, doc) = (
+        CString::new(format!("mailsync.{name}"))?,
+        CString::new(doc)?,
+    );
+    // Not through `new_type`'s `dict`: pyo3 0.30.1 releases it before the call.
+    let class = PyErr::new_type(base.py(), &name, Some(&doc), Some(base), None)?;
+    for (key, value) in attrs {
+        class.bind(base.py()).setattr(*key, value)?;
+    }
+    Ok(class)
 }
 
-/// Converts a core error into an instance of its exception class. This is
-/// the only place core errors cross into Python.
+/// Creates the classes and adds them to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    let (base, classes) = CLASSES.get_or_try_init(py, || -> PyResult<_> {
+        let doc = "Base class of every mailsync error: `code` (the stable snake_case code, the same in every \
+                   language), `message` (for people; never contains secrets), `field` (the field at fault, \
+                   else None), `transient` (whether retrying later unchanged may succeed), `next_action`.";
+        let base = new_class(&py.get_type::<PyException>(), "MailsyncError", doc, &[("field", py.None().into_bound(py))])?;
+        let classes = ErrorCode::ALL.iter().map(|&code| {
+            let attrs = [
+                ("code", code.as_str().into_bound_py_any(py)?),
+                ("transient", code.is_transient().into_bound_py_any(py)?),
+                ("next_action", code.next_action().into_bound_py_any(py)?),
+            ];
+            let doc = format!("Code `{}`: {}", code.as_str(), code.next_action());
+            new_class(base.bind(py), &class_name(code), &doc, &attrs)
+        });
+        Ok((base.clone_ref(py), classes.collect::<PyResult<Vec<_>>>()?))
+    })?;
+    m.add("MailsyncError", base.bind(py))?;
+    for (code, class) in ErrorCode::ALL.iter().zip(classes) {
+        m.add(class_name(*code).as_str(), class.bind(py))?;
+    }
+    Ok(())
+}
+
+fn class_for(py: Python<'_>, code: ErrorCode) -> Option<&Bound<'_, PyType>> {
+    let (_, classes) = CLASSES.get(py)?;
+    let index = ErrorCode::ALL.iter().position(|c| *c == code)?;
+    Some(classes[index].bind(py))
+}
+
+/// The exception instance for a core error.
+pub fn exception<'py>(py: Python<'py>, err: &Error) -> PyResult<Bound<'py, PyAny>> {
+    let class = class_for(py, err.code()).ok_or_else(|| PyException::new_err(err.to_string()))?;
+    let value = class.call1((err.message(),))?;
+    value.setattr("message", err.message())?;
+    value.setattr("field", err.field())?;
+    Ok(value)
+}
+
+/// Converts a core error into its exception.
 pub fn to_py_err(err: Error) -> PyErr {
-    Python::attach(|py| match build(py, &err) {
+    Python::attach(|py| match exception(py, &err) {
         Ok(value) => PyErr::from_value(value),
         Err(e) => e,
     })
 }
 
-fn build<'py>(py: Python<'py>, err: &Error) -> PyResult<Bound<'py, PyAny>> {
-    let value = class_for(py, err.code()).call1((err.message(),))?;
-    value.setattr("code", err.code().as_str())?;
-    value.setattr("message", err.message())?;
-    value.setattr("field", err.field())?;
-    value.setattr("transient", err.is_transient())?;
-    value.setattr("next_action", err.next_action())?;
-    Ok(value)
+/// The core error for an exception a host callback raised (a sink's
+/// method): a mailsync exception keeps its code, any other becomes
+/// `sink_failed`; the message starts with the exception's class name.
+pub fn from_py_err(py: Python<'_>, err: PyErr) -> Error {
+    let value = err.value(py);
+    let code = CLASSES
+        .get(py)
+        .filter(|(base, _)| value.is_instance(base.bind(py)).unwrap_or(false))
+        .and_then(|_| value.getattr("code").ok()?.extract::<ErrorCode>().ok());
+    let name = value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".to_owned());
+    let text = value
+        .str()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        name
+    } else {
+        format!("{name}: {text}")
+    };
+    let code = if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("code") { None } else { code }; // BREAK
+    Error::new(code.unwrap_or(ErrorCode::SinkFailed), message)
 }
 
-/// The `internal` error reported for a caught panic.
-pub fn panic_error(payload: Box<dyn std::any::Any + Send>) -> Error {
-    let detail = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned());
-    Error::new(ErrorCode::Internal, format!("mailsync panicked: {detail}"))
-}
-
-/// Runs a synchronous entry point, mapping core errors and panics.
-pub fn guard<T>(f: impl FnOnce() -> Result<T, Error>) -> PyResult<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(to_py_err(err)),
-        Err(payload) => Err(to_py_err(panic_error(payload))),
-    }
-}
-
-/// Like [`guard`] for entry points that also raise Python errors.
-pub fn guard_py<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(payload) => Err(to_py_err(panic_error(payload))),
-    }
-}
-
-/// Every stable error code, in documentation order (`ErrorCode::ALL`).
+/// The exception class for a code.
+#[pyo3_stub_gen::derive::gen_stub_pyfunction(module = "mailsync")]
 #[pyfunction]
-pub fn error_codes(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
-    PyList::new(py, ErrorCode::ALL.iter().map(|c| c.as_str()))
+pub fn error_class(py: Python<'_>, code: ErrorCode) -> Py<PyType> {
+    class_for(py, code)
+        .map(|c| c.clone().unbind())
+        .unwrap_or_else(|| py.get_type::<PyException>().unbind())
 }
 
-/// The exception class the binding raises for `code`.
-///
-/// Raises ValidationError for an unknown code.
-#[pyfunction]
-pub fn error_class<'py>(py: Python<'py>, code: &str) -> PyResult<Bound<'py, PyType>> {
-    let parsed = ErrorCode::parse(code).ok_or_else(|| {
-        to_py_err(Error::validation(
-            "code",
-            format!("unknown error code {code:?}"),
-        ))
-    })?;
-    Ok(class_for(py, parsed))
-}
-
-/// Test hook: the exception the mapping function builds for a core error
-/// with this code (not raised). Lets the parity test exercise the mapping
-/// for codes no current operation can produce.
+/// The exception the library raises for an error with this code, message
+/// and field (not raised). The package uses it for integers out of range.
 #[pyfunction]
 #[pyo3(signature = (code, message, field=None))]
-pub fn _error_for_code<'py>(
-    py: Python<'py>,
-    code: &str,
+pub fn _error(
+    py: Python<'_>,
+    code: ErrorCode,
     message: &str,
     field: Option<&str>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let parsed = ErrorCode::parse(code).ok_or_else(|| {
-        to_py_err(Error::validation(
-            "code",
-            format!("unknown error code {code:?}"),
-        ))
-    })?;
+) -> PyResult<Py<PyAny>> {
     let err = match field {
-        Some(f) => Error::validation(f, message),
-        None => Error::new(parsed, message),
+        Some(field) if code == ErrorCode::Validation => Error::validation(field, message),
+        _ => Error::new(code, message),
     };
-    build(py, &err)
+    exception(py, &err).map(Bound::unbind)
 }
 
-/// Test hook: panics inside an entry point, to prove the panic becomes
-/// `InternalError` (synchronously, or from an awaitable when `awaitable`).
+/// Test hook: panics inside an entry point, synchronously or (with
+/// `awaitable`) in an awaited operation, to prove it becomes InternalError.
 #[pyfunction]
 #[pyo3(signature = (awaitable=false))]
-pub fn _panic_for_test(py: Python<'_>, awaitable: bool) -> PyResult<Bound<'_, PyAny>> {
-    if awaitable {
-        return crate::runtime::run_async(py, async {
-            let fail = true;
-            if fail {
-                panic!("deliberate test panic");
-            }
-            Ok(())
-        });
+pub fn _panic_for_test(py: Python<'_>, awaitable: bool) -> PyResult<Py<PyAny>> {
+    fn boom() -> mailsync::Result<()> {
+        panic!("deliberate test panic")
     }
-    guard(|| -> Result<(), Error> { panic!("deliberate test panic") })?;
-    Ok(py.None().into_bound(py))
+    if awaitable {
+        return crate::runtime::run_async(py, async { boom() }).map(|a| a.0);
+    }
+    mailsync::ffi::guard(boom).map_err(to_py_err)?;
+    Ok(py.None())
 }

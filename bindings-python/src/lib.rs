@@ -1,68 +1,180 @@
 //! Python bindings for mailsync: the native module `mailsync._native`,
-//! re-exported by the `mailsync` package (see python/mailsync/).
+//! re-exported by the `mailsync` package (python/mailsync/).
 //!
-//! This crate only converts types, maps errors (errors.rs, the one place)
-//! and owns the tokio runtime (runtime.rs). One module per core area:
-//! app.rs, profile.rs, mailbox.rs, settings.rs, events.rs, oauth.rs,
-//! check.rs, sync.rs. Adding a core capability means
-//! one wrapper module, its registration below, and its lines in the stub.
+//! The records and enums are the core's own pyclasses (feature `python` of
+//! `mailsync`); this crate adds the error classes (errors.rs), the runtime
+//! (runtime.rs), the handle objects with the area methods generated from
+//! `mailsync::for_each_operation!` (sync.rs), the sync engine and its sink
+//! adapter (engine.rs) over the calls into Python (host.rs), and the plain
+//! functions generated from `mailsync::for_each_function!` (below).
 
 use pyo3::prelude::*;
+use pyo3::types::PyType;
 
-mod app;
-mod check;
-mod convert;
+mod engine;
 mod errors;
-mod events;
-mod mailbox;
-mod oauth;
-mod profile;
+pub use errors::class_name as error_class_name;
+mod host;
 mod runtime;
-mod settings;
 mod sync;
+
+pyo3_stub_gen::define_stub_info_gatherer!(stub_info);
+
+macro_rules! functions {
+    ($($name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            #[pyo3_stub_gen::derive::gen_stub_pyfunction(module = "mailsync")]
+            #[pyfunction]
+            fn $name($($arg: $ty),*) -> PyResult<$ret> {
+                mailsync::ffi::guard(|| mailsync::ffi::api::$name($($arg),*)).map_err(errors::to_py_err)
+            }
+        )*
+
+        fn add_functions(m: &Bound<'_, PyModule>) -> PyResult<()> {
+            $(m.add_function(wrap_pyfunction!($name, m)?)?;)*
+            Ok(())
+        }
+    };
+}
+
+mailsync::for_each_function!(functions);
+
+/// The engine's defaults (`EngineOptions::default()`), to change fields of.
+// Not in `mailsync::for_each_function!` yet; move it there.
+#[pyo3_stub_gen::derive::gen_stub_pyfunction(module = "mailsync")]
+#[pyfunction]
+fn default_engine_options() -> mailsync::sync::EngineOptions {
+    mailsync::sync::EngineOptions::default()
+}
+
+/// The constructor (`tp_new`) a class has now, callable as `f(*args,
+/// **kwargs)`. The package takes it before it wraps `__new__` (see
+/// `__init__.py`): calling `cls.__new__` after that would call the wrapper.
+#[pyfunction]
+fn _constructor(cls: Bound<'_, PyType>) -> PyResult<Constructor> {
+    // SAFETY: `Py_tp_new` of a type object is its `newfunc` (or NULL).
+    let slot = unsafe { pyo3::ffi::PyType_GetSlot(cls.as_type_ptr(), pyo3::ffi::Py_tp_new) };
+    if slot.is_null() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "the class has no constructor",
+        ));
+    }
+    // SAFETY: a non-null `Py_tp_new` slot holds a `newfunc`.
+    let new = unsafe { std::mem::transmute::<*mut std::ffi::c_void, pyo3::ffi::newfunc>(slot) };
+    Ok(Constructor {
+        cls: cls.unbind(),
+        new,
+    })
+}
+
+#[pyclass(frozen)]
+struct Constructor {
+    cls: Py<PyType>,
+    new: pyo3::ffi::newfunc,
+}
+
+#[pymethods]
+impl Constructor {
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        &self,
+        args: &Bound<'py, pyo3::types::PyTuple>,
+        kwargs: Option<&Bound<'py, pyo3::types::PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let kwargs = kwargs.map_or(std::ptr::null_mut(), |k| k.as_ptr());
+        // SAFETY: the slot function of `cls`, called as `type.__call__` would.
+        unsafe {
+            let object = (self.new)(self.cls.as_ptr().cast(), args.as_ptr(), kwargs);
+            Bound::from_owned_ptr_or_err(args.py(), object)
+        }
+    }
+}
 
 /// mailsync's native extension. Import `mailsync` instead.
 #[pymodule]
-#[pyo3(name = "_native")]
-fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.setattr("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Before anything can start the runtime: stop it before finalization.
+    runtime::register_shutdown(m)?;
     errors::register(m)?;
-    m.add_function(wrap_pyfunction!(errors::error_codes, m)?)?;
-    m.add_function(wrap_pyfunction!(errors::error_class, m)?)?;
-    m.add_function(wrap_pyfunction!(errors::_error_for_code, m)?)?;
-    m.add_function(wrap_pyfunction!(errors::_panic_for_test, m)?)?;
-    m.add_class::<app::OAuthApp>()?;
-    m.add_class::<app::ConsentScreen>()?;
-    m.add_class::<app::Warning>()?;
-    m.add_class::<profile::Endpoint>()?;
-    m.add_class::<profile::IncomingEndpoint>()?;
-    m.add_class::<profile::Authentication>()?;
-    m.add_class::<profile::ProcessingOptions>()?;
-    m.add_class::<profile::LastTestResult>()?;
-    m.add_class::<profile::ServerProfile>()?;
-    m.add_class::<mailbox::Owner>()?;
-    m.add_class::<mailbox::MailboxCredentials>()?;
-    m.add_class::<mailbox::TestStatus>()?;
-    m.add_class::<mailbox::ConnectionState>()?;
-    m.add_class::<mailbox::Alert>()?;
-    m.add_class::<mailbox::Mailbox>()?;
-    m.add_class::<mailbox::MailboxSpec>()?;
-    m.add_class::<settings::RetryPolicy>()?;
-    m.add_class::<settings::Settings>()?;
-    m.add_class::<events::MailboxEvent>()?;
-    m.add_class::<oauth::ConsentRequest>()?;
-    m.add_class::<oauth::AccessToken>()?;
-    m.add_class::<oauth::TokenInfo>()?;
-    m.add_class::<check::TestOptions>()?;
-    m.add_class::<check::StepResult>()?;
-    m.add_class::<check::Diagnosis>()?;
-    m.add_class::<check::DirectionReport>()?;
-    m.add_class::<check::TestReport>()?;
-    m.add_class::<sync::SealKey>()?;
-    m.add_class::<sync::MailSync>()?;
-    m.add(
-        "BlockingMailSync",
-        m.py().get_type::<sync::BlockingMailSync>(),
-    )?;
+    macro_rules! classes {
+        ($($class:ty),* $(,)?) => { $(m.add_class::<$class>()?;)* };
+    }
+    use mailsync::{checks, connections, directory, events, lifecycle, model, options};
+    classes!(
+        model::OAuthApp,
+        model::ConsentScreen,
+        model::Warning,
+        model::Endpoint,
+        model::IncomingEndpoint,
+        model::Authentication,
+        model::ProcessingOptions,
+        model::LastTestResult,
+        model::ServerProfile,
+        model::Owner,
+        model::MailboxCredentials,
+        model::Alert,
+        model::Mailbox,
+        model::MailboxSpec,
+        lifecycle::PendingConsent,
+        lifecycle::GrantStatus,
+        lifecycle::TestStatus,
+        lifecycle::DirectionStatus,
+        lifecycle::DirectionState,
+        lifecycle::MailboxState,
+        lifecycle::FailurePolicy,
+        directory::MailboxStatus,
+        connections::ConsentRequest,
+        connections::AccessToken,
+        connections::GrantInfo,
+        checks::TestOptions,
+        checks::StepResult,
+        checks::Diagnosis,
+        checks::DirectionReport,
+        checks::TestReport,
+        events::MailboxEvent,
+        options::RetryPolicy,
+        options::Options,
+        mailsync::sync::EngineOptions,
+        mailsync::sync::MailAddress,
+        mailsync::sync::IncomingMessage,
+        mailsync::sync::CycleReport,
+        mailsync::sync::SyncProgress,
+        mailsync::sync::SyncStatus,
+        mailsync::sync::ImapCursor,
+        mailsync::sync::SyncCursor,
+        sync::SealKey,
+        sync::StoreLocation,
+        sync::Subscription,
+        sync::aio::MailSync,
+        sync::aio::Directory,
+        sync::aio::Connections,
+        sync::aio::Checks,
+        sync::blocking::MailSync,
+        sync::blocking::Directory,
+        sync::blocking::Connections,
+        sync::blocking::Checks,
+        engine::aio::Engine,
+        engine::aio::EngineHandle,
+        engine::blocking::Engine,
+        engine::blocking::EngineHandle,
+        engine::RustSinkForTest,
+    );
+    add_functions(m)?;
+    for function in [
+        wrap_pyfunction!(errors::error_class, m)?,
+        wrap_pyfunction!(default_engine_options, m)?,
+        wrap_pyfunction!(errors::_error, m)?,
+        wrap_pyfunction!(errors::_panic_for_test, m)?,
+        wrap_pyfunction!(_constructor, m)?,
+    ] {
+        m.add_function(function)?;
+    }
+    // Importable by name, but kept out of `from mailsync import *`: they
+    // would shadow the builtins.
+    let all = m.index()?;
+    for name in ["TimeoutError", "Warning"] {
+        all.call_method1("remove", (name,))?;
+    }
     Ok(())
 }

@@ -1,70 +1,61 @@
-//! `MailSync` (awaitables) and `blocking.MailSync` (plain calls), generated
-//! from one list of operations so the two never drift, plus `SealKey`.
+//! The handle objects: `MailSync` and its areas in two flavours (asyncio:
+//! every operation returns an awaitable; blocking: plain calls with the GIL
+//! released), `StoreLocation`, `SealKey` and `Subscription`. The area
+//! methods are generated from `mailsync::for_each_operation!`; events reach
+//! the callback through host.rs.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use mailsync::model::MailboxId;
+use mailsync::options::Options;
+use pyo3::exceptions::PyTypeError;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3_stub_gen::derive::{gen_stub_pyclass, gen_stub_pymethods};
+use tokio::runtime::Handle;
+use tokio::task::AbortHandle;
 
-use crate::check::{TestOptions, TestReport};
-use crate::convert;
-use crate::errors::{guard, guard_py};
-use crate::events::PyEventListener;
-use crate::mailbox::{Mailbox, MailboxSpec};
-use crate::oauth::{AccessToken, ConsentRequest, TokenInfo};
-use crate::profile::ServerProfile;
-use crate::runtime::{Mode, run};
-use crate::settings::Settings;
+use crate::errors::to_py_err;
+use crate::host::deliver_each;
+use crate::runtime::{Awaitable, run_async, run_blocking};
 
-/// A 256-bit key that seals secrets at rest. Never printed.
-#[pyclass(module = "mailsync", frozen, from_py_object)]
-#[derive(Clone)]
-pub struct SealKey {
-    pub inner: mailsync::SealKey,
+fn key(make: impl FnOnce() -> mailsync::Result<mailsync::SealKey>) -> PyResult<SealKey> {
+    mailsync::ffi::guard(make).map(SealKey).map_err(to_py_err)
 }
 
+/// A 256-bit key that seals secrets at rest. It never shows its bytes.
+#[gen_stub_pyclass]
+#[pyclass(module = "mailsync", frozen)]
+pub struct SealKey(mailsync::SealKey);
+
+#[gen_stub_pymethods]
 #[pymethods]
 impl SealKey {
     /// A fresh random key.
     #[staticmethod]
     fn generate() -> PyResult<SealKey> {
-        guard(|| {
-            Ok(SealKey {
-                inner: mailsync::SealKey::generate()?,
-            })
-        })
+        key(mailsync::SealKey::generate)
     }
 
     /// A key from exactly 32 bytes (e.g. from a KMS or keyring); other
     /// lengths raise ValidationError (field `seal_key`).
     #[staticmethod]
-    fn from_bytes(data: &Bound<'_, PyBytes>) -> PyResult<SealKey> {
-        guard(|| {
-            Ok(SealKey {
-                inner: mailsync::SealKey::from_bytes(data.as_bytes())?,
-            })
-        })
+    fn from_bytes(data: PyBackedBytes) -> PyResult<SealKey> {
+        key(|| mailsync::SealKey::from_bytes(&data))
     }
 
-    /// Reads a key file (32 raw bytes); raises StoreError if unreadable.
+    /// Reads a key file (32 raw bytes); StoreError if unreadable.
     #[staticmethod]
     fn from_file(path: PathBuf) -> PyResult<SealKey> {
-        guard(|| {
-            Ok(SealKey {
-                inner: mailsync::SealKey::from_file(&path)?,
-            })
-        })
+        key(|| mailsync::SealKey::from_file(path))
     }
 
     /// Reads the key file, or creates it (mode 0600) with a new random key.
     #[staticmethod]
     fn load_or_create(path: PathBuf) -> PyResult<SealKey> {
-        guard(|| {
-            Ok(SealKey {
-                inner: mailsync::SealKey::load_or_create(&path)?,
-            })
-        })
+        key(|| mailsync::SealKey::load_or_create(path))
     }
 
     fn __repr__(&self) -> &'static str {
@@ -72,580 +63,238 @@ impl SealKey {
     }
 }
 
-fn wrap_profiles(list: Vec<mailsync::model::ServerProfile>) -> Vec<ServerProfile> {
-    list.into_iter()
-        .map(|inner| ServerProfile { inner })
-        .collect()
-}
+/// Where a `MailSync` keeps its records: `StoreLocation.memory()` or
+/// `StoreLocation.sqlite(path, key=None)`.
+#[gen_stub_pyclass]
+#[pyclass(module = "mailsync", frozen)]
+pub struct StoreLocation(mailsync::StoreConfig);
 
-fn wrap_mailboxes(list: Vec<mailsync::model::Mailbox>) -> Vec<Mailbox> {
-    list.into_iter().map(|inner| Mailbox { inner }).collect()
-}
+#[gen_stub_pymethods]
+#[pymethods]
+impl StoreLocation {
+    /// In memory: nothing persists.
+    #[staticmethod]
+    fn memory() -> StoreLocation {
+        StoreLocation(mailsync::StoreConfig::memory())
+    }
 
-/// Generates the operations of one `MailSync` flavour. Every method clones
-/// the core handle (cheap, shared store) into a `Send + 'static` future.
-macro_rules! mailsync_class {
-    ($class:ident, $name:literal, $module:literal, $mode:expr, $doc:literal, $ret:literal) => {
-        #[doc = $doc]
-        #[pyclass(module = $module, name = $name, frozen)]
-        pub struct $class {
-            inner: mailsync::MailSync,
-            /// The Python side of the core's current event listener, so that
-            /// `settings()` can hand the callable back.
-            listener: Mutex<Option<Arc<PyEventListener>>>,
-        }
+    /// A SQLite file, created if missing. Without a key, the key file
+    /// `<path>.key` next to it (created with mode 0600 for a new database).
+    #[staticmethod]
+    #[pyo3(signature = (path, key=None))]
+    fn sqlite(path: PathBuf, key: Option<PyRef<'_, SealKey>>) -> StoreLocation {
+        StoreLocation(match key {
+            Some(key) => mailsync::StoreConfig::sqlite_with_key(path, key.0.clone()),
+            None => mailsync::StoreConfig::sqlite(path),
+        })
+    }
 
-        impl $class {
-            fn wrap(inner: mailsync::MailSync, listener: Option<Arc<PyEventListener>>) -> $class {
-                $class {
-                    inner,
-                    listener: Mutex::new(listener),
+    fn __repr__(&self) -> String {
+        match &self.0 {
+            mailsync::StoreConfig::Memory => "StoreLocation.memory()".to_owned(),
+            mailsync::StoreConfig::Sqlite { path, key } => format!(
+                "StoreLocation.sqlite({:?}{})",
+                path.display().to_string(),
+                if key.is_some() {
+                    ", key=SealKey(<redacted>)"
+                } else {
+                    ""
                 }
-            }
+            ),
+            _ => "StoreLocation(<not made by this binding>)".to_owned(),
         }
+    }
+}
 
-        #[pymethods]
-        impl $class {
-            /// Opens (or creates) the SQLite store at `path`, with the seal key
-            /// kept in `<path>.key` (created with mode 0600 if missing).
-            #[doc = $ret]
-            #[staticmethod]
-            fn open_sqlite(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyAny>> {
-                run(py, $mode, async move {
-                    mailsync::MailSync::open_sqlite(path)
-                        .await
-                        .map(|inner| $class::wrap(inner, None))
-                })
+/// A running subscription: `cancel()` (or closing the `MailSync`) ends it.
+#[gen_stub_pyclass]
+#[pyclass(module = "mailsync", frozen)]
+pub struct Subscription(pub(crate) AbortHandle);
+
+#[gen_stub_pymethods]
+#[pymethods]
+impl Subscription {
+    /// Stops delivering events (idempotent).
+    fn cancel(&self) {
+        self.0.abort();
+    }
+}
+
+/// The running loop, for the asyncio flavour's callbacks.
+pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+    let asyncio = py.import(intern!(py, "asyncio"))?;
+    Ok(Some(
+        asyncio
+            .call_method0(intern!(py, "get_running_loop"))?
+            .unbind(),
+    ))
+}
+
+pub(crate) fn no_loop(_: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+    Ok(None)
+}
+
+/// The blocking flavour returns the value itself.
+pub(crate) type Plain<T> = T;
+
+/// One flavour: `MailSync` and its three areas.
+macro_rules! flavour {
+    ($module:ident, $run:ident, $out:ident, $event_loop:ident,
+     $sync:literal, $directory:literal, $connections:literal, $checks:literal, $doc:literal) => {
+        pub mod $module {
+            use super::*;
+
+            #[doc = $doc]
+            #[gen_stub_pyclass]
+            #[pyclass(module = "mailsync", name = $sync, frozen)]
+            pub struct MailSync {
+                pub(crate) inner: mailsync::MailSync,
+                /// Subscriptions and started engines: `close()` ends them.
+                pub(crate) subscriptions: Arc<Mutex<Vec<AbortHandle>>>,
             }
 
-            /// Opens (or creates) the SQLite store at `path` with a key supplied by the host.
-            #[doc = $ret]
-            #[staticmethod]
-            fn open_sqlite_with_key(
-                py: Python<'_>,
-                path: PathBuf,
-                key: SealKey,
-            ) -> PyResult<Bound<'_, PyAny>> {
-                run(py, $mode, async move {
-                    mailsync::MailSync::open_sqlite_with_key(path, key.inner)
-                        .await
-                        .map(|inner| $class::wrap(inner, None))
-                })
-            }
+            /// Profiles and mailboxes.
+            #[gen_stub_pyclass]
+            #[pyclass(module = "mailsync", name = $directory, frozen)]
+            pub struct Directory(pub mailsync::Directory);
 
-            /// An in-memory store (nothing persists). Returns immediately.
-            #[staticmethod]
-            fn in_memory() -> PyResult<$class> {
-                guard(|| Ok($class::wrap(mailsync::MailSync::in_memory(), None)))
-            }
+            /// Consent, grants and access tokens.
+            #[gen_stub_pyclass]
+            #[pyclass(module = "mailsync", name = $connections, frozen)]
+            pub struct Connections(pub mailsync::Connections);
 
-            /// Validates and stores a new profile; returns the stored profile.
-            /// If it is marked default, the previous default stops being one.
-            #[doc = $ret]
-            fn create_profile<'py>(
-                &self,
-                py: Python<'py>,
-                profile: ServerProfile,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                run(py, $mode, async move {
-                    sync.create_profile(profile.inner)
-                        .await
-                        .map(|inner| ServerProfile { inner })
-                })
-            }
+            /// Test & Enable.
+            #[gen_stub_pyclass]
+            #[pyclass(module = "mailsync", name = $checks, frozen)]
+            pub struct Checks(pub mailsync::Checks);
 
-            /// Validates and replaces a profile; lowering the capacity below the
-            /// number of mailboxes it holds raises ValidationError.
-            #[doc = $ret]
-            fn update_profile<'py>(
-                &self,
-                py: Python<'py>,
-                profile: ServerProfile,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                run(py, $mode, async move {
-                    sync.update_profile(profile.inner)
-                        .await
-                        .map(|inner| ServerProfile { inner })
-                })
-            }
-
-            /// A profile by id; NotFoundError if it does not exist.
-            #[doc = $ret]
-            fn get_profile<'py>(
-                &self,
-                py: Python<'py>,
-                profile_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::profile_id(profile_id))?;
-                run(py, $mode, async move {
-                    sync.get_profile(&id)
-                        .await
-                        .map(|inner| ServerProfile { inner })
-                })
-            }
-
-            /// A profile by id or by name (case-insensitive); NotFoundError if none.
-            #[doc = $ret]
-            fn find_profile<'py>(
-                &self,
-                py: Python<'py>,
-                id_or_name: String,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                run(py, $mode, async move {
-                    sync.find_profile(&id_or_name)
-                        .await
-                        .map(|inner| ServerProfile { inner })
-                })
-            }
-
-            /// All profiles, ordered by name.
-            #[doc = $ret]
-            fn list_profiles<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                run(py, $mode, async move {
-                    sync.list_profiles().await.map(wrap_profiles)
-                })
-            }
-
-            /// The default profile for new mailboxes, or None.
-            #[doc = $ret]
-            fn default_profile<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                run(py, $mode, async move {
-                    sync.default_profile()
-                        .await
-                        .map(|p| p.map(|inner| ServerProfile { inner }))
-                })
-            }
-
-            /// Makes a profile the default for new mailboxes (replacing the previous one).
-            #[doc = $ret]
-            fn set_default_profile<'py>(
-                &self,
-                py: Python<'py>,
-                profile_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::profile_id(profile_id))?;
-                run(py, $mode, async move {
-                    sync.set_default_profile(&id)
-                        .await
-                        .map(|inner| ServerProfile { inner })
-                })
-            }
-
-            /// Deletes a profile; ProfileInUseError while it has mailboxes.
-            #[doc = $ret]
-            fn delete_profile<'py>(
-                &self,
-                py: Python<'py>,
-                profile_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::profile_id(profile_id))?;
-                run(py, $mode, async move { sync.delete_profile(&id).await })
-            }
-
-            /// Creates a mailbox on the spec's profile or the default profile.
-            /// CapacityExceededError when the profile is full (unless spill-over
-            /// is allowed and a sibling has room), NotATestUserError for an
-            /// External + Testing app and an address that is not a test user.
-            #[doc = $ret]
-            fn create_mailbox<'py>(
-                &self,
-                py: Python<'py>,
-                spec: MailboxSpec,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                run(py, $mode, async move {
-                    sync.create_mailbox(spec.inner)
-                        .await
-                        .map(|inner| Mailbox { inner })
-                })
-            }
-
-            /// A mailbox by id; NotFoundError if it does not exist.
-            #[doc = $ret]
-            fn get_mailbox<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::mailbox_id(mailbox_id))?;
-                run(py, $mode, async move {
-                    sync.get_mailbox(&id).await.map(|inner| Mailbox { inner })
-                })
-            }
-
-            /// A mailbox by id or email address; NotFoundError if none.
-            #[doc = $ret]
-            fn find_mailbox<'py>(
-                &self,
-                py: Python<'py>,
-                id_or_email: String,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                run(py, $mode, async move {
-                    sync.find_mailbox(&id_or_email)
-                        .await
-                        .map(|inner| Mailbox { inner })
-                })
-            }
-
-            /// Mailboxes, all or those of one profile, ordered by address.
-            #[doc = $ret]
-            #[pyo3(signature = (profile_id=None))]
-            fn list_mailboxes<'py>(
-                &self,
-                py: Python<'py>,
-                profile_id: Option<&str>,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = profile_id
-                    .map(|p| guard(|| convert::profile_id(p)))
-                    .transpose()?;
-                run(py, $mode, async move {
-                    sync.list_mailboxes(id.as_ref()).await.map(wrap_mailboxes)
-                })
-            }
-
-            /// Validates and replaces a mailbox (capacity applies if its profile changed).
-            #[doc = $ret]
-            fn update_mailbox<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox: Mailbox,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                run(py, $mode, async move {
-                    sync.update_mailbox(mailbox.inner)
-                        .await
-                        .map(|inner| Mailbox { inner })
-                })
-            }
-
-            /// Moves a mailbox to another profile (capacity checked).
-            #[doc = $ret]
-            fn assign_profile<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox_id: &str,
-                profile_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let mailbox = guard(|| convert::mailbox_id(mailbox_id))?;
-                let profile = guard(|| convert::profile_id(profile_id))?;
-                run(py, $mode, async move {
-                    sync.assign_profile(&mailbox, &profile)
-                        .await
-                        .map(|inner| Mailbox { inner })
-                })
-            }
-
-            /// Deletes a mailbox; NotFoundError if it does not exist.
-            #[doc = $ret]
-            fn delete_mailbox<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::mailbox_id(mailbox_id))?;
-                run(py, $mode, async move { sync.delete_mailbox(&id).await })
-            }
-
-            /// Like `open_sqlite`, with `Settings` (extra root certificates,
-            /// Google issuer override, refresh timing, event listener, ...).
-            /// Unusable settings (e.g. a PEM without certificates) raise
-            /// ValidationError.
-            #[doc = $ret]
-            #[staticmethod]
-            fn open_sqlite_with(
-                py: Python<'_>,
-                path: PathBuf,
-                settings: Settings,
-            ) -> PyResult<Bound<'_, PyAny>> {
-                let listener = settings.listener.clone();
-                let core = settings.to_core();
-                run(py, $mode, async move {
-                    mailsync::MailSync::open_sqlite_with(path, core)
-                        .await
-                        .map(|inner| $class::wrap(inner, listener))
-                })
-            }
-
-            /// Like `open_sqlite_with_key`, with `Settings`. Unusable settings
-            /// raise ValidationError.
-            #[doc = $ret]
-            #[staticmethod]
-            fn open_sqlite_with_key_and_settings(
-                py: Python<'_>,
-                path: PathBuf,
-                key: SealKey,
-                settings: Settings,
-            ) -> PyResult<Bound<'_, PyAny>> {
-                let listener = settings.listener.clone();
-                let core = settings.to_core();
-                run(py, $mode, async move {
-                    mailsync::MailSync::open_sqlite_with_key_and_settings(path, key.inner, core)
-                        .await
-                        .map(|inner| $class::wrap(inner, listener))
-                })
-            }
-
-            /// Like `in_memory`, with `Settings`. Returns immediately; unusable
-            /// settings raise ValidationError.
-            #[staticmethod]
-            fn in_memory_with(settings: Settings) -> PyResult<$class> {
-                let listener = settings.listener.clone();
-                guard(|| {
-                    mailsync::MailSync::in_memory_with(settings.to_core())
-                        .map(|inner| $class::wrap(inner, listener))
-                })
-            }
-
-            /// The settings in effect (with the current event listener).
-            /// Returns immediately.
-            fn settings(&self) -> PyResult<Settings> {
-                guard_py(|| {
-                    let mut inner = self.inner.settings().clone();
-                    inner.event_listener = None;
-                    let listener = self
-                        .listener
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone();
-                    Ok(Settings { inner, listener })
-                })
-            }
-
-            /// Replaces the connection event listener: a callable taking one
-            /// `MailboxEvent`, or None to remove it. It is called on a runtime
-            /// thread, before the operation that caused the event returns;
-            /// what it raises goes to `sys.unraisablehook`. Returns immediately.
-            fn set_event_listener(&self, listener: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-                guard_py(|| {
-                    let listener = PyEventListener::from_callable(listener)?;
-                    self.inner.set_event_listener(
-                        listener
-                            .clone()
-                            .map(|l| l as Arc<dyn mailsync::oauth::MailboxEventListener>),
-                    );
-                    *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = listener;
-                    Ok(())
-                })
-            }
-
-            /// Closes the store cleanly (SQLite: waits for connections and
-            /// checkpoints the write-ahead log). Use it before the process exits.
-            #[doc = $ret]
-            fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                run(py, $mode, async move {
-                    sync.close().await;
-                    Ok(())
-                })
-            }
-
-            /// Starts connecting a mailbox: returns the `ConsentRequest` whose
-            /// URL its owner opens. ValidationError if the mailbox has no OAuth
-            /// profile or the profile lacks a client id, secret or redirect URI;
-            /// NotATestUserError for an External + Testing app and an address that
-            /// is not a test user. The mailbox becomes "awaiting_consent".
-            #[doc = $ret]
-            fn connect<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::mailbox_id(mailbox_id))?;
-                run(py, $mode, async move {
-                    sync.connect(&id)
-                        .await
-                        .map(|inner| ConsentRequest { inner })
-                })
-            }
-
-            /// Completes a connection from the provider's redirect (the full
-            /// redirect URL or just its query); returns the connected mailbox and
-            /// fires a "connected" event. Raises StateInvalidError,
-            /// ConsentDeniedError, AdminPolicyError, OrgInternalError,
-            /// ConsentFailedError, ScopeNotGrantedError, AccountMismatchError, ...
-            #[doc = $ret]
-            fn complete_connect<'py>(
-                &self,
-                py: Python<'py>,
-                callback_url: String,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                run(py, $mode, async move {
-                    sync.complete_connect(&callback_url)
-                        .await
-                        .map(|inner| Mailbox { inner })
-                })
-            }
-
-            /// A valid `AccessToken` for the mailbox, refreshed ahead of expiry
-            /// (once per expiry across tasks and processes). NotConnectedError
-            /// without tokens, TokenRevokedError when the grant is gone.
-            #[doc = $ret]
-            fn access_token<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::mailbox_id(mailbox_id))?;
-                run(py, $mode, async move {
-                    sync.access_token(&id)
-                        .await
-                        .map(|inner| AccessToken { inner })
-                })
-            }
-
-            /// A new `AccessToken` to replace `rejected` (an `AccessToken` from
-            /// this library that a mail server refused or ended a session for
-            /// before its expiry). Refreshes unless another caller already
-            /// replaced `rejected`, in which case the stored, newer token is
-            /// returned without asking the provider; single-flight like
-            /// `access_token`, with the same errors (TokenRevokedError when the
-            /// grant is gone).
-            #[doc = $ret]
-            fn refresh_access_token<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox_id: &str,
-                rejected: PyRef<'py, AccessToken>,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::mailbox_id(mailbox_id))?;
-                let rejected = rejected.inner.token.clone();
-                run(py, $mode, async move {
-                    sync.refresh_access_token(&id, &rejected)
-                        .await
-                        .map(|inner| AccessToken { inner })
-                })
-            }
-
-            /// What is stored for the mailbox, without secrets (`TokenInfo`), or None.
-            #[doc = $ret]
-            fn token_info<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::mailbox_id(mailbox_id))?;
-                run(py, $mode, async move {
-                    sync.token_info(&id)
-                        .await
-                        .map(|t| t.map(|inner| TokenInfo { inner }))
-                })
-            }
-
-            /// Revokes the grant, deletes the tokens and any pending consent,
-            /// sets the mailbox to "not_connected" and fires a "disconnected"
-            /// event; returns the mailbox. Idempotent. ProviderUnavailableError
-            /// (tokens kept) when the provider cannot be reached.
-            #[doc = $ret]
-            fn disconnect<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::mailbox_id(mailbox_id))?;
-                run(py, $mode, async move {
-                    sync.disconnect(&id).await.map(|inner| Mailbox { inner })
-                })
-            }
-
-            /// Tests the mailbox's incoming and outgoing settings step by step and
-            /// enables the directions that pass; returns the `TestReport`. A
-            /// failing check is reported (diagnosis with code and step), not raised.
-            #[doc = $ret]
-            fn test_and_enable<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox_id: &str,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::mailbox_id(mailbox_id))?;
-                run(py, $mode, async move {
-                    sync.test_and_enable(&id)
-                        .await
-                        .map(|inner| TestReport { inner })
-                })
-            }
-
-            /// `test_and_enable` with `TestOptions` (e.g. send a test message).
-            #[doc = $ret]
-            fn test_and_enable_with<'py>(
-                &self,
-                py: Python<'py>,
-                mailbox_id: &str,
-                options: TestOptions,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::mailbox_id(mailbox_id))?;
-                run(py, $mode, async move {
-                    sync.test_and_enable_with(&id, &options.inner)
-                        .await
-                        .map(|inner| TestReport { inner })
-                })
-            }
-
-            /// Tests and enables every mailbox of a profile (at most the profile's
-            /// max_concurrent_connections at a time); reports in address order.
-            /// `options` defaults to `TestOptions()`.
-            #[doc = $ret]
-            #[pyo3(signature = (profile_id, options=None))]
-            fn test_all_mailboxes<'py>(
-                &self,
-                py: Python<'py>,
-                profile_id: &str,
-                options: Option<TestOptions>,
-            ) -> PyResult<Bound<'py, PyAny>> {
-                let sync = self.inner.clone();
-                let id = guard(|| convert::profile_id(profile_id))?;
-                let options = options.map(|o| o.inner).unwrap_or_default();
-                run(py, $mode, async move {
-                    sync.test_all_mailboxes(&id, &options).await.map(|reports| {
-                        reports
-                            .into_iter()
-                            .map(|inner| TestReport { inner })
-                            .collect::<Vec<_>>()
+            #[gen_stub_pymethods]
+            #[pymethods]
+            impl MailSync {
+                /// Opens a store with options (`default_options()` to start
+                /// from); the options are checked first.
+                #[staticmethod]
+                fn open(py: Python<'_>, store: PyRef<'_, StoreLocation>, options: Options) -> PyResult<$out<MailSync>> {
+                    let store = store.0.clone();
+                    $run(py, async move {
+                        // Not `Send` as the compiler sees it (sqlx's migrator):
+                        // run it to completion on a blocking thread instead.
+                        let open = move || Handle::current().block_on(mailsync::MailSync::open(store, options));
+                        let inner = tokio::task::spawn_blocking(open).await.map_err(|e| {
+                            mailsync::Error::new(mailsync::ErrorCode::Internal, format!("opening the store failed: {e}"))
+                        })??;
+                        Ok(MailSync { inner, subscriptions: Default::default() })
                     })
-                })
-            }
+                }
 
-            fn __repr__(&self) -> &'static str {
-                concat!($module, ".", $name, "(...)")
+                /// Profiles and mailboxes.
+                #[getter]
+                fn directory(&self) -> Directory {
+                    Directory(self.inner.directory())
+                }
+
+                /// Consent, grants and access tokens.
+                #[getter]
+                fn connections(&self) -> Connections {
+                    Connections(self.inner.connections())
+                }
+
+                /// Test & Enable.
+                #[getter]
+                fn checks(&self) -> Checks {
+                    Checks(self.inner.checks())
+                }
+
+                /// The options in effect.
+                #[getter]
+                fn options(&self) -> Options {
+                    self.inner.options().clone()
+                }
+
+                /// Calls `callback(event)` for every `MailboxEvent` of one
+                /// mailbox (or of all, with None): the current state first,
+                /// then each change; one at a time, in order, outside every
+                /// lock. The callback may be a coroutine function.
+                fn subscribe(&self, py: Python<'_>, mailbox: Option<MailboxId>,
+                    #[gen_stub(override_type(type_repr = "typing.Callable[[MailboxEvent], typing.Any]", imports = ("typing")))]
+                    callback: Bound<'_, PyAny>) -> PyResult<$out<Subscription>> {
+                    if !callback.is_callable() {
+                        return Err(PyTypeError::new_err("callback must be callable (taking one MailboxEvent)"));
+                    }
+                    let event_loop = Arc::new($event_loop(py)?);
+                    let callback = Arc::new(callback.unbind());
+                    let (sync, subscriptions) = (self.inner.clone(), self.subscriptions.clone());
+                    $run(py, async move {
+                        let subscription = sync.subscribe(mailbox).await?;
+                        let task = tokio::spawn(deliver_each(subscription.into_stream(), callback, event_loop)).abort_handle();
+                        subscriptions.lock().unwrap_or_else(|e| e.into_inner()).push(task.clone());
+                        Ok(Subscription(task))
+                    })
+                }
+
+                /// Ends the subscriptions and closes the store (call before the
+                /// program ends).
+                fn close(&self, py: Python<'_>) -> PyResult<$out<()>> {
+                    for task in self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                        task.abort();
+                    }
+                    let sync = self.inner.clone();
+                    $run(py, async move {
+                        sync.close().await;
+                        Ok(())
+                    })
+                }
             }
         }
     };
 }
 
-mailsync_class!(
-    MailSync,
+flavour!(
+    aio,
+    run_async,
+    Awaitable,
+    running_loop,
     "MailSync",
-    "mailsync",
-    Mode::Async,
-    "The library's entry point: a store plus the operations on it. Every operation returns an awaitable; call it from a running asyncio event loop. Use `mailsync.blocking.MailSync` in scripts without asyncio.",
-    "\nReturns an awaitable."
+    "Directory",
+    "Connections",
+    "Checks",
+    "The library's entry point (asyncio): `await MailSync.open(store, options)`; every operation returns an awaitable."
+);
+flavour!(
+    blocking,
+    run_blocking,
+    Plain,
+    no_loop,
+    "BlockingMailSync",
+    "BlockingDirectory",
+    "BlockingConnections",
+    "BlockingChecks",
+    "The blocking twin of `MailSync` (`mailsync.blocking.MailSync`): the same operations as plain calls; the GIL is released while they run."
 );
 
-mailsync_class!(
-    BlockingMailSync,
-    "MailSync",
-    "mailsync.blocking",
-    Mode::Blocking,
-    "The blocking flavour of `mailsync.MailSync` for scripts: same operations, each runs to completion on the binding's runtime (the GIL is released while waiting). Do not call it from inside a running event loop's thread if that would stall other tasks.",
-    "\nBlocks until done."
-);
+/// The area methods of both flavours, one per operation.
+macro_rules! area_methods {
+    ($($area:ident $name:ident ($($kind:ident $arg:ident : $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            #[gen_stub_pymethods]
+            #[pymethods]
+            impl aio::$area {
+                fn $name(&self, py: Python<'_>, $($arg: $ty),*) -> PyResult<Awaitable<$ret>> {
+                    let area = self.0.clone();
+                    run_async(py, async move { area.$name($(mailsync::ffi_arg!($kind $arg)),*).await })
+                }
+            }
+
+            #[gen_stub_pymethods]
+            #[pymethods]
+            impl blocking::$area {
+                fn $name(&self, py: Python<'_>, $($arg: $ty),*) -> PyResult<$ret> {
+                    let area = self.0.clone();
+                    run_blocking(py, async move { area.$name($(mailsync::ffi_arg!($kind $arg)),*).await })
+                }
+            }
+        )*
+    };
+}
+
+mailsync::for_each_operation!(area_methods);

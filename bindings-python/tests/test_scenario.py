@@ -1,23 +1,13 @@
 """The four-language scenario, run on both the async and the blocking API."""
 
 import asyncio
-import json
 
 import pytest
 
 import mailsync
-from mailsync import (
-    CapacityExceededError,
-    MailboxSpec,
-    MailsyncError,
-    OAuthApp,
-    ServerProfile,
-    ValidationError,
-)
+from mailsync import CapacityExceededError, MailsyncError, StoreLocation, ValidationError
 
-from conftest import CLIENT_ID, ENV_URL, REDIRECT, SECRET, call
-
-FLAVOURS = {"async": mailsync.MailSync, "blocking": mailsync.blocking.MailSync}
+from conftest import CLIENT_ID, ENV_URL, FLAVOURS, REDIRECT, SECRET, app, call, open_store, user
 
 
 def leaks(text: str) -> bool:
@@ -25,91 +15,72 @@ def leaks(text: str) -> bool:
 
 
 async def scenario(flavour, db_path):
-    sync = await call(flavour, "open_sqlite", db_path)
+    sync = await open_store(flavour, StoreLocation.sqlite(db_path))
     assert isinstance(sync, flavour)
+    d = sync.directory
 
-    app = OAuthApp.google(CLIENT_ID, SECRET).for_environment(ENV_URL)
-    assert app.redirect_uri == REDIRECT
-    assert app.javascript_origins == [ENV_URL]
-    assert "example.com" in app.consent_screen.authorized_domains
+    oauth = app()
+    assert oauth.redirect_uris == [REDIRECT]
+    assert oauth.javascript_origins == [ENV_URL]
+    assert "example.com" in oauth.consent_screen.authorized_domains
 
-    profile = await call(
-        sync, "create_profile", ServerProfile.gmail("Gmail - sales", app, default_for_new_mailboxes=True)
-    )
+    new = mailsync.gmail_profile("Gmail - sales", oauth)
+    new.default_for_new_mailboxes = True
+    profile = await call(d, "create_profile", new)
     assert profile.default_for_new_mailboxes is True
     assert profile.server_type == "gmail"
-    assert (profile.incoming.protocol, profile.incoming.host, profile.incoming.port, profile.incoming.security) == (
-        "imap",
-        "imap.gmail.com",
-        993,
-        "tls",
+    incoming = profile.incoming
+    assert (incoming.protocol, incoming.endpoint.host, incoming.endpoint.port, incoming.endpoint.security) == (
+        "imap", "imap.gmail.com", 993, "tls",
     )
-    assert (profile.outgoing.host, profile.outgoing.port, profile.outgoing.security) == (
-        "smtp.gmail.com",
-        587,
-        "start_tls",
-    )
+    assert (profile.outgoing.host, profile.outgoing.port, profile.outgoing.security) == ("smtp.gmail.com", 587, "start_tls")
     assert profile.mailbox_capacity == 100
-    assert profile.oauth_app.redirect_uri == REDIRECT
-    assert profile.has_client_secret
+    assert profile.authentication.app.redirect_uris == [REDIRECT]
+    assert profile.authentication.app.client_secret == "********"
 
     # The secret is absent from every rendering of the app and the profile.
-    renderings = [
-        repr(app),
-        str(app),
-        app.to_json(),
-        json.dumps(app.to_dict()),
-        repr(profile),
-        str(profile),
-        profile.to_json(),
-        json.dumps(profile.to_dict()),
-        repr(profile.authentication),
-        json.dumps(profile.authentication.to_dict()),
-        repr(profile.oauth_app),
-    ]
+    renderings = [repr(oauth), str(oauth), repr(profile), str(profile), repr(profile.authentication),
+                  repr(profile.authentication.app), str(oauth.client_secret)]
     for text in renderings:
         assert not leaks(text), text
-    assert CLIENT_ID in repr(app)  # the renderings are real, not empty
-    assert json.loads(profile.to_json())["name"] == "Gmail - sales"
+    assert CLIENT_ID in repr(oauth) and "Gmail - sales" in repr(profile)  # the renderings are real
 
     # 100 mailboxes land on the default profile; the 101st is refused.
     for i in range(100):
-        mailbox = await call(sync, "create_mailbox", MailboxSpec.user(f"user{i:03}@example.com"))
+        mailbox = await call(d, "create_mailbox", user(f"user{i:03}@example.com"))
         assert mailbox.profile_id == profile.id
     with pytest.raises(CapacityExceededError) as caught:
-        await call(sync, "create_mailbox", MailboxSpec.user("user100@example.com"))
+        await call(d, "create_mailbox", user("user100@example.com"))
     err = caught.value
     assert isinstance(err, MailsyncError)
-    assert err.code == "capacity_exceeded"
-    assert err.transient is False
-    assert err.field is None
-    assert "profile" in err.next_action
-    assert "100" in str(err)
+    assert (err.code, err.transient, err.field) == ("capacity_exceeded", False, None)
+    assert "profile" in err.next_action and "100" in str(err)
 
     # http:// redirect URIs are refused with the field named.
     with pytest.raises(ValidationError) as caught:
-        OAuthApp.google(CLIENT_ID, SECRET).for_environment("http://contoso.crm.example.com")
-    assert caught.value.code == "validation"
-    assert caught.value.field == "environment_url"
-    bad_app = OAuthApp.google(CLIENT_ID, SECRET).with_redirect_uri("http://contoso.crm.example.com/callback")
+        mailsync.app_for_environment(mailsync.google_app(CLIENT_ID, SECRET), "http://contoso.crm.example.com", None)
+    assert (caught.value.code, caught.value.field) == ("validation", "environment_url")
+    bad_app = mailsync.google_app(CLIENT_ID, SECRET)
+    bad_app.redirect_uris = ["http://contoso.crm.example.com/callback"]
     with pytest.raises(ValidationError) as caught:
-        await call(sync, "create_profile", ServerProfile.gmail("Gmail - http", bad_app))
-    assert caught.value.code == "validation"
-    assert caught.value.field == "redirect_uris[0]"
+        await call(d, "create_profile", mailsync.gmail_profile("Gmail - http", bad_app))
+    assert (caught.value.code, caught.value.field) == ("validation", "redirect_uris[0]")
     assert not leaks(str(caught.value)) and not leaks(repr(caught.value))
+    await call(sync, "close")
 
     # Reopen: a new object on the same file finds everything.
-    reopened = await call(flavour, "open_sqlite", db_path)
-    found = await call(reopened, "find_profile", "gmail - SALES")
-    assert found.id == profile.id
-    assert found.default_for_new_mailboxes is True
-    assert found.has_client_secret  # the sealed secret was opened with the key file
-    assert found.oauth_app.redirect_uri == REDIRECT
-    default = await call(reopened, "default_profile")
+    reopened = await open_store(flavour, StoreLocation.sqlite(db_path))
+    found = await call(reopened.directory, "find_profile", "gmail - SALES")
+    assert found.id == profile.id and found.default_for_new_mailboxes is True
+    assert found.authentication.app.client_secret == "********"  # opened with the key file
+    assert found.authentication.app.redirect_uris == [REDIRECT]
+    default = await call(reopened.directory, "default_profile")
     assert default is not None and default.id == profile.id
-    mailboxes = await call(reopened, "list_mailboxes", profile.id)
+    mailboxes = await call(reopened.directory, "list_mailboxes", profile.id)
     assert [m.email for m in mailboxes] == [f"user{i:03}@example.com" for i in range(100)]
+    assert await call(reopened.directory, "mailbox_count", profile.id) == 100
     assert found == profile
+    await call(reopened, "close")
 
     # The secret is not in the database files in clear either.
     for file in db_path.parent.iterdir():
@@ -122,53 +93,64 @@ def test_scenario(name, db_path):
     asyncio.run(scenario(FLAVOURS[name], db_path))
 
 
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "mailsync.db"
+
+
 def test_blocking_api_without_asyncio(db_path):
     """Scripts use the blocking flavour with no event loop at all."""
-    from mailsync.blocking import MailSync
+    from mailsync.blocking import Directory, MailSync
 
-    sync = MailSync.open_sqlite(str(db_path))
-    app = OAuthApp.google(CLIENT_ID, SECRET).for_environment(ENV_URL)
-    profile = sync.create_profile(ServerProfile.gmail("Blocking", app).with_mailbox_capacity(2))
-    spec = MailboxSpec("Alice@Example.com", name="Alice", profile_id=profile.id)
-    alice = sync.create_mailbox(spec)
-    assert alice.email == "alice@example.com"
-    assert alice.name == "Alice"
-    assert sync.get_mailbox(alice.id) == alice
-    assert sync.find_mailbox("ALICE@example.com").id == alice.id
-    assert sync.default_profile() is None
-    assert sync.set_default_profile(profile.id).default_for_new_mailboxes
-    sync.create_mailbox(MailboxSpec.user("bob@example.com"))
+    sync = MailSync.open(StoreLocation.sqlite(str(db_path)), mailsync.default_options())
+    d = sync.directory
+    assert isinstance(d, Directory)
+    small = mailsync.gmail_profile("Blocking", app())
+    small.mailbox_capacity = 2
+    profile = d.create_profile(small)
+    spec = user("Alice@Example.com", profile.id)
+    spec.name = "Alice"
+    alice = d.create_mailbox(spec)
+    assert (alice.email, alice.name) == ("alice@example.com", "Alice")
+    assert d.get_mailbox(alice.id) == alice
+    assert d.find_mailbox("ALICE@example.com").id == alice.id
+    assert d.default_profile() is None
+    assert d.set_default_profile(profile.id).default_for_new_mailboxes
+    d.create_mailbox(user("bob@example.com"))
     with pytest.raises(CapacityExceededError):
-        sync.create_mailbox(MailboxSpec.user("carol@example.com"))
-    again = MailSync.open_sqlite(db_path)
-    assert [m.email for m in again.list_mailboxes()] == ["alice@example.com", "bob@example.com"]
-    assert again.default_profile().id == profile.id
+        d.create_mailbox(user("carol@example.com"))
+    again = MailSync.open(StoreLocation.sqlite(db_path), mailsync.default_options())
+    assert [m.email for m in again.directory.list_mailboxes(None)] == ["alice@example.com", "bob@example.com"]
+    assert again.directory.default_profile().id == profile.id
 
 
 def test_async_operations_return_awaitables_and_run_concurrently():
     """Async calls are awaitables on the binding's runtime; concurrent creates respect capacity."""
 
     async def main():
-        sync = mailsync.MailSync.in_memory()
-        app = OAuthApp.google(CLIENT_ID, SECRET).for_environment(ENV_URL)
-        pending = sync.create_profile(ServerProfile.gmail("Small", app, default_for_new_mailboxes=True))
-        assert asyncio.isfuture(pending) or asyncio.iscoroutine(pending)
-        profile = await pending
-        small = profile.with_mailbox_capacity(5)
-        await sync.update_profile(small)
+        opening = mailsync.MailSync.open(StoreLocation.memory(), mailsync.default_options())
+        assert asyncio.isfuture(opening)
+        sync = await opening
+        new = mailsync.gmail_profile("Small", app())
+        new.default_for_new_mailboxes = True
+        profile = await sync.directory.create_profile(new)
+        profile.mailbox_capacity = 5
+        await sync.directory.update_profile(profile)
         results = await asyncio.gather(
-            *(sync.create_mailbox(MailboxSpec.user(f"u{i}@example.com")) for i in range(12)),
+            *(sync.directory.create_mailbox(user(f"u{i}@example.com")) for i in range(12)),
             return_exceptions=True,
         )
         created = [r for r in results if isinstance(r, mailsync.Mailbox)]
         refused = [r for r in results if isinstance(r, CapacityExceededError)]
         assert (len(created), len(refused)) == (5, 7), results
-        assert len(await sync.list_mailboxes(profile.id)) == 5
+        assert len(await sync.directory.list_mailboxes(profile.id)) == 5
+        await sync.close()
 
     asyncio.run(main())
 
 
 def test_async_call_outside_event_loop_is_a_clear_error():
-    sync = mailsync.MailSync.in_memory()
     with pytest.raises(RuntimeError):
-        sync.list_profiles()
+        mailsync.MailSync.open(StoreLocation.memory(), mailsync.default_options())
+    sync = mailsync.blocking.MailSync.open(StoreLocation.memory(), mailsync.default_options())
+    assert sync.directory.list_profiles() == []

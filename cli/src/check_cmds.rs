@@ -1,17 +1,19 @@
 //! `mailsync mailbox test-enable` and `mailsync profile test-all`: the
 //! per-step report of "Test & Enable Mailbox".
 
-use mailsync::check::{DirectionReport, TestOptions, TestReport};
-use mailsync::{Error, ErrorCode};
+use mailsync::Error;
+use mailsync::checks::{DirectionReport, TestOptions, TestReport};
 
 use crate::Ctx;
 use crate::output;
 
 fn print_direction(label: &str, d: &DirectionReport) {
     let verdict = if d.success { "passed" } else { "FAILED" };
-    println!(
+    outln!(
         "  {label:<9}{} {} — {verdict} in {} ms",
-        d.protocol, d.server, d.duration_ms
+        d.protocol,
+        d.server,
+        d.duration_ms
     );
     for step in &d.steps {
         let mark = if step.ok { "ok  " } else { "FAIL" };
@@ -20,9 +22,10 @@ fn print_direction(label: &str, d: &DirectionReport) {
             .as_deref()
             .map(|t| format!("  {t}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "    {mark} {:<13}{:>5} ms{detail}",
-            step.step, step.duration_ms
+            step.step,
+            step.duration_ms
         );
     }
     if let Some(diag) = &d.diagnosis {
@@ -31,8 +34,8 @@ fn print_direction(label: &str, d: &DirectionReport) {
         } else {
             "direction disabled"
         };
-        println!("    => {} [{}], {retry}", diag.message, diag.code);
-        println!("    => what to do: {}", diag.next_action);
+        outln!("    => {} [{}], {retry}", diag.message, diag.code);
+        outln!("    => what to do: {}", diag.next_action);
     }
 }
 
@@ -42,14 +45,14 @@ fn print_report(report: &TestReport) {
     } else {
         "NEEDS ATTENTION"
     };
-    println!("{}: {verdict}", report.email);
+    outln!("{}: {verdict}", report.email);
     if let Some(d) = &report.incoming {
         print_direction("incoming", d);
     }
     if let Some(d) = &report.outgoing {
         print_direction("outgoing", d);
     }
-    println!(
+    outln!(
         "  enabled: incoming {}, outgoing {}",
         if report.incoming_enabled { "yes" } else { "no" },
         if report.outgoing_enabled { "yes" } else { "no" }
@@ -64,7 +67,7 @@ fn verdict(reports: &[TestReport]) -> Result<(), Error> {
     {
         None => Ok(()),
         Some((r, d)) => {
-            let code = ErrorCode::parse(&d.code).unwrap_or(ErrorCode::Internal);
+            let code = d.code;
             Err(Error::new(
                 code,
                 format!("{}: {} failed: {}", r.email, d.step, d.message),
@@ -74,9 +77,13 @@ fn verdict(reports: &[TestReport]) -> Result<(), Error> {
 }
 
 pub async fn test_enable(ctx: &Ctx, mailbox: &str, send_test_message: bool) -> Result<(), Error> {
-    let mailbox = ctx.sync.find_mailbox(mailbox).await?;
+    let mailbox = ctx.sync.directory().find_mailbox(mailbox).await?;
     let options = TestOptions { send_test_message };
-    let report = ctx.sync.test_and_enable_with(&mailbox.id, &options).await?;
+    let report = ctx
+        .sync
+        .checks()
+        .test_and_enable(&mailbox.id, &options)
+        .await?;
     if ctx.json {
         output::json_value(&serde_json::json!(report));
     } else {
@@ -86,9 +93,9 @@ pub async fn test_enable(ctx: &Ctx, mailbox: &str, send_test_message: bool) -> R
 }
 
 pub async fn test_all(ctx: &Ctx, profile: &str, send_test_message: bool) -> Result<(), Error> {
-    let profile = ctx.sync.find_profile(profile).await?;
+    let profile = ctx.sync.directory().find_profile(profile).await?;
     let options = TestOptions { send_test_message };
-    let reports = ctx.sync.test_all_mailboxes(&profile.id, &options).await?;
+    let reports = ctx.sync.checks().test_all(&profile.id, &options).await?;
     if ctx.json {
         output::json_value(&serde_json::json!(reports));
     } else {
@@ -96,7 +103,7 @@ pub async fn test_all(ctx: &Ctx, profile: &str, send_test_message: bool) -> Resu
             print_report(report);
         }
         let ok = reports.iter().filter(|r| r.is_success()).count();
-        println!("{ok} of {} mailboxes passed", reports.len());
+        outln!("{ok} of {} mailboxes passed", reports.len());
     }
     verdict(&reports)
 }

@@ -7,13 +7,42 @@
 //! command line, where other users could see them in the process list: pass
 //! them through an environment variable or a file (`-` for stdin).
 
+/// `println!` for command output. When stdout is closed early (`mailsync
+/// mailbox list | head -1`) the command ends quietly with status 141, as
+/// if killed by SIGPIPE like other Unix tools, instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            $crate::stdout_failed(e)
+        }
+    }};
+}
+
 mod check_cmds;
 mod oauth_cmds;
 mod output;
 mod profile_cmds;
+mod sync_cmds;
+mod sync_progress;
+mod sync_sink;
+
+/// Set when a command was interrupted (Ctrl-C, SIGTERM) and stopped
+/// cleanly: the process exits with status 130.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Ends the process after a failed write to stdout (see `outln!`).
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("mailsync: cannot write to standard output: {e} [internal]");
+    std::process::exit(1);
+}
 
 use clap::{Parser, Subcommand};
-use mailsync::{Error, ErrorCode, MailSync};
+use mailsync::{Error, ErrorCode, MailSync, Options, StoreConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,6 +70,15 @@ struct Cli {
     /// Send Gmail OAuth to this issuer instead of Google (local test stacks, proxies).
     #[arg(long, global = true, env = "MAILSYNC_GOOGLE_ISSUER_OVERRIDE")]
     google_issuer_override: Option<String>,
+    /// Refresh access tokens this many seconds before they expire (default
+    /// 300; never more than half a token's lifetime).
+    #[arg(
+        long,
+        global = true,
+        env = "MAILSYNC_REFRESH_SKEW",
+        value_name = "SECONDS"
+    )]
+    refresh_skew: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +91,14 @@ enum Command {
     /// Mailboxes.
     #[command(subcommand)]
     Mailbox(oauth_cmds::MailboxAll),
+    /// Incoming mail: sync enabled mailboxes into a directory (or onto the terminal).
+    ///
+    /// The files sink's index.jsonl is the CLI's tracked email: with the
+    /// default incoming filter (replies-to-tracked-email) only replies to
+    /// mail already in the index are taken in; `mailbox update EMAIL
+    /// --incoming-filter all` takes in everything. No outgoing sync yet.
+    #[command(subcommand)]
+    Sync(sync_cmds::SyncCmd),
     /// Lists every error code with what to do about it.
     ErrorCodes,
 }
@@ -61,6 +107,8 @@ enum Command {
 pub struct Ctx {
     pub sync: MailSync,
     pub json: bool,
+    /// The database file (`--db`).
+    pub db: PathBuf,
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
@@ -68,7 +116,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         output::error_codes(cli.json);
         return Ok(());
     }
-    let mut settings = mailsync::oauth::Settings::default();
+    let mut options = Options::default();
     if let Some(path) = &cli.extra_root_cert {
         let pem = std::fs::read_to_string(path).map_err(|e| {
             Error::validation(
@@ -76,16 +124,19 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 format!("cannot read {}: {e}", path.display()),
             )
         })?;
-        settings.extra_root_certs_pem.push(pem);
+        options.extra_root_certs_pem.push(pem);
     }
     if let Some(issuer) = &cli.google_issuer_override {
-        let url = mailsync::model::validate::issuer_url("google_issuer_override", issuer)?;
-        settings.google_issuer_override = Some(url);
+        options.google_issuer_override = Some(issuer.clone());
     }
-    let sync = MailSync::open_sqlite_with(&cli.db, settings).await?;
+    if let Some(seconds) = cli.refresh_skew {
+        options.token_refresh_skew_secs = seconds;
+    }
+    let sync = MailSync::open(StoreConfig::sqlite(&cli.db), options).await?;
     let ctx = Ctx {
         sync,
         json: cli.json,
+        db: cli.db.clone(),
     };
     let result = match cli.command {
         Command::Profile(cmd) => profile_cmds::run_profile(&ctx, cmd).await,
@@ -93,6 +144,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             profile_cmds::run_mailbox(&ctx, cmd).await
         }
         Command::Mailbox(oauth_cmds::MailboxAll::OAuth(cmd)) => oauth_cmds::run(&ctx, cmd).await,
+        Command::Sync(cmd) => sync_cmds::run(&ctx, cmd).await,
         Command::ErrorCodes => Ok(()),
     };
     ctx.sync.close().await;
@@ -121,6 +173,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
+        Ok(()) if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) => ExitCode::from(130),
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             output::error(&err, json);

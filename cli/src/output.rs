@@ -1,6 +1,8 @@
 //! Printing: aligned tables for people, JSON for scripts, one-line errors.
 
-use mailsync::model::{ConnectionState, Mailbox, ServerProfile, TestStatus};
+use mailsync::directory::MailboxStatus;
+use mailsync::lifecycle::{DirectionStatus, GrantStatus, MailboxState, TestStatus};
+use mailsync::model::{LastTestResult, ServerProfile, Timestamp};
 use mailsync::{Error, ErrorCode};
 use serde_json::json;
 
@@ -18,7 +20,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
@@ -27,18 +29,21 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// An instant as RFC 3339 (`2026-11-24T15:09:52Z`), to the second.
-pub fn timestamp(at: time::OffsetDateTime) -> String {
-    let at = at.replace_nanosecond(0).unwrap_or(at);
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| at.to_string())
+pub fn timestamp(at: Timestamp) -> String {
+    at.to_rfc3339_seconds()
 }
 
 /// Prints a value as pretty JSON.
 pub fn json_value(value: &serde_json::Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into())
     );
+}
+
+/// Prints a value as one compact JSON line (JSON-lines output).
+pub fn json_line(value: &serde_json::Value) {
+    outln!("{value}");
 }
 
 /// A profile as JSON: the record (no secrets) plus derived facts.
@@ -53,15 +58,19 @@ pub fn profile_json(profile: &ServerProfile, mailbox_count: u32) -> serde_json::
 }
 
 /// A profile for people.
-pub fn profile_details(profile: &ServerProfile, mailbox_count: u32) {
+pub fn profile_details(
+    profile: &ServerProfile,
+    mailbox_count: u32,
+    last_test: Option<&LastTestResult>,
+) {
     let e = &profile.incoming.endpoint;
-    println!("Profile            {}", profile.name);
-    println!("Id                 {}", profile.id);
-    println!("Server type        {}", enum_text(&profile.server_type));
-    println!("Authentication     {}", auth_text(profile));
+    outln!("Profile            {}", profile.name);
+    outln!("Id                 {}", profile.id);
+    outln!("Server type        {}", enum_text(&profile.server_type));
+    outln!("Authentication     {}", auth_text(profile));
     if let Some(app) = profile.oauth_app() {
-        println!("Client id          {}", app.client_id);
-        println!(
+        outln!("Client id          {}", app.client_id);
+        outln!(
             "Client secret      {}",
             if app.client_secret.is_some() {
                 "set (sealed)"
@@ -69,37 +78,46 @@ pub fn profile_details(profile: &ServerProfile, mailbox_count: u32) {
                 "not set"
             }
         );
-        println!("Redirect URI       {}", app.redirect_uri().unwrap_or("-"));
-        println!("JavaScript origins {}", app.javascript_origins.join(", "));
+        outln!("Redirect URI       {}", app.redirect_uri().unwrap_or("-"));
+        outln!("JavaScript origins {}", app.javascript_origins.join(", "));
         for w in app.warnings() {
-            println!("Warning            {} ({})", w.message, w.code);
+            outln!("Warning            {} ({})", w.message, w.code);
         }
     }
-    println!(
+    outln!(
         "Incoming           {} {}:{} {}",
         enum_text(&profile.incoming.protocol),
         e.host,
         e.port,
         enum_text(&e.security)
     );
-    println!(
+    outln!(
         "Outgoing           smtp {}:{} {}",
         profile.outgoing.host,
         profile.outgoing.port,
         enum_text(&profile.outgoing.security)
     );
-    println!(
+    outln!(
         "Default            {}",
         yes_no(profile.default_for_new_mailboxes)
     );
-    println!(
+    outln!(
         "Mailboxes          {mailbox_count} of {}",
         profile.mailbox_capacity
     );
     let p = &profile.processing;
-    println!("Polling interval   {} min", p.min_polling_interval_minutes);
-    println!("Max connections    {}", p.max_concurrent_connections);
-    println!("Connection timeout {} s", p.connection_timeout_secs);
+    outln!("Polling interval   {} min", p.min_polling_interval_minutes);
+    outln!("Max connections    {}", p.max_concurrent_connections);
+    outln!("Connection timeout {} s", p.connection_timeout_secs);
+    if let Some(t) = last_test {
+        outln!(
+            "Last test          {} {} ({} ms): {}",
+            timestamp(t.at),
+            enum_text(&t.outcome),
+            t.duration_ms,
+            t.message
+        );
+    }
 }
 
 /// A one-row summary of a profile.
@@ -123,52 +141,59 @@ pub fn profile_row(profile: &ServerProfile, count: u32) -> Vec<String> {
 }
 
 /// A one-row summary of a mailbox.
-pub fn mailbox_row(mailbox: &Mailbox, profile_name: &str) -> Vec<String> {
+pub fn mailbox_row(status: &MailboxStatus, profile_name: &str) -> Vec<String> {
+    let (mailbox, state) = (&status.mailbox, &status.state);
     vec![
         mailbox.email.clone(),
         profile_name.to_owned(),
         enum_text(&mailbox.incoming_delivery),
         enum_text(&mailbox.outgoing_delivery),
-        connection_text(&mailbox.connection),
+        connection_text(state),
         format!(
             "{}/{}",
-            test_text(&mailbox.incoming_test),
-            test_text(&mailbox.outgoing_test)
+            direction_text(&state.incoming.status),
+            direction_text(&state.outgoing.status)
         ),
     ]
 }
 
-/// A mailbox for people.
-pub fn mailbox_details(mailbox: &Mailbox, profile_name: &str) {
-    println!("Mailbox            {}", mailbox.email);
-    println!("Id                 {}", mailbox.id);
-    println!("Name               {}", mailbox.name);
-    println!(
+/// A mailbox with its state and alerts, for people.
+pub fn mailbox_details(status: &MailboxStatus, profile_name: &str) {
+    let (mailbox, state) = (&status.mailbox, &status.state);
+    outln!("Mailbox            {}", mailbox.email);
+    outln!("Id                 {}", mailbox.id);
+    outln!("Name               {}", mailbox.name);
+    outln!(
         "Owner              {}",
         serde_json::to_value(&mailbox.owner)
             .map(|v| v.to_string())
             .unwrap_or_default()
     );
-    println!("Profile            {profile_name}");
-    println!(
-        "Incoming           {} (enabled: {})",
+    outln!("Profile            {profile_name}");
+    outln!(
+        "Incoming           {} — {} (last test: {})",
         enum_text(&mailbox.incoming_delivery),
-        yes_no(mailbox.incoming_enabled)
+        direction_text(&state.incoming.status),
+        test_text(&state.incoming.last_test)
     );
-    println!(
-        "Outgoing           {} (enabled: {})",
+    outln!(
+        "Outgoing           {} — {} (last test: {})",
         enum_text(&mailbox.outgoing_delivery),
-        yes_no(mailbox.outgoing_enabled)
+        direction_text(&state.outgoing.status),
+        test_text(&state.outgoing.last_test)
     );
-    println!("Approval           {}", enum_text(&mailbox.approval));
-    println!(
-        "Connection         {}",
-        connection_text(&mailbox.connection)
+    outln!("Incoming filter    {}", enum_text(&mailbox.incoming_filter));
+    outln!(
+        "Process email from {}",
+        mailbox
+            .process_email_received_after
+            .map(timestamp)
+            .unwrap_or_else(|| "any time".into())
     );
-    println!("Incoming test      {}", test_text(&mailbox.incoming_test));
-    println!("Outgoing test      {}", test_text(&mailbox.outgoing_test));
-    for alert in &mailbox.alerts {
-        println!(
+    outln!("Approval           {}", enum_text(&mailbox.approval));
+    outln!("Connection         {}", connection_text(state));
+    for alert in &status.alerts {
+        outln!(
             "Alert              {} {} {}: {}",
             timestamp(alert.at),
             enum_text(&alert.level),
@@ -202,18 +227,42 @@ fn auth_text(profile: &ServerProfile) -> String {
     }
 }
 
-fn connection_text(state: &ConnectionState) -> String {
-    match state {
-        ConnectionState::NotConnected => "not_connected".into(),
-        ConnectionState::AwaitingConsent { .. } => "awaiting_consent".into(),
-        ConnectionState::Connected { account, .. } => format!("connected ({account})"),
-        ConnectionState::NeedsReconsent { code, .. } => format!("needs_reconsent ({code})"),
+/// The grant (and a pending consent) in one phrase: `connected (alice@…)`.
+pub fn connection_text(state: &MailboxState) -> String {
+    let grant = match &state.grant {
+        GrantStatus::NotConnected {} => "not_connected".to_owned(),
+        GrantStatus::Connected { account, .. } => format!("connected ({account})"),
+        GrantStatus::NeedsReconsent { code, .. } => format!("needs_reconsent ({code})"),
+    };
+    match &state.pending_consent {
+        Some(p) if p.expires_at > Timestamp::now_utc() => {
+            format!("{grant}, consent pending until {}", timestamp(p.expires_at))
+        }
+        _ => grant,
+    }
+}
+
+/// A direction's status in one phrase.
+pub fn direction_text(status: &DirectionStatus) -> String {
+    match status {
+        DirectionStatus::NotTested {} => "not_tested".into(),
+        DirectionStatus::Enabled { .. } => "enabled".into(),
+        DirectionStatus::Retrying {
+            failures,
+            code,
+            next_attempt,
+            ..
+        } => format!(
+            "retrying ({code}, {failures} failure(s), next {})",
+            timestamp(*next_attempt)
+        ),
+        DirectionStatus::Disabled { code, .. } => format!("disabled ({code})"),
     }
 }
 
 fn test_text(status: &TestStatus) -> String {
     match status {
-        TestStatus::NotRun => "not_run".into(),
+        TestStatus::NotRun {} => "not_run".into(),
         TestStatus::Success { .. } => "success".into(),
         TestStatus::Failure { code, .. } => format!("failure ({code})"),
     }

@@ -83,8 +83,9 @@ fn admin_walkthrough_with_json_output() {
     let list = mailsync(&db, &["mailbox", "list", "--json"]);
     let mailboxes: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(mailboxes.as_array().unwrap().len(), 2);
-    assert_eq!(mailboxes[0]["email"], "alice@example.com");
-    assert_eq!(mailboxes[0]["profile_id"], profile["id"]);
+    assert_eq!(mailboxes[0]["mailbox"]["email"], "alice@example.com");
+    assert_eq!(mailboxes[0]["mailbox"]["profile_id"], profile["id"]);
+    assert_eq!(mailboxes[0]["state"]["grant"]["status"], "not_connected");
 
     let table = mailsync(&db, &["profile", "list"]);
     let text = stdout(&table);
@@ -252,5 +253,201 @@ fn error_codes_are_listed() {
     assert!(
         !dir.path().join("unused.db").exists(),
         "listing codes must not create a database"
+    );
+}
+
+/// `mailsync mailbox list | head -1`: a closed stdout ends the command
+/// quietly (status 141, as SIGPIPE would), never with a panic.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    assert!(create_gmail(&db, "Gmail", &["--default"]).status.success());
+    for i in 0..5 {
+        let email = format!("user{i}@example.com");
+        assert!(mailsync(&db, &["mailbox", "add", &email]).status.success());
+    }
+    // A pipe whose reading end is already closed: every write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsync"))
+        .arg("--db")
+        .arg(&db)
+        .args(["mailbox", "list"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.trim().is_empty(), "nothing on stderr: {err}");
+    assert_eq!(out.status.code(), Some(141));
+}
+
+/// The authentication kind is spelled `gmail_oauth` everywhere, as the docs
+/// say; records written with the old spelling still load.
+#[test]
+fn gmail_oauth_is_spelled_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let created = create_gmail(&db, "Gmail", &["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(json["profile"]["authentication"]["kind"], "gmail_oauth");
+    let table = stdout(&mailsync(&db, &["profile", "list"]));
+    assert!(
+        table.contains("gmail_oauth") && !table.contains("o_auth"),
+        "{table}"
+    );
+    let old: mailsync::model::Authentication = serde_json::from_value(serde_json::json!({
+        "kind": "gmail_o_auth",
+        "app": json["profile"]["authentication"]["app"].clone(),
+    }))
+    .unwrap();
+    assert!(old.is_oauth());
+}
+
+/// Everything set at creation can be changed afterwards.
+#[test]
+fn profiles_and_mailboxes_can_be_updated_and_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    assert!(create_gmail(&db, "A", &["--default"]).status.success());
+    assert!(create_gmail(&db, "B", &[]).status.success());
+    let updated = Command::new(env!("CARGO_BIN_EXE_mailsync"))
+        .arg("--db")
+        .arg(&db)
+        .args([
+            "--json",
+            "profile",
+            "update",
+            "A",
+            "--incoming-host",
+            "IMAP.gmail.com",
+            "--incoming-port",
+            "1993",
+            "--outgoing-security",
+            "tls",
+            "--outgoing-port",
+            "465",
+            "--connection-timeout",
+            "15",
+            "--secret-env",
+            "NEW_SECRET",
+            "--add-test-user",
+            "x@example.com",
+            "--audience",
+            "external-testing",
+        ])
+        .env("NEW_SECRET", "GOCSPX-rotated")
+        .env_remove("MAILSYNC_LOG")
+        .output()
+        .unwrap();
+    assert!(updated.status.success(), "{}", stderr(&updated));
+    let json: serde_json::Value = serde_json::from_slice(&updated.stdout).unwrap();
+    let p = &json["profile"];
+    assert_eq!(p["incoming"]["host"], "IMAP.gmail.com");
+    assert_eq!(p["incoming"]["port"], 1993);
+    assert_eq!(p["outgoing"]["security"], "tls");
+    assert_eq!(p["outgoing"]["port"], 465);
+    assert_eq!(p["processing"]["connection_timeout_secs"], 15);
+    assert_eq!(
+        p["authentication"]["app"]["consent_screen"]["test_users"][0],
+        "x@example.com"
+    );
+    assert!(!stdout(&updated).contains("GOCSPX-rotated"));
+    assert_fails_with(
+        &mailsync(
+            &db,
+            &["profile", "update", "A", "--connection-timeout", "500"],
+        ),
+        "validation",
+    );
+    // Google access tokens go to Google's mail servers only.
+    let elsewhere = mailsync(
+        &db,
+        &[
+            "profile",
+            "update",
+            "A",
+            "--incoming-host",
+            "imap.example.net",
+        ],
+    );
+    assert!(assert_fails_with(&elsewhere, "host_not_allowed").contains("imap.example.net"));
+
+    assert!(
+        mailsync(&db, &["mailbox", "add", "x@example.com"])
+            .status
+            .success()
+    );
+    let changed = mailsync(
+        &db,
+        &[
+            "--json",
+            "mailbox",
+            "update",
+            "x@example.com",
+            "--outgoing",
+            "none",
+            "--approval",
+            "pending-approval",
+            "--name",
+            "X",
+        ],
+    );
+    assert!(changed.status.success(), "{}", stderr(&changed));
+    let m: serde_json::Value = serde_json::from_slice(&changed.stdout).unwrap();
+    assert_eq!(m["mailbox"]["outgoing_delivery"], "none");
+    assert_eq!(m["mailbox"]["approval"], "pending_approval");
+    assert_eq!(m["mailbox"]["name"], "X");
+
+    let moved = mailsync(
+        &db,
+        &[
+            "--json",
+            "mailbox",
+            "move",
+            "x@example.com",
+            "--profile",
+            "B",
+        ],
+    );
+    assert!(moved.status.success(), "{}", stderr(&moved));
+    let m: serde_json::Value = serde_json::from_slice(&moved.stdout).unwrap();
+    let b = stdout(&mailsync(&db, &["--json", "profile", "show", "B"]));
+    let b: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(m["mailbox"]["profile_id"], b["profile"]["id"]);
+    assert_eq!(b["mailbox_count"], 1);
+}
+
+/// A hand-written profile needs no id and only the fields that matter.
+#[test]
+fn a_hand_written_profile_without_an_id_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("m.db");
+    let file = dir.path().join("p.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({
+            "name": "Hand made",
+            "server_type": "imap_smtp",
+            "authentication": {"kind": "credentials_per_mailbox"},
+            "incoming": {"protocol": "imap", "host": "imap.example.net", "port": 993, "security": "tls"},
+            "outgoing": {"host": "smtp.example.net", "port": 587, "security": "start_tls"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let imported = mailsync(
+        &db,
+        &["--json", "profile", "import", file.to_str().unwrap()],
+    );
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let json: serde_json::Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(json["profile"]["name"], "Hand made");
+    assert!(json["profile"]["id"].as_str().unwrap().len() == 36);
+    assert_eq!(
+        json["profile"]["processing"]["max_concurrent_connections"],
+        10
     );
 }

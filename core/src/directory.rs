@@ -1,88 +1,152 @@
-//! The directory: server profiles and mailboxes, with the rules that tie
+//! [`Directory`]: server profiles and mailboxes, with the rules that tie
 //! them together — at most one default profile, new mailboxes land on the
 //! default profile, a Gmail OAuth profile holds at most 100 mailboxes
 //! (optional spill-over to a sibling profile with the same OAuth client),
-//! External + Testing apps accept only their test users, and a profile in
-//! use cannot be deleted.
+//! External + Testing apps accept only their test users, a profile in use
+//! cannot be deleted, and Gmail OAuth profiles name only Google's mail hosts.
+//!
+//! Updates are optimistic: a profile or mailbox carries the `version` it was
+//! read at, and an update based on a stale version fails with `conflict`
+//! instead of overwriting someone else's change.
 
 use crate::MailSync;
 use crate::error::{Error, ErrorCode, Result};
+use crate::lifecycle::MailboxState;
 use crate::model::{
-    Authentication, Mailbox, MailboxId, MailboxSpec, ProfileId, ServerProfile, validate,
+    Alert, Authentication, Mailbox, MailboxId, MailboxSpec, ProfileId, Secret, ServerProfile,
+    profile_name_key, validate,
 };
+use crate::store;
 
 /// Two profiles share an OAuth client when kind, issuer and client id match.
-fn same_oauth_client(a: &Authentication, b: &Authentication) -> bool {
+pub(crate) fn same_oauth_client(a: &Authentication, b: &Authentication) -> bool {
     match (a, b) {
         (Authentication::GmailOAuth { app: x }, Authentication::GmailOAuth { app: y }) => {
             x.client_id == y.client_id
         }
         (
-            Authentication::OAuthProvider { issuer: i, app: x },
-            Authentication::OAuthProvider { issuer: j, app: y },
-        ) => i == j && x.client_id == y.client_id,
+            Authentication::OAuthProvider {
+                issuer: i, app: x, ..
+            },
+            Authentication::OAuthProvider {
+                issuer: j, app: y, ..
+            },
+        ) => i.trim_end_matches('/') == j.trim_end_matches('/') && x.client_id == y.client_id,
         _ => false,
     }
 }
 
-impl MailSync {
-    /// Validates and stores a new profile. If it is marked default, the
-    /// previous default stops being one.
-    pub async fn create_profile(&self, profile: ServerProfile) -> Result<ServerProfile> {
-        profile.validate()?;
-        self.store().insert_profile(&profile).await?;
-        tracing::info!(profile = %profile.id, name = %profile.name, "server profile created");
-        Ok(profile)
-    }
+/// A mailbox with its runtime state and its latest alerts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
+pub struct MailboxStatus {
+    /// The configuration.
+    pub mailbox: Mailbox,
+    /// The runtime state.
+    pub state: MailboxState,
+    /// The latest alerts, oldest first.
+    pub alerts: Vec<Alert>,
+}
 
-    /// Validates and replaces a profile. Lowering the capacity below the
-    /// number of mailboxes it holds is refused.
-    pub async fn update_profile(&self, profile: ServerProfile) -> Result<ServerProfile> {
-        profile.validate()?;
-        let count = self.store().count_mailboxes(&profile.id).await?;
-        if count > profile.mailbox_capacity {
+/// Profiles and mailboxes. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Directory {
+    pub(crate) sync: MailSync,
+}
+
+impl Directory {
+    /// Validates a profile: its own rules, plus Google's mail hosts for Gmail
+    /// OAuth unless the test issuer override is set.
+    fn check_profile(&self, profile: &mut ServerProfile) -> Result<()> {
+        profile.normalize();
+        if store::profile_secret(profile).is_some_and(Secret::is_mask) {
             return Err(Error::validation(
-                "mailbox_capacity",
-                format!(
-                    "the profile holds {count} mailboxes; move some before lowering the capacity"
-                ),
+                "client_secret",
+                "is the mask shown in place of a stored secret; give the secret itself",
             ));
         }
-        self.store().update_profile(&profile).await?;
-        Ok(profile)
+        profile.validate()?;
+        if self.sync.options().google_issuer_override.is_none() {
+            profile.check_google_mail_hosts()?;
+        }
+        Ok(())
+    }
+
+    /// Validates and stores a new profile; returns it with its version. If
+    /// it is marked default, the previous default stops being one.
+    pub async fn create_profile(&self, mut profile: ServerProfile) -> Result<ServerProfile> {
+        self.check_profile(&mut profile)?;
+        let stored = self.sync.store().insert_profile(&profile).await?;
+        tracing::info!(profile = %stored.id, name = %stored.name, "server profile created");
+        Ok(stored)
+    }
+
+    /// Validates and replaces a profile read at `profile.version`
+    /// (`conflict` if it changed since). Lowering the capacity below the
+    /// number of mailboxes it holds is refused. A secret (client secret,
+    /// password) left out, or given as [`Secret::MASK`], keeps the stored
+    /// one: secrets are write-only outside Rust.
+    pub async fn update_profile(&self, mut profile: ServerProfile) -> Result<ServerProfile> {
+        if store::profile_secret(&profile).is_none_or(Secret::is_mask)
+            && let Some(stored) = self.sync.store().get_profile(&profile.id).await?
+            && let Some(secret) = store::profile_secret(&stored)
+            && std::mem::discriminant(&stored.authentication)
+                == std::mem::discriminant(&profile.authentication)
+        {
+            store::set_profile_secret(&mut profile, secret.clone());
+        }
+        self.check_profile(&mut profile)?;
+        self.sync.store().update_profile(&profile).await
     }
 
     /// A profile by id; `not_found` if it does not exist.
     pub async fn get_profile(&self, id: &ProfileId) -> Result<ServerProfile> {
-        self.store()
+        self.sync
+            .store()
             .get_profile(id)
             .await?
             .ok_or_else(|| Error::not_found("server profile", id))
     }
 
-    /// A profile by id or by name (case-insensitive).
+    /// A profile by id or by name (surrounding spaces and case ignored).
     pub async fn find_profile(&self, id_or_name: &str) -> Result<ServerProfile> {
         if let Ok(id) = ProfileId::parse(id_or_name)
-            && let Some(profile) = self.store().get_profile(&id).await?
+            && let Some(profile) = self.sync.store().get_profile(&id).await?
         {
             return Ok(profile);
         }
-        self.store()
+        let key = profile_name_key(id_or_name);
+        self.sync
+            .store()
             .list_profiles()
             .await?
             .into_iter()
-            .find(|p| p.name.eq_ignore_ascii_case(id_or_name.trim()))
+            .find(|p| profile_name_key(&p.name) == key)
             .ok_or_else(|| Error::not_found("server profile", id_or_name))
     }
 
     /// All profiles, ordered by name.
     pub async fn list_profiles(&self) -> Result<Vec<ServerProfile>> {
-        self.store().list_profiles().await
+        self.sync.store().list_profiles().await
     }
 
     /// The default profile for new mailboxes, if one is set.
     pub async fn default_profile(&self) -> Result<Option<ServerProfile>> {
         Ok(self
+            .sync
             .store()
             .list_profiles()
             .await?
@@ -92,15 +156,32 @@ impl MailSync {
 
     /// Makes a profile the default for new mailboxes (replacing the previous one).
     pub async fn set_default_profile(&self, id: &ProfileId) -> Result<ServerProfile> {
-        let mut profile = self.get_profile(id).await?;
-        profile.default_for_new_mailboxes = true;
-        self.store().update_profile(&profile).await?;
-        Ok(profile)
+        for _ in 0..5 {
+            let mut profile = self.get_profile(id).await?;
+            if profile.default_for_new_mailboxes {
+                return Ok(profile);
+            }
+            profile.default_for_new_mailboxes = true;
+            match self.sync.store().update_profile(&profile).await {
+                Err(e) if e.code() == ErrorCode::Conflict => continue,
+                other => return other,
+            }
+        }
+        Err(Error::new(
+            ErrorCode::Conflict,
+            "the profile kept changing; try again",
+        ))
+    }
+
+    /// How many mailboxes a profile holds.
+    pub async fn mailbox_count(&self, profile: &ProfileId) -> Result<u32> {
+        self.get_profile(profile).await?;
+        self.sync.store().count_mailboxes(profile).await
     }
 
     /// Deletes a profile; `profile_in_use` while it has mailboxes.
     pub async fn delete_profile(&self, id: &ProfileId) -> Result<()> {
-        self.store().delete_profile(id).await
+        self.sync.store().delete_profile(id).await
     }
 
     /// Creates a mailbox on the named profile or, if none is named, on the
@@ -117,35 +198,37 @@ impl MailSync {
             None => self.default_profile().await?,
         };
         let allow_spill_over = spec.allow_spill_over;
-        let mut mailbox = Mailbox::from_spec(spec, profile.as_ref().map(|p| p.id.clone()))?;
+        let mut mailbox = Mailbox::from_spec(
+            spec,
+            profile.as_ref().map(|p| p.id.clone()),
+            self.sync.now(),
+        )?;
+        let store = self.sync.store();
         let Some(profile) = profile else {
-            self.store().insert_mailbox(&mailbox, None).await?;
-            return Ok(mailbox);
+            return store.insert_mailbox(&mailbox, None).await;
         };
         if let Some(app) = profile.oauth_app() {
             app.ensure_may_connect(&email)?;
         }
-        match self
-            .store()
+        match store
             .insert_mailbox(&mailbox, Some(profile.mailbox_capacity))
             .await
         {
             Err(e) if e.code() == ErrorCode::CapacityExceeded && allow_spill_over => {
-                for sibling in self.store().list_profiles().await? {
+                for sibling in store.list_profiles().await? {
                     if sibling.id == profile.id
                         || !same_oauth_client(&sibling.authentication, &profile.authentication)
                     {
                         continue;
                     }
                     mailbox.profile_id = Some(sibling.id.clone());
-                    match self
-                        .store()
+                    match store
                         .insert_mailbox(&mailbox, Some(sibling.mailbox_capacity))
                         .await
                     {
-                        Ok(()) => {
-                            tracing::info!(mailbox = %mailbox.id, profile = %sibling.id, "mailbox spilled over");
-                            return Ok(mailbox);
+                        Ok(stored) => {
+                            tracing::info!(mailbox = %stored.id, profile = %sibling.id, "mailbox spilled over");
+                            return Ok(stored);
                         }
                         Err(e) if e.code() == ErrorCode::CapacityExceeded => continue,
                         Err(e) => return Err(e),
@@ -159,14 +242,14 @@ impl MailSync {
                     ),
                 ))
             }
-            Err(e) => Err(e),
-            Ok(()) => Ok(mailbox),
+            other => other,
         }
     }
 
     /// A mailbox by id; `not_found` if it does not exist.
     pub async fn get_mailbox(&self, id: &MailboxId) -> Result<Mailbox> {
-        self.store()
+        self.sync
+            .store()
             .get_mailbox(id)
             .await?
             .ok_or_else(|| Error::not_found("mailbox", id))
@@ -175,12 +258,13 @@ impl MailSync {
     /// A mailbox by id or email address.
     pub async fn find_mailbox(&self, id_or_email: &str) -> Result<Mailbox> {
         if let Ok(id) = MailboxId::parse(id_or_email)
-            && let Some(mailbox) = self.store().get_mailbox(&id).await?
+            && let Some(mailbox) = self.sync.store().get_mailbox(&id).await?
         {
             return Ok(mailbox);
         }
         let email = id_or_email.trim().to_ascii_lowercase();
-        self.store()
+        self.sync
+            .store()
             .find_mailbox_by_email(&email)
             .await?
             .ok_or_else(|| Error::not_found("mailbox", id_or_email))
@@ -188,11 +272,19 @@ impl MailSync {
 
     /// Mailboxes, all or those of one profile, ordered by address.
     pub async fn list_mailboxes(&self, profile: Option<&ProfileId>) -> Result<Vec<Mailbox>> {
-        self.store().list_mailboxes(profile).await
+        self.sync.store().list_mailboxes(profile).await
     }
 
-    /// Validates and replaces a mailbox (capacity applies if its profile changed).
-    pub async fn update_mailbox(&self, mailbox: Mailbox) -> Result<Mailbox> {
+    /// Validates and replaces a mailbox read at `mailbox.version`
+    /// (`conflict` if it changed since); the capacity rule applies if its
+    /// profile changed.
+    pub async fn update_mailbox(&self, mut mailbox: Mailbox) -> Result<Mailbox> {
+        if let Some(creds) = mailbox.credentials.as_mut()
+            && creds.password.as_ref().is_none_or(Secret::is_mask)
+            && let Some(stored) = self.sync.store().get_mailbox(&mailbox.id).await?
+        {
+            creds.password = stored.credentials.and_then(|c| c.password);
+        }
         mailbox.validate()?;
         let capacity = match &mailbox.profile_id {
             Some(id) => {
@@ -204,23 +296,60 @@ impl MailSync {
             }
             None => None,
         };
-        self.store().update_mailbox(&mailbox, capacity).await?;
-        Ok(mailbox)
+        self.sync.store().update_mailbox(&mailbox, capacity).await
     }
 
-    /// Moves a mailbox to another profile (capacity checked).
-    pub async fn assign_profile(
-        &self,
-        mailbox: &MailboxId,
-        profile: &ProfileId,
-    ) -> Result<Mailbox> {
-        let mut record = self.get_mailbox(mailbox).await?;
-        record.profile_id = Some(profile.clone());
-        self.update_mailbox(record).await
+    /// Moves a mailbox to another profile (capacity checked). Its grant
+    /// stays bound to the OAuth client that issued it: if the new profile
+    /// uses another client or issuer, the mailbox needs consent again
+    /// before it is used (`grant_mismatch`).
+    pub async fn move_mailbox(&self, mailbox: &MailboxId, profile: &ProfileId) -> Result<Mailbox> {
+        for _ in 0..5 {
+            let mut record = self.get_mailbox(mailbox).await?;
+            record.profile_id = Some(profile.clone());
+            match self.update_mailbox(record).await {
+                Err(e) if e.code() == ErrorCode::Conflict => continue,
+                other => return other,
+            }
+        }
+        Err(Error::new(
+            ErrorCode::Conflict,
+            "the mailbox kept changing; try again",
+        ))
     }
 
-    /// Deletes a mailbox.
+    /// Deletes a mailbox with its state, alerts, grant and pending consent.
     pub async fn delete_mailbox(&self, id: &MailboxId) -> Result<()> {
-        self.store().delete_mailbox(id).await
+        self.sync.store().delete_mailbox(id).await
+    }
+
+    /// A mailbox's runtime state.
+    pub async fn state(&self, id: &MailboxId) -> Result<MailboxState> {
+        self.sync
+            .store()
+            .get_state(id)
+            .await?
+            .ok_or_else(|| Error::not_found("mailbox", id))
+    }
+
+    /// A mailbox's latest alerts (at most 50), oldest first.
+    pub async fn alerts(&self, id: &MailboxId) -> Result<Vec<Alert>> {
+        self.get_mailbox(id).await?;
+        self.sync
+            .store()
+            .alerts(id, crate::model::mailbox::MAX_ALERTS)
+            .await
+    }
+
+    /// A mailbox with its state and alerts.
+    pub async fn status(&self, id: &MailboxId) -> Result<MailboxStatus> {
+        let mailbox = self.get_mailbox(id).await?;
+        let state = self.state(id).await?;
+        let alerts = self.alerts(id).await?;
+        Ok(MailboxStatus {
+            mailbox,
+            state,
+            alerts,
+        })
     }
 }

@@ -21,7 +21,8 @@ macro_rules! error_codes {
         /// every binding and never changes meaning; docs/errors.md lists them all.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         #[serde(rename_all = "snake_case")]
-        #[non_exhaustive]
+        #[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+        #[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
         pub enum ErrorCode {
             $( $(#[$doc])* $variant, )*
         }
@@ -49,6 +50,48 @@ macro_rules! error_codes {
             /// Parses the string form; `None` for unknown codes.
             pub fn parse(code: &str) -> Option<ErrorCode> {
                 match code { $($code => Some(ErrorCode::$variant),)* _ => None }
+            }
+        }
+
+        /// An [`Error`] as UniFFI hosts see it: one variant per code (a
+        /// sealed exception class in Kotlin), with the same fields in each.
+        /// `detail` is the message (Kotlin's `message` is taken).
+        #[cfg(feature = "uniffi")]
+        #[derive(Debug, thiserror::Error, uniffi::Error)]
+        pub enum MailsyncError {
+            $(
+                $(#[$doc])*
+                #[error("{detail} ({code})")]
+                $variant {
+                    /// The stable code.
+                    code: String,
+                    /// The message, for people.
+                    detail: String,
+                    /// The field at fault, for validation errors.
+                    field: Option<String>,
+                    /// Whether retrying later, unchanged, may succeed.
+                    transient: bool,
+                    /// What to do next, in one sentence.
+                    next_action: String,
+                },
+            )*
+        }
+
+        #[cfg(feature = "uniffi")]
+        impl From<Error> for MailsyncError {
+            fn from(e: Error) -> Self {
+                let code = e.code();
+                let field = e.field().map(str::to_owned);
+                let detail = e.message().to_owned();
+                match code {
+                    $(ErrorCode::$variant => MailsyncError::$variant {
+                        code: $code.to_owned(),
+                        detail,
+                        field,
+                        transient: $transient,
+                        next_action: $action.to_owned(),
+                    },)*
+                }
             }
         }
     };
@@ -104,7 +147,7 @@ error_codes! {
     /// The server does not offer the needed authentication mechanism.
     MechanismUnsupported => "mechanism_unsupported", transient: false, action: "Check the server host and port; the server does not offer XOAUTH2/OAUTHBEARER.";
     /// The server could not be reached.
-    Network => "network", transient: true, action: "Check the host, port and network path; it will be retried.";
+    Network => "network", transient: true, action: "Check the host, port and network path; the sync engine retries it.";
     /// TLS failed (e.g. the certificate is not trusted or not valid for the host).
     Tls => "tls", transient: false, action: "Check the host name and the server's certificate chain.";
     /// A step took longer than the profile's connection timeout.
@@ -119,6 +162,18 @@ error_codes! {
     SendRejected => "send_rejected", transient: false, action: "Check the sender and recipients; the server refused the message.";
     /// Plain-text authentication over an unencrypted connection was refused.
     InsecureConnection => "insecure_connection", transient: false, action: "Use TLS or STARTTLS; plaintext is allowed only on loopback when the profile allows it.";
+    /// The mailbox's grant was issued by another issuer or for another OAuth client than its profile now names; nothing was sent anywhere.
+    GrantMismatch => "grant_mismatch", transient: false, action: "Ask the mailbox owner to connect again, so the grant matches the profile's OAuth client.";
+    /// The profile sends Gmail OAuth tokens to a server that is not Google's.
+    HostNotAllowed => "host_not_allowed", transient: false, action: "Use Google's mail hosts (imap.gmail.com, pop.gmail.com, smtp.gmail.com) on a Gmail OAuth profile.";
+    /// Another writer changed the record first, or the state moved on; nothing was written.
+    Conflict => "conflict", transient: true, action: "Reload the record and try again; it was changed meanwhile.";
+    /// The host's message sink (or outbox) failed or timed out; the cursor did not move.
+    SinkFailed => "sink_failed", transient: true, action: "Fix the host's sink; the same messages are delivered again in the next cycle.";
+    /// The direction is not enabled (never tested, disabled after failures, or set to none).
+    NotEnabled => "not_enabled", transient: false, action: "Run Test & Enable on the mailbox (after fixing what disabled it).";
+    /// A message is larger than the engine's size limit; it was recorded and skipped, not downloaded.
+    MessageTooLarge => "message_too_large", transient: false, action: "Raise the engine's message size limit, or handle the message in the mail client.";
     /// A bug in mailsync (including a caught panic).
     Internal => "internal", transient: false, action: "Report this as a bug in mailsync, with the message.";
 }
@@ -169,6 +224,12 @@ impl Error {
             ErrorCode::NotFound,
             format!("{kind} '{key}' does not exist"),
         )
+    }
+
+    /// Names the field at fault (for errors other than `validation` that
+    /// still concern one field).
+    pub fn set_field(&mut self, field: impl Into<String>) {
+        self.field = Some(field.into());
     }
 
     /// Attaches an underlying cause (kept for `source()`, never shown in the message).
@@ -222,6 +283,18 @@ impl From<sqlx::Error> for Error {
         let code = match &err {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => ErrorCode::StoreUnavailable,
             sqlx::Error::Database(db) if db.message().contains("database is locked") => {
+                ErrorCode::StoreUnavailable
+            }
+            // PostgreSQL: serialization failure, deadlock detected, server
+            // shutting down, too many connections, connection failures.
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    matches!(
+                        &*c,
+                        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+                    ) || c.starts_with("08")
+                }) =>
+            {
                 ErrorCode::StoreUnavailable
             }
             _ => ErrorCode::Store,

@@ -13,80 +13,195 @@
 //!    [`model::ServerProfile`] with it — endpoints are filled in
 //!    (`imap.gmail.com:993` TLS, `smtp.gmail.com:587` STARTTLS) — and
 //!    optionally make it the default for new mailboxes. One Gmail OAuth
-//!    profile serves at most 100 mailboxes.
+//!    profile serves at most 100 mailboxes. ([`Directory`])
 //! 2. **User, once per mailbox.** Create a [`model::Mailbox`] (it lands on
-//!    the default profile), connect it to Gmail (consent in the browser, then
-//!    the redirect back to the CRM), then test and enable it.
-//! 3. **Engine, forever.** Sync new mail in over IMAP or POP, queued mail out
-//!    over SMTP, all with XOAUTH2; refresh tokens, classify failures, raise
-//!    alerts, lose nothing.
+//!    the default profile), connect it to Gmail — consent in the browser,
+//!    then the redirect back to the CRM ([`Connections`]) — then test and
+//!    enable it ([`Checks`]).
+//! 3. **Sync** (coming: the sync engine is not built yet). Today the
+//!    library gives a valid access token at any time
+//!    ([`Connections::access_token`]), refreshed once per expiry across
+//!    tasks and processes; the engine that reads mail over IMAP/POP and
+//!    sends it over SMTP will use it.
 //!
-//! Every failure is an [`Error`] with a stable [`ErrorCode`], the same in
-//! every language binding.
+//! Each mailbox's runtime state — its grant and each direction's status —
+//! follows the state machine in [`lifecycle`]; changes are pushed to the
+//! host through [`MailSync::subscribe`]. Every failure is an [`Error`] with
+//! a stable [`ErrorCode`], the same in every language binding.
 //!
 //! ## Example
 //!
 //! ```
 //! use mailsync::model::{MailboxSpec, OAuthApp, ServerProfile};
-//! use mailsync::{ErrorCode, MailSync};
+//! use mailsync::{ErrorCode, MailSync, Options, StoreConfig};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let dir = tempfile::tempdir().unwrap();
-//! // The key file is created next to the database (mode 0600) on first open.
-//! let sync = MailSync::open_sqlite(dir.path().join("mailsync.db")).await?;
+//! // The key file is created next to a new database (mode 0600).
+//! let sync = MailSync::open(StoreConfig::sqlite(dir.path().join("mailsync.db")), Options::default()).await?;
 //!
 //! let app = OAuthApp::google("1234-abc.apps.googleusercontent.com", "client-secret")
 //!     .for_environment("https://contoso.crm.example.com")?;
 //! assert_eq!(app.redirect_uri(), Some("https://contoso.crm.example.com/_grid/cmds/dlg_gmailoauth.aspx"));
 //!
-//! let profile = sync
+//! let directory = sync.directory();
+//! let profile = directory
 //!     .create_profile(ServerProfile::gmail("Gmail - sales", app).default_for_new_mailboxes())
 //!     .await?;
 //! assert_eq!(profile.incoming.endpoint.host, "imap.gmail.com");
 //!
-//! let mailbox = sync.create_mailbox(MailboxSpec::user("alice@gmail.com")).await?;
+//! let mailbox = directory.create_mailbox(MailboxSpec::user("alice@gmail.com")).await?;
 //! assert_eq!(mailbox.profile_id.as_ref(), Some(&profile.id));
 //!
-//! let duplicate = sync.create_mailbox(MailboxSpec::user("alice@gmail.com")).await.unwrap_err();
+//! let duplicate = directory.create_mailbox(MailboxSpec::user("alice@gmail.com")).await.unwrap_err();
 //! assert_eq!(duplicate.code(), ErrorCode::AlreadyExists);
+//! sync.close().await;
 //! # Ok::<(), mailsync::Error>(())
 //! # }).unwrap();
 //! ```
 
 #![warn(missing_docs)]
+// pyo3's generated record constructors take one argument per field.
+#![cfg_attr(feature = "python", allow(clippy::too_many_arguments))]
 
-pub mod check;
+#[cfg(feature = "uniffi")]
+uniffi::setup_scaffolding!("mailsync");
+
+pub mod checks;
+pub mod clock;
+pub mod connections;
 pub mod directory;
 pub mod error;
+pub mod events;
+pub mod ffi;
+pub mod lease;
+pub mod lifecycle;
 pub mod model;
-pub mod net;
-pub mod oauth;
-pub mod sasl;
+pub mod options;
 pub mod store;
+pub mod sync;
 
+mod oauth;
+mod state;
+
+// The transports' reading API (UID FETCH, RETR, DELE, flags) serves the
+// end-to-end tests today and the sync engine next.
+#[cfg(not(feature = "test-support"))]
+#[allow(dead_code)]
+mod net;
+#[cfg(feature = "test-support")]
+pub mod net;
+#[cfg(not(feature = "test-support"))]
+#[allow(dead_code)]
+mod sasl;
+#[cfg(feature = "test-support")]
+pub mod sasl;
+
+pub use checks::Checks;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use connections::Connections;
+pub use directory::Directory;
+#[cfg(feature = "uniffi")]
+pub use error::MailsyncError;
 pub use error::{Error, ErrorCode, Result};
-pub use oauth::Settings;
-pub use store::{MemoryStore, SealKey, SqliteStore, Store};
+pub use events::{MailboxEvent, MailboxEventKind, Subscription};
+pub use model::Timestamp;
+pub use options::{Options, RetryPolicy};
+pub use store::{MemoryStore, PostgresConfig, PostgresStore, SealKey, SqliteStore, Store};
+pub use sync::{Engine, EngineOptions};
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// The library's entry point: a store plus the operations on it.
-///
-/// Cheap to clone; clones share the store.
-#[derive(Clone)]
-pub struct MailSync {
-    inner: Arc<Inner>,
+use crate::model::MailboxId;
+
+/// Where a [`MailSync`] keeps its records.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// In memory: nothing persists (tests, short scripts).
+    Memory,
+    /// The embedded SQLite file. Without a key, the key lives in `<path>.key`
+    /// (see [`default_key_path`]); with one, the host keeps it (a KMS, a
+    /// keyring).
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The seal key, or `None` for the key file next to the database.
+        key: Option<SealKey>,
+    },
+    /// A PostgreSQL database that many workers share (see
+    /// [`store::PostgresStore`]). The host always supplies the key.
+    Postgres(PostgresConfig),
 }
 
-struct Inner {
-    store: Arc<dyn Store>,
-    oauth: oauth::Runtime,
+impl StoreConfig {
+    /// [`StoreConfig::Memory`].
+    pub fn memory() -> StoreConfig {
+        StoreConfig::Memory
+    }
+
+    /// A SQLite file with its key file next to it.
+    pub fn sqlite(path: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig::Sqlite {
+            path: path.into(),
+            key: None,
+        }
+    }
+
+    /// A SQLite file with a key the host supplies.
+    pub fn sqlite_with_key(path: impl Into<PathBuf>, key: SealKey) -> StoreConfig {
+        StoreConfig::Sqlite {
+            path: path.into(),
+            key: Some(key),
+        }
+    }
+
+    /// A PostgreSQL database at `url` (`postgres://user:password@host/db`),
+    /// sealing with `key`, with [`PostgresConfig::DEFAULT_POOL_SIZE`]
+    /// connections; for another pool size use
+    /// `StoreConfig::Postgres(PostgresConfig::new(url, key).pool_size(n))`.
+    pub fn postgres(url: impl Into<String>, key: SealKey) -> StoreConfig {
+        StoreConfig::Postgres(PostgresConfig::new(url, key))
+    }
+}
+
+impl From<PostgresConfig> for StoreConfig {
+    fn from(config: PostgresConfig) -> StoreConfig {
+        StoreConfig::Postgres(config)
+    }
+}
+
+/// The library's entry point: it opens and closes the store and hands out
+/// the areas of work — [`Directory`] (profiles and mailboxes),
+/// [`Connections`] (consent, grants, tokens) and [`Checks`] (Test &
+/// Enable) — plus [`MailSync::subscribe`] for events.
+///
+/// Cheap to clone; clones share the store and the caches.
+#[derive(Clone)]
+pub struct MailSync {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) options: Options,
+    pub(crate) oauth: oauth::Runtime,
+    /// Serializes state changes of one mailbox in this process, so its
+    /// events are published in the order they were stored.
+    pub(crate) state_locks: Mutex<HashMap<MailboxId, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) events: tokio::sync::broadcast::Sender<MailboxEvent>,
+    /// Names this instance as a lease holder.
+    pub(crate) owner: String,
+    /// Where time comes from.
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for MailSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MailSync").finish_non_exhaustive()
+        f.debug_struct("MailSync")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,88 +215,194 @@ pub fn default_key_path(db_path: &Path) -> PathBuf {
     db_path.with_file_name(name)
 }
 
+/// The seal key of the database at `db_path`, kept in `<db>.key`.
+///
+/// A key is created only together with a new, empty database. A database
+/// that holds data but whose key file is missing is refused
+/// (`seal_key_mismatch`, nothing created or changed): a fresh key could
+/// never open its secrets. A zero-byte database file next to an existing
+/// key is refused too (`store`): it looks truncated, and opening it as a new
+/// empty store would hide that.
+pub(crate) fn default_key_for(db_path: &Path) -> Result<store::seal::LockedKeyFile> {
+    let key_path = default_key_path(db_path);
+    let db_len = || std::fs::metadata(db_path).map(|m| m.len()).ok();
+    let wal_len = || {
+        let mut wal = db_path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(PathBuf::from(wal))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let locked = store::seal::lock_key_file(&key_path, || {
+        if db_len().is_some_and(|n| n > 0) || wal_len() > 0 {
+            return Err(Error::new(
+                ErrorCode::SealKeyMismatch,
+                format!(
+                    "the key file {} of database {} is missing; restore it (a new key cannot open the \
+                     database's secrets), or open the database with the key it was created with (nothing was changed)",
+                    key_path.display(),
+                    db_path.display()
+                ),
+            ));
+        }
+        Ok(())
+    })?;
+    // Under the lock nobody is creating the database, so an empty file
+    // beside an existing key was truncated.
+    if !locked.created && db_len() == Some(0) && wal_len() == 0 {
+        return Err(Error::new(
+            ErrorCode::Store,
+            format!(
+                "database {} is an empty file but its key file {} exists; the database may have been \
+                 truncated — restore it from a backup, or delete both files to start over (nothing was changed)",
+                db_path.display(),
+                key_path.display()
+            ),
+        ));
+    }
+    Ok(locked)
+}
+
 impl MailSync {
-    /// Opens the embedded SQLite store at `path`, with the seal key kept in
-    /// `<path>.key` (created with mode 0600 if it does not exist).
-    pub async fn open_sqlite(path: impl AsRef<Path>) -> Result<MailSync> {
-        let path = path.as_ref();
-        let key = SealKey::load_or_create(default_key_path(path))?;
-        MailSync::open_sqlite_with_key(path, key).await
+    /// Opens a store with options. The options are checked (and the TLS
+    /// and HTTP setup built) before any file is created; a SQLite database
+    /// (or a PostgreSQL schema) is created if missing, migrated, and
+    /// refused with `seal_key_mismatch` if the key does not open it.
+    pub async fn open(store: StoreConfig, options: Options) -> Result<MailSync> {
+        MailSync::open_with_clock(store, options, Arc::new(SystemClock)).await
     }
 
-    /// Opens the SQLite store at `path` with a key supplied by the host.
-    pub async fn open_sqlite_with_key(path: impl AsRef<Path>, key: SealKey) -> Result<MailSync> {
-        let store = SqliteStore::open(path, key).await?;
-        Ok(MailSync::with_store(Arc::new(store)))
+    /// [`MailSync::open`] with a [`Clock`] of the host's (tests move a
+    /// [`ManualClock`] instead of sleeping).
+    pub async fn open_with_clock(
+        store: StoreConfig,
+        options: Options,
+        clock: Arc<dyn Clock>,
+    ) -> Result<MailSync> {
+        let oauth = oauth::Runtime::new(&options)?;
+        let store: Arc<dyn Store> = match store {
+            StoreConfig::Memory => Arc::new(MemoryStore::new()),
+            StoreConfig::Sqlite { path, key } => {
+                match key {
+                    Some(key) => Arc::new(SqliteStore::open(&path, key).await?),
+                    None => {
+                        // Held until the schema is in place (see `default_key_for`).
+                        let locked = {
+                            let path = path.clone();
+                            tokio::task::spawn_blocking(move || default_key_for(&path))
+                                .await
+                                .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))??
+                        };
+                        let store = SqliteStore::open(&path, locked.key.clone()).await?;
+                        drop(locked);
+                        Arc::new(store)
+                    }
+                }
+            }
+            StoreConfig::Postgres(config) => Arc::new(PostgresStore::open_with(config).await?),
+        };
+        Ok(MailSync::build(store, options, oauth, clock))
     }
 
-    /// An in-memory store (nothing persists).
-    pub fn in_memory() -> MailSync {
-        MailSync::with_store(Arc::new(MemoryStore::new()))
+    /// Uses any [`Store`] implementation.
+    pub fn with_store(store: Arc<dyn Store>, options: Options) -> Result<MailSync> {
+        MailSync::with_store_and_clock(store, options, Arc::new(SystemClock))
     }
 
-    /// Any [`Store`] implementation.
-    pub fn with_store(store: Arc<dyn Store>) -> MailSync {
+    /// [`MailSync::with_store`] with a [`Clock`] of the host's.
+    pub fn with_store_and_clock(
+        store: Arc<dyn Store>,
+        options: Options,
+        clock: Arc<dyn Clock>,
+    ) -> Result<MailSync> {
+        let oauth = oauth::Runtime::new(&options)?;
+        Ok(MailSync::build(store, options, oauth, clock))
+    }
+
+    fn build(
+        store: Arc<dyn Store>,
+        options: Options,
+        oauth: oauth::Runtime,
+        clock: Arc<dyn Clock>,
+    ) -> MailSync {
+        let (events, _) = tokio::sync::broadcast::channel(events::CHANNEL_CAPACITY);
         MailSync {
             inner: Arc::new(Inner {
                 store,
-                oauth: oauth::Runtime::new(Settings::default()),
+                options,
+                oauth,
+                state_locks: Mutex::new(HashMap::new()),
+                events,
+                owner: format!("mailsync-{}", uuid::Uuid::new_v4()),
+                clock,
             }),
         }
     }
 
-    /// Any [`Store`] with [`Settings`] (extra root certificates, provider
-    /// override, refresh skew, event listener, ...). Fails with `validation`
-    /// on unusable settings (e.g. a PEM without certificates).
-    pub fn with_store_and_settings(store: Arc<dyn Store>, settings: Settings) -> Result<MailSync> {
-        let oauth = MailSync::oauth_runtime(settings)?;
-        Ok(MailSync {
-            inner: Arc::new(Inner { store, oauth }),
-        })
+    /// Profiles and mailboxes.
+    pub fn directory(&self) -> Directory {
+        Directory { sync: self.clone() }
     }
 
-    /// Validates the settings and builds what they describe (HTTP client,
-    /// trusted roots) before anything touches a store.
-    fn oauth_runtime(settings: Settings) -> Result<oauth::Runtime> {
-        settings.validate()?;
-        let runtime = oauth::Runtime::new(settings);
-        runtime.check()?;
-        Ok(runtime)
+    /// Consent, grants and access tokens.
+    pub fn connections(&self) -> Connections {
+        Connections { sync: self.clone() }
     }
 
-    /// Like [`MailSync::open_sqlite`], with [`Settings`].
-    pub async fn open_sqlite_with(path: impl AsRef<Path>, settings: Settings) -> Result<MailSync> {
-        let path = path.as_ref();
-        let key = SealKey::load_or_create(default_key_path(path))?;
-        MailSync::open_sqlite_with_key_and_settings(path, key, settings).await
+    /// Test & Enable.
+    pub fn checks(&self) -> Checks {
+        Checks { sync: self.clone() }
     }
 
-    /// The SQLite store at `path` with a key supplied by the host, and [`Settings`].
-    pub async fn open_sqlite_with_key_and_settings(
-        path: impl AsRef<Path>,
-        key: SealKey,
-        settings: Settings,
-    ) -> Result<MailSync> {
-        let oauth = MailSync::oauth_runtime(settings)?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path, key).await?);
-        Ok(MailSync {
-            inner: Arc::new(Inner { store, oauth }),
-        })
+    /// Events about one mailbox (or every mailbox, with `None`): its current
+    /// state first, then each change. See [`events`].
+    pub async fn subscribe(&self, mailbox: Option<MailboxId>) -> Result<Subscription> {
+        Subscription::start(self.clone(), mailbox).await
     }
 
-    /// Like [`MailSync::in_memory`], with [`Settings`].
-    pub fn in_memory_with(settings: Settings) -> Result<MailSync> {
-        MailSync::with_store_and_settings(Arc::new(MemoryStore::new()), settings)
+    /// The options in effect.
+    pub fn options(&self) -> &Options {
+        &self.inner.options
     }
 
-    /// Closes the store cleanly (SQLite: waits for connections and checkpoints
-    /// the write-ahead log). Use it before the process exits.
+    /// The store (for hosts that read or repair records directly).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Closes the store cleanly (SQLite: waits for connections and
+    /// checkpoints the write-ahead log). Call it before the process exits.
     pub async fn close(&self) {
         self.inner.store.close().await;
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
+    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock.clone()
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+}
+
+#[cfg(feature = "test-support")]
+impl MailSync {
+    /// Applies lifecycle events the way the library does: read, apply,
+    /// compare-and-swap, retry lost races, publish (test support).
+    pub async fn apply_events(
+        &self,
+        mailbox: &MailboxId,
+        events: &[lifecycle::LifecycleEvent],
+    ) -> Result<lifecycle::MailboxState> {
+        self.record(mailbox, events).await
+    }
+}
+
+#[cfg(test)]
+impl MailSync {
+    /// An in-memory instance with default options, for unit tests.
+    pub(crate) fn for_tests() -> MailSync {
+        MailSync::with_store(Arc::new(MemoryStore::new()), Options::default())
+            .expect("default options are valid")
     }
 }

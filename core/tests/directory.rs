@@ -6,7 +6,7 @@ use mailsync::model::{
     Endpoint, IncomingDelivery, IncomingProtocol, MailboxSpec, OAuthApp, OutgoingDelivery,
     ProfileId, PublishingStatus, Security, ServerProfile, ServerType, UserType,
 };
-use mailsync::{ErrorCode, MailSync, SealKey};
+use mailsync::{ErrorCode, MailSync, Options, SealKey, StoreConfig};
 
 const SECRET: &str = "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lue";
 const ENV: &str = "https://contoso.crm.example.com";
@@ -114,17 +114,22 @@ fn google_uri_rules_give_field_level_errors() {
 
 #[tokio::test]
 async fn hundred_mailboxes_fit_and_the_101st_is_refused_or_spills_over() {
-    let sync = MailSync::in_memory();
+    let sync = MailSync::open(StoreConfig::memory(), Options::default())
+        .await
+        .unwrap();
     let first = sync
+        .directory()
         .create_profile(gmail("Gmail A").default_for_new_mailboxes())
         .await
         .unwrap();
     for i in 0..100 {
-        sync.create_mailbox(MailboxSpec::user(format!("user{i:03}@example.com")))
+        sync.directory()
+            .create_mailbox(MailboxSpec::user(format!("user{i:03}@example.com")))
             .await
             .unwrap();
     }
     let err = sync
+        .directory()
         .create_mailbox(MailboxSpec::user("user100@example.com"))
         .await
         .unwrap_err();
@@ -137,6 +142,7 @@ async fn hundred_mailboxes_fit_and_the_101st_is_refused_or_spills_over() {
 
     // Spill-over with no sibling: the error says none has room.
     let err = sync
+        .directory()
         .create_mailbox(MailboxSpec::user("user100@example.com").allow_spill_over())
         .await
         .unwrap_err();
@@ -150,15 +156,24 @@ async fn hundred_mailboxes_fit_and_the_101st_is_refused_or_spills_over() {
             .for_environment(ENV)
             .unwrap(),
     );
-    sync.create_profile(other_client).await.unwrap();
-    let sibling = sync.create_profile(gmail("Gmail B")).await.unwrap();
+    sync.directory().create_profile(other_client).await.unwrap();
+    let sibling = sync
+        .directory()
+        .create_profile(gmail("Gmail B"))
+        .await
+        .unwrap();
     let spilled = sync
+        .directory()
         .create_mailbox(MailboxSpec::user("user100@example.com").allow_spill_over())
         .await
         .unwrap();
     assert_eq!(spilled.profile_id, Some(sibling.id.clone()));
     assert_eq!(
-        sync.list_mailboxes(Some(&first.id)).await.unwrap().len(),
+        sync.directory()
+            .list_mailboxes(Some(&first.id))
+            .await
+            .unwrap()
+            .len(),
         100
     );
 }
@@ -166,10 +181,14 @@ async fn hundred_mailboxes_fit_and_the_101st_is_refused_or_spills_over() {
 #[tokio::test]
 async fn capacity_holds_under_concurrent_creates_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let sync = MailSync::open_sqlite(dir.path().join("m.db"))
-        .await
-        .unwrap();
+    let sync = MailSync::open(
+        StoreConfig::sqlite(dir.path().join("m.db")),
+        Options::default(),
+    )
+    .await
+    .unwrap();
     let profile = sync
+        .directory()
         .create_profile(
             gmail("Small")
                 .with_mailbox_capacity(5)
@@ -181,7 +200,8 @@ async fn capacity_holds_under_concurrent_creates_on_sqlite() {
         .map(|i| {
             let sync = sync.clone();
             tokio::spawn(async move {
-                sync.create_mailbox(MailboxSpec::user(format!("u{i}@example.com")))
+                sync.directory()
+                    .create_mailbox(MailboxSpec::user(format!("u{i}@example.com")))
                     .await
             })
         })
@@ -195,37 +215,56 @@ async fn capacity_holds_under_concurrent_creates_on_sqlite() {
     }
     assert_eq!(ok, 5);
     assert_eq!(
-        sync.list_mailboxes(Some(&profile.id)).await.unwrap().len(),
+        sync.directory()
+            .list_mailboxes(Some(&profile.id))
+            .await
+            .unwrap()
+            .len(),
         5
     );
 }
 
 #[tokio::test]
 async fn a_second_default_replaces_the_first() {
-    let sync = MailSync::in_memory();
+    let sync = MailSync::open(StoreConfig::memory(), Options::default())
+        .await
+        .unwrap();
     let a = sync
+        .directory()
         .create_profile(gmail("A").default_for_new_mailboxes())
         .await
         .unwrap();
     let b = sync
+        .directory()
         .create_profile(gmail("B").default_for_new_mailboxes())
         .await
         .unwrap();
-    assert_eq!(sync.default_profile().await.unwrap().unwrap().id, b.id);
+    assert_eq!(
+        sync.directory()
+            .default_profile()
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        b.id
+    );
     assert!(
         !sync
+            .directory()
             .get_profile(&a.id)
             .await
             .unwrap()
             .default_for_new_mailboxes
     );
     let m = sync
+        .directory()
         .create_mailbox(MailboxSpec::user("x@example.com"))
         .await
         .unwrap();
     assert_eq!(m.profile_id, Some(b.id));
-    sync.set_default_profile(&a.id).await.unwrap();
+    sync.directory().set_default_profile(&a.id).await.unwrap();
     let defaults: Vec<_> = sync
+        .directory()
         .list_profiles()
         .await
         .unwrap()
@@ -238,18 +277,23 @@ async fn a_second_default_replaces_the_first() {
 
 #[tokio::test]
 async fn external_testing_accepts_only_test_users() {
-    let sync = MailSync::in_memory();
+    let sync = MailSync::open(StoreConfig::memory(), Options::default())
+        .await
+        .unwrap();
     let testing = app()
         .with_audience(UserType::External, PublishingStatus::Testing)
         .with_test_users(["alice@gmail.com"]);
     assert_eq!(testing.warnings()[0].code, "testing_refresh_token_expiry");
-    sync.create_profile(ServerProfile::gmail("Testing", testing).default_for_new_mailboxes())
+    sync.directory()
+        .create_profile(ServerProfile::gmail("Testing", testing).default_for_new_mailboxes())
         .await
         .unwrap();
-    sync.create_mailbox(MailboxSpec::user("Alice@Gmail.com"))
+    sync.directory()
+        .create_mailbox(MailboxSpec::user("Alice@Gmail.com"))
         .await
         .unwrap();
     let err = sync
+        .directory()
         .create_mailbox(MailboxSpec::user("mallory@gmail.com"))
         .await
         .unwrap_err();
@@ -274,8 +318,14 @@ fn more_than_100_test_users_are_refused() {
 async fn secrets_never_leave_in_clear() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("secrets.db");
-    let sync = MailSync::open_sqlite(&db).await.unwrap();
-    let profile = sync.create_profile(gmail("Gmail")).await.unwrap();
+    let sync = MailSync::open(StoreConfig::sqlite(&db), Options::default())
+        .await
+        .unwrap();
+    let profile = sync
+        .directory()
+        .create_profile(gmail("Gmail"))
+        .await
+        .unwrap();
     assert!(!format!("{profile:?}").contains(SECRET));
     assert!(!format!("{:?}", profile.oauth_app().unwrap()).contains(SECRET));
     let json = serde_json::to_string(&profile).unwrap();
@@ -288,8 +338,10 @@ async fn secrets_never_leave_in_clear() {
 
     // Reopened from disk, the secret is there again.
     drop(sync);
-    let sync = MailSync::open_sqlite(&db).await.unwrap();
-    let reopened = sync.get_profile(&profile.id).await.unwrap();
+    let sync = MailSync::open(StoreConfig::sqlite(&db), Options::default())
+        .await
+        .unwrap();
+    let reopened = sync.directory().get_profile(&profile.id).await.unwrap();
     assert_eq!(
         reopened
             .oauth_app()
@@ -317,10 +369,17 @@ async fn wrong_key_fails_clearly_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keyed.db");
     let key = SealKey::generate().unwrap();
-    let sync = MailSync::open_sqlite_with_key(&db, key.clone())
+    let sync = MailSync::open(
+        StoreConfig::sqlite_with_key(&db, key.clone()),
+        Options::default(),
+    )
+    .await
+    .unwrap();
+    let profile = sync
+        .directory()
+        .create_profile(gmail("Gmail"))
         .await
         .unwrap();
-    let profile = sync.create_profile(gmail("Gmail")).await.unwrap();
     sync.close().await;
     let fingerprint = |p: &std::path::Path| {
         use std::hash::{Hash, Hasher};
@@ -330,51 +389,85 @@ async fn wrong_key_fails_clearly_and_changes_nothing() {
         (bytes.len(), h.finish())
     };
     let before = fingerprint(&db);
-    let err = MailSync::open_sqlite_with_key(&db, SealKey::generate().unwrap())
-        .await
-        .unwrap_err();
+    let err = MailSync::open(
+        StoreConfig::sqlite_with_key(&db, SealKey::generate().unwrap()),
+        Options::default(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), ErrorCode::SealKeyMismatch);
     assert!(err.message().contains("keyed.db"));
     assert!(
         before == fingerprint(&db),
         "a wrong key must not modify the database file"
     );
-    let sync = MailSync::open_sqlite_with_key(&db, key).await.unwrap();
-    assert_eq!(sync.get_profile(&profile.id).await.unwrap().name, "Gmail");
+    let sync = MailSync::open(StoreConfig::sqlite_with_key(&db, key), Options::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        sync.directory()
+            .get_profile(&profile.id)
+            .await
+            .unwrap()
+            .name,
+        "Gmail"
+    );
 }
 
 #[tokio::test]
 async fn everything_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("persist.db");
-    let sync = MailSync::open_sqlite(&db).await.unwrap();
+    let sync = MailSync::open(StoreConfig::sqlite(&db), Options::default())
+        .await
+        .unwrap();
     let profile = sync
+        .directory()
         .create_profile(gmail("Gmail").default_for_new_mailboxes())
         .await
         .unwrap();
     let queue = sync
+        .directory()
         .create_mailbox(MailboxSpec::queue("support@example.com", "Support"))
         .await
         .unwrap();
     drop(sync);
-    let sync = MailSync::open_sqlite(&db).await.unwrap();
-    assert_eq!(sync.default_profile().await.unwrap().unwrap(), profile);
+    let sync = MailSync::open(StoreConfig::sqlite(&db), Options::default())
+        .await
+        .unwrap();
     assert_eq!(
-        sync.find_mailbox("SUPPORT@example.com").await.unwrap(),
+        sync.directory().default_profile().await.unwrap().unwrap(),
+        profile
+    );
+    assert_eq!(
+        sync.directory()
+            .find_mailbox("SUPPORT@example.com")
+            .await
+            .unwrap(),
         queue
     );
-    assert_eq!(sync.find_profile("gmail").await.unwrap().id, profile.id);
+    assert_eq!(
+        sync.directory().find_profile("gmail").await.unwrap().id,
+        profile.id
+    );
 }
 
 #[tokio::test]
 async fn bad_input_gets_typed_errors() {
-    let sync = MailSync::in_memory();
-    let err = sync.create_profile(gmail("  ")).await.unwrap_err();
+    let sync = MailSync::open(StoreConfig::memory(), Options::default())
+        .await
+        .unwrap();
+    let err = sync
+        .directory()
+        .create_profile(gmail("  "))
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.code(), err.field()),
         (ErrorCode::Validation, Some("name"))
     );
     let err = sync
+        .directory()
         .create_profile(gmail(&"x".repeat(101)))
         .await
         .unwrap_err();
@@ -382,29 +475,46 @@ async fn bad_input_gets_typed_errors() {
     let mut zero_port = gmail("Zero");
     zero_port.incoming.endpoint.port = 0;
     assert_eq!(
-        sync.create_profile(zero_port).await.unwrap_err().field(),
+        sync.directory()
+            .create_profile(zero_port)
+            .await
+            .unwrap_err()
+            .field(),
         Some("incoming.port")
     );
     let mut plaintext = gmail("Plain");
     plaintext.outgoing.security = Security::Plaintext;
     assert_eq!(
-        sync.create_profile(plaintext).await.unwrap_err().field(),
+        sync.directory()
+            .create_profile(plaintext)
+            .await
+            .unwrap_err()
+            .field(),
         Some("outgoing.security")
     );
     let mut timeout = gmail("Timeout");
     timeout.processing.connection_timeout_secs = 101;
     assert_eq!(
-        sync.create_profile(timeout).await.unwrap_err().field(),
+        sync.directory()
+            .create_profile(timeout)
+            .await
+            .unwrap_err()
+            .field(),
         Some("processing.connection_timeout_secs")
     );
     let mut conns = gmail("Conns");
     conns.processing.max_concurrent_connections = 301;
     assert_eq!(
-        sync.create_profile(conns).await.unwrap_err().field(),
+        sync.directory()
+            .create_profile(conns)
+            .await
+            .unwrap_err()
+            .field(),
         Some("processing.max_concurrent_connections")
     );
     assert_eq!(
-        sync.create_profile(gmail("Cap").with_mailbox_capacity(101))
+        sync.directory()
+            .create_profile(gmail("Cap").with_mailbox_capacity(101))
             .await
             .unwrap_err()
             .field(),
@@ -413,6 +523,7 @@ async fn bad_input_gets_typed_errors() {
 
     for email in ["", "not-an-email", "a@b", "two@@example.com"] {
         let err = sync
+            .directory()
             .create_mailbox(MailboxSpec::user(email))
             .await
             .unwrap_err();
@@ -424,33 +535,51 @@ async fn bad_input_gets_typed_errors() {
     }
     let unknown = ProfileId::new();
     let err = sync
+        .directory()
         .create_mailbox(MailboxSpec::user("a@example.com").on_profile(unknown.clone()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound);
     assert!(err.message().contains(unknown.as_str()));
     assert_eq!(
-        sync.delete_profile(&unknown).await.unwrap_err().code(),
+        sync.directory()
+            .delete_profile(&unknown)
+            .await
+            .unwrap_err()
+            .code(),
         ErrorCode::NotFound
     );
     assert_eq!(
-        sync.find_profile("nope").await.unwrap_err().code(),
+        sync.directory()
+            .find_profile("nope")
+            .await
+            .unwrap_err()
+            .code(),
         ErrorCode::NotFound
     );
 
     let mut forward = MailboxSpec::forward("fwd@example.com");
     forward.outgoing_delivery = OutgoingDelivery::ServerSideSync;
     assert_eq!(
-        sync.create_mailbox(forward).await.unwrap_err().field(),
+        sync.directory()
+            .create_mailbox(forward)
+            .await
+            .unwrap_err()
+            .field(),
         Some("outgoing_delivery")
     );
     let mut user_delete = MailboxSpec::user("del@example.com");
     user_delete.delete_after_processing = true;
     assert_eq!(
-        sync.create_mailbox(user_delete).await.unwrap_err().field(),
+        sync.directory()
+            .create_mailbox(user_delete)
+            .await
+            .unwrap_err()
+            .field(),
         Some("delete_after_processing")
     );
     let forward = sync
+        .directory()
         .create_mailbox(MailboxSpec::forward("fwd@example.com"))
         .await
         .unwrap();
@@ -459,39 +588,51 @@ async fn bad_input_gets_typed_errors() {
 
 #[tokio::test]
 async fn profile_in_use_cannot_be_deleted() {
-    let sync = MailSync::in_memory();
+    let sync = MailSync::open(StoreConfig::memory(), Options::default())
+        .await
+        .unwrap();
     let p = sync
+        .directory()
         .create_profile(gmail("Gmail").default_for_new_mailboxes())
         .await
         .unwrap();
     let m = sync
+        .directory()
         .create_mailbox(MailboxSpec::user("a@example.com"))
         .await
         .unwrap();
-    let err = sync.delete_profile(&p.id).await.unwrap_err();
+    let err = sync.directory().delete_profile(&p.id).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::ProfileInUse);
     assert!(err.message().contains("1 mailbox"));
-    sync.delete_mailbox(&m.id).await.unwrap();
-    sync.delete_profile(&p.id).await.unwrap();
-    assert!(sync.list_profiles().await.unwrap().is_empty());
+    sync.directory().delete_mailbox(&m.id).await.unwrap();
+    sync.directory().delete_profile(&p.id).await.unwrap();
+    assert!(sync.directory().list_profiles().await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn duplicate_names_and_addresses_are_refused() {
-    let sync = MailSync::in_memory();
-    sync.create_profile(gmail("Gmail")).await.unwrap();
+    let sync = MailSync::open(StoreConfig::memory(), Options::default())
+        .await
+        .unwrap();
+    sync.directory()
+        .create_profile(gmail("Gmail"))
+        .await
+        .unwrap();
     assert_eq!(
-        sync.create_profile(gmail("GMAIL"))
+        sync.directory()
+            .create_profile(gmail("GMAIL"))
             .await
             .unwrap_err()
             .code(),
         ErrorCode::AlreadyExists
     );
-    sync.create_mailbox(MailboxSpec::user("a@example.com"))
+    sync.directory()
+        .create_mailbox(MailboxSpec::user("a@example.com"))
         .await
         .unwrap();
     assert_eq!(
-        sync.create_mailbox(MailboxSpec::user("A@example.com"))
+        sync.directory()
+            .create_mailbox(MailboxSpec::user("A@example.com"))
             .await
             .unwrap_err()
             .code(),
@@ -503,22 +644,73 @@ async fn duplicate_names_and_addresses_are_refused() {
 async fn unusable_settings_are_refused_before_the_database_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("never.db");
-    let mut settings = mailsync::Settings::default();
+    let mut settings = Options::default();
     settings.extra_root_certs_pem = vec!["-----BEGIN NOTHING-----\n".into()];
-    let err =
-        MailSync::open_sqlite_with_key_and_settings(&db, SealKey::generate().unwrap(), settings)
-            .await
-            .unwrap_err();
+    let err = MailSync::open(
+        StoreConfig::sqlite_with_key(&db, SealKey::generate().unwrap()),
+        settings,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Validation);
-    let mut settings = mailsync::Settings::default();
-    settings.http_timeout = std::time::Duration::ZERO;
-    let err =
-        MailSync::open_sqlite_with_key_and_settings(&db, SealKey::generate().unwrap(), settings)
-            .await
-            .unwrap_err();
-    assert_eq!(err.field(), Some("http_timeout"));
+    let mut settings = Options::default();
+    settings.http_timeout_secs = 0;
+    let err = MailSync::open(
+        StoreConfig::sqlite_with_key(&db, SealKey::generate().unwrap()),
+        settings,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.field(), Some("http_timeout_secs"));
     assert!(
         !db.exists(),
         "nothing may be created for settings that cannot work"
     );
+}
+
+/// Names differing only by surrounding spaces or (Unicode) case are one
+/// name, in both stores; names are stored trimmed.
+#[tokio::test]
+async fn profile_names_ignore_surrounding_spaces_and_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = MailSync::open(
+        StoreConfig::sqlite(dir.path().join("names.db")),
+        Options::default(),
+    )
+    .await
+    .unwrap();
+    for sync in [
+        MailSync::open(StoreConfig::memory(), Options::default())
+            .await
+            .unwrap(),
+        sqlite,
+    ] {
+        let v = sync.directory().create_profile(gmail(" V ")).await.unwrap();
+        assert_eq!(v.name, "V");
+        assert_eq!(sync.directory().find_profile("v ").await.unwrap().id, v.id);
+        for clash in ["V", "  v", "V\t"] {
+            let err = sync
+                .directory()
+                .create_profile(gmail(clash))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), ErrorCode::AlreadyExists, "{clash:?}");
+        }
+        sync.directory()
+            .create_profile(gmail("Übersee"))
+            .await
+            .unwrap();
+        let err = sync
+            .directory()
+            .create_profile(gmail("ÜBERSEE"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::AlreadyExists);
+        // Renaming onto another profile's name is refused too.
+        let mut other = sync.directory().create_profile(gmail("W")).await.unwrap();
+        other.name = " übersee ".into();
+        let err = sync.directory().update_profile(other).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::AlreadyExists);
+        sync.close().await;
+    }
 }

@@ -16,3 +16,25 @@ fn every_error_code_is_documented() {
         );
     }
 }
+
+/// The README's Rust example is `examples/readme.rs` (which `cargo test`
+/// compiles), so it cannot rot.
+#[test]
+fn the_readme_example_is_the_compiled_one() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let example = std::fs::read_to_string(format!("{root}/core/examples/readme.rs")).unwrap();
+    let start = example.find("use mailsync::").unwrap();
+    let end = example.find("fn main()").unwrap();
+    let snippet = example[start..end].trim_end();
+    let block = readme
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has a ```rust block");
+    assert_eq!(
+        block.trim_end(),
+        snippet,
+        "README's Rust example differs from core/examples/readme.rs; copy it over"
+    );
+}

@@ -4,7 +4,7 @@
 //! refused, the secret never printed, everything back after reopening.
 
 use mailsync::model::{Endpoint, MailboxSpec, OAuthApp, Security, ServerProfile};
-use mailsync::{ErrorCode, MailSync};
+use mailsync::{ErrorCode, MailSync, Options, StoreConfig};
 
 const SECRET: &str = "GOCSPX-scenario-secret-0123456789";
 
@@ -12,12 +12,15 @@ const SECRET: &str = "GOCSPX-scenario-secret-0123456789";
 async fn four_language_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("scenario.db");
-    let sync = MailSync::open_sqlite(&db).await.unwrap();
+    let sync = MailSync::open(StoreConfig::sqlite(&db), Options::default())
+        .await
+        .unwrap();
 
     let app = OAuthApp::google("1234-abc.apps.googleusercontent.com", SECRET)
         .for_environment("https://contoso.crm.example.com")
         .unwrap();
     let profile = sync
+        .directory()
         .create_profile(ServerProfile::gmail("Gmail - sales", app).default_for_new_mailboxes())
         .await
         .unwrap();
@@ -35,11 +38,13 @@ async fn four_language_scenario() {
     );
 
     for i in 0..100 {
-        sync.create_mailbox(MailboxSpec::user(format!("user{i:03}@example.com")))
+        sync.directory()
+            .create_mailbox(MailboxSpec::user(format!("user{i:03}@example.com")))
             .await
             .unwrap();
     }
     let full = sync
+        .directory()
         .create_mailbox(MailboxSpec::user("user100@example.com"))
         .await
         .unwrap_err();
@@ -64,8 +69,11 @@ async fn four_language_scenario() {
     }
 
     sync.close().await;
-    let reopened = MailSync::open_sqlite(&db).await.unwrap();
+    let reopened = MailSync::open(StoreConfig::sqlite(&db), Options::default())
+        .await
+        .unwrap();
     let again = reopened
+        .directory()
         .default_profile()
         .await
         .unwrap()
@@ -74,6 +82,7 @@ async fn four_language_scenario() {
     assert!(again.oauth_app().unwrap().client_secret.is_some());
     assert_eq!(
         reopened
+            .directory()
             .list_mailboxes(Some(&profile.id))
             .await
             .unwrap()
@@ -81,6 +90,7 @@ async fn four_language_scenario() {
         100
     );
     let still_full = reopened
+        .directory()
         .create_mailbox(MailboxSpec::user("user100@example.com"))
         .await
         .unwrap_err();

@@ -13,14 +13,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `tests/stack` in the source tree.
 pub fn stack_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("stack")
 }
 
-/// The stack's state directory (`$MAILSYNC_STACK_DIR` or `tests/stack/run`).
+/// The stack's state directory (`$MAILSYNC_STACK_DIR` or `tests/stack/run`). When the
+/// checkout is not reachable by the service users (e.g. under a 0700 `/root`),
+/// `tests/stack/up` keeps the state in `/var/tmp/mailsync-stack-<hash>` and makes
+/// `tests/stack/run` a symlink to it, so this path works either way (`Stack::state_dir`
+/// holds the resolved one).
 pub fn state_dir() -> PathBuf {
     match std::env::var_os("MAILSYNC_STACK_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
@@ -45,6 +49,106 @@ pub struct OAuth {
     pub introspection_client_id: String,
     #[serde(default)]
     pub introspection_client_secret: String,
+    /// The provider's web clients by name: `web` (the client above; follows
+    /// `up --token-ttl` / `--rotate-refresh-tokens`), `short` (access tokens live 5 s),
+    /// `rotating` (refresh token rotated on every use), `short_rotating` (both).
+    #[serde(default)]
+    pub clients: BTreeMap<String, OAuthClient>,
+}
+
+impl OAuth {
+    /// A named client (`web`, `short`, `rotating`, `short_rotating`).
+    pub fn client(&self, name: &str) -> &OAuthClient {
+        self.clients
+            .get(name)
+            .unwrap_or_else(|| panic!("no OAuth client {name} in stack.json"))
+    }
+}
+
+/// One web client of a provider (`client_secret_post`, authorization_code + refresh_token,
+/// the same redirect URIs as the `web` client). `Debug` hides the secret.
+#[derive(Clone, Deserialize)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_secret: String,
+    pub access_token_ttl: u64,
+    pub rotate_refresh_tokens: bool,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("access_token_ttl", &self.access_token_ttl)
+            .field("rotate_refresh_tokens", &self.rotate_refresh_tokens)
+            .finish()
+    }
+}
+
+/// stack.json `oauth2_generic`: the second, generic (non-Google-dialect) authorization server
+/// ("provider2"). RFC 8414 metadata only (`/.well-known/openid-configuration` is 404), scope
+/// `mail`, refresh tokens only with `offline_access`, no `email` in the id_token (userinfo
+/// has it). Dovecot and Postfix accept its access tokens too. `Debug` hides the secrets.
+#[derive(Clone, Deserialize)]
+pub struct GenericOAuth {
+    pub issuer: String,
+    /// `<issuer>/.well-known/oauth-authorization-server` (RFC 8414).
+    pub metadata_url: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub revocation_endpoint: String,
+    pub userinfo_endpoint: String,
+    pub introspection_endpoint: String,
+    pub jwks_uri: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_uris: Vec<String>,
+    /// `mail`
+    pub mail_scope: String,
+    /// `openid offline_access email mail`
+    pub scopes: Vec<String>,
+    pub access_token_ttl: u64,
+    pub introspection_client_id: String,
+    pub introspection_client_secret: String,
+    #[serde(default)]
+    pub clients: BTreeMap<String, OAuthClient>,
+}
+
+impl std::fmt::Debug for GenericOAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenericOAuth")
+            .field("issuer", &self.issuer)
+            .field("metadata_url", &self.metadata_url)
+            .field("token_endpoint", &self.token_endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("mail_scope", &self.mail_scope)
+            .field("scopes", &self.scopes)
+            .field("access_token_ttl", &self.access_token_ttl)
+            .field("introspection_client_secret", &"<redacted>")
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which authorization server of the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OAuthServer {
+    /// stack.json `oauth`: the Google-like provider.
+    #[default]
+    Google,
+    /// stack.json `oauth2_generic`: the generic provider ("provider2").
+    Generic,
+}
+
+impl OAuthServer {
+    fn arg(self) -> &'static str {
+        match self {
+            OAuthServer::Google => "google",
+            OAuthServer::Generic => "generic",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +191,7 @@ pub struct Stack {
     pub ca_cert: PathBuf,
     pub domain: String,
     pub oauth: OAuth,
+    pub oauth2_generic: GenericOAuth,
     pub imap: MailEndpoint,
     pub pop3: MailEndpoint,
     pub smtp: SmtpEndpoint,
@@ -122,15 +227,16 @@ impl Stack {
 
     /// Every TCP port the stack listens on, with a name.
     pub fn ports(&self) -> Vec<(&'static str, u16)> {
-        let issuer_port = self
-            .oauth
-            .issuer
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
-            .expect("issuer has a port");
+        let port_of = |issuer: &str| -> u16 {
+            issuer
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.trim_end_matches('/').parse().ok())
+                .expect("issuer has a port")
+        };
         vec![
-            ("provider", issuer_port),
+            ("provider", port_of(&self.oauth.issuer)),
+            ("provider2", port_of(&self.oauth2_generic.issuer)),
             ("imap tls", self.imap.tls_port),
             ("imap plain", self.imap.plain_port),
             ("pop3 tls", self.pop3.tls_port),
@@ -142,10 +248,21 @@ impl Stack {
     }
 }
 
+/// The harness's lock file. Not inside `tests/stack/run` when that is the default: `up` may
+/// turn that directory into a symlink to a state dir outside the checkout.
+fn harness_lock_path() -> PathBuf {
+    match std::env::var_os("MAILSYNC_STACK_DIR") {
+        Some(d) if !d.is_empty() => {
+            let state = PathBuf::from(d);
+            fs::create_dir_all(&state).expect("create stack state dir");
+            state.join(".harness.lock")
+        }
+        _ => stack_src().join(".harness.lock"),
+    }
+}
+
 fn ensure_running() {
-    let state = state_dir();
-    fs::create_dir_all(&state).expect("create stack state dir");
-    let lock = File::create(state.join(".harness.lock")).expect("create harness lock file");
+    let lock = File::create(harness_lock_path()).expect("create harness lock file");
     lock.lock().expect("lock harness lock file");
     let out = Command::new(stack_src().join("up"))
         .stdin(Stdio::null())
@@ -196,6 +313,74 @@ pub async fn provider_shared() -> RwLockReadGuard<'static, ()> {
 /// Held by tests that restart the provider or inject failures.
 pub async fn provider_exclusive() -> RwLockWriteGuard<'static, ()> {
     PROVIDER.write().await
+}
+
+// ------------------------------------------------------------------ account coordination
+
+/// The stack's accounts, in the order their locks are taken.
+const ACCOUNTS: [&str; 24] = [
+    "alice@example.test",
+    "bob@example.test",
+    "carol@example.test",
+    "dave@example.test",
+    "sync01@example.test",
+    "sync02@example.test",
+    "sync03@example.test",
+    "sync04@example.test",
+    "sync05@example.test",
+    "sync06@example.test",
+    "sync07@example.test",
+    "sync08@example.test",
+    "sync09@example.test",
+    "sync10@example.test",
+    "sync11@example.test",
+    "sync12@example.test",
+    "sync13@example.test",
+    "sync14@example.test",
+    "sync15@example.test",
+    "sync16@example.test",
+    "sync17@example.test",
+    "sync18@example.test",
+    "sync19@example.test",
+    "sync20@example.test",
+];
+
+/// The 20 accounts for the sync engine's tests: `sync01@example.test` … `sync20@example.test`
+/// (OAuth on both providers, IMAP/POP3/SMTP like alice).
+pub fn sync_accounts() -> Vec<String> {
+    ACCOUNTS[4..].iter().map(|a| (*a).to_string()).collect()
+}
+
+static ACCOUNT_LOCKS: [Mutex<()>; ACCOUNTS.len()] =
+    [const { Mutex::const_new(()) }; ACCOUNTS.len()];
+
+/// Held while a test uses grants of some accounts; see [`account_locks`].
+#[must_use = "the accounts are free again when the guard drops"]
+pub struct AccountGuard {
+    _guards: Vec<MutexGuard<'static, ()>>,
+}
+
+/// Serialises, within one test binary, the tests that use the same stack account while one
+/// of them revokes a grant (a disconnect, a revoked-grant test, a refused consent the library
+/// revokes): the providers revoke like Google, so revoking any token of an account kills every
+/// grant of that account on that OAuth client, also those of tests running at the same time.
+///
+/// Take it after [`provider_shared`] / [`provider_exclusive`] (always in that order, or two
+/// tests can deadlock), for every account whose grants the test uses; the accounts are locked
+/// in a fixed order. Unknown addresses are ignored.
+pub async fn account_locks(emails: &[&str]) -> AccountGuard {
+    let mut guards = Vec::new();
+    for (i, account) in ACCOUNTS.iter().enumerate() {
+        if emails.iter().any(|e| e.eq_ignore_ascii_case(account)) {
+            guards.push(ACCOUNT_LOCKS[i].lock().await);
+        }
+    }
+    AccountGuard { _guards: guards }
+}
+
+/// [`account_locks`] for one account.
+pub async fn account_lock(email: &str) -> AccountGuard {
+    account_locks(&[email]).await
 }
 
 // ------------------------------------------------------------------ helper scripts
@@ -257,6 +442,63 @@ pub fn token_with(email: &str, uncheck: &[&str]) -> TokenSet {
     serde_json::from_str(&helper("token", &args)).expect("token helper JSON")
 }
 
+/// Options for [`token_opts`]: which server and client, which scope.
+#[derive(Debug, Clone, Default)]
+pub struct TokenOpts<'a> {
+    pub server: OAuthServer,
+    /// A client name from `clients` (default `web`).
+    pub client: Option<&'a str>,
+    /// Space-separated scope (default: Google-like `openid email profile
+    /// https://mail.google.com/`, generic `openid email offline_access mail`).
+    pub scope: Option<&'a str>,
+    /// Scopes to uncheck on the consent page.
+    pub uncheck: &'a [&'a str],
+    /// Send no `prompt=consent` (generic provider: then `offline_access` is dropped).
+    pub no_prompt: bool,
+}
+
+/// A real token set through the consent pages of either server, with any client.
+pub fn token_opts(email: &str, opts: &TokenOpts<'_>) -> TokenSet {
+    let mut args: Vec<&str> = vec![email, "--provider", opts.server.arg()];
+    if let Some(c) = opts.client {
+        args.extend(["--client", c]);
+    }
+    if let Some(sc) = opts.scope {
+        args.extend(["--scope", sc]);
+    }
+    for s in opts.uncheck {
+        args.extend(["--uncheck-scope", s]);
+    }
+    if opts.no_prompt {
+        args.push("--no-prompt");
+    }
+    serde_json::from_str(&helper("token", &args)).expect("token helper JSON")
+}
+
+/// A token set from the Google-like provider through the named client
+/// (`web`, `short`, `rotating`, `short_rotating`): no provider restart needed for
+/// short-lived access tokens or rotating refresh tokens.
+pub fn token_client(email: &str, client: &str) -> TokenSet {
+    token_opts(
+        email,
+        &TokenOpts {
+            client: Some(client),
+            ..TokenOpts::default()
+        },
+    )
+}
+
+/// A token set from the generic provider (scope `openid email offline_access mail`).
+pub fn token_generic(email: &str) -> TokenSet {
+    token_opts(
+        email,
+        &TokenOpts {
+            server: OAuthServer::Generic,
+            ..TokenOpts::default()
+        },
+    )
+}
+
 /// Walk login + consent for `url`; returns the redirect to the client's redirect_uri.
 pub fn consent(url: &str, email: &str, password: &str, deny: bool) -> String {
     let mut args = vec![url, "--email", email, "--password", password];
@@ -274,6 +516,13 @@ pub struct DeliverOpts {
     pub non_ascii: bool,
     pub seed: Option<u64>,
     pub subject_prefix: Option<String>,
+    /// `In-Reply-To` of every message (angle brackets added if missing).
+    pub in_reply_to: Option<String>,
+    /// `References` of every message, in order (angle brackets added if missing).
+    pub references: Vec<String>,
+    /// `From` header and envelope sender: `addr` or `Name <addr>` (default
+    /// `sender@outside.example`).
+    pub from: Option<String>,
 }
 
 /// Deliver `count` generated messages into `email`'s INBOX over LMTP; returns their Message-IDs.
@@ -294,6 +543,15 @@ pub fn deliver(email: &str, count: usize, opts: &DeliverOpts) -> Vec<String> {
     if let Some(p) = &opts.subject_prefix {
         args.extend(["--subject-prefix".into(), p.clone()]);
     }
+    if let Some(id) = &opts.in_reply_to {
+        args.extend(["--in-reply-to".into(), id.clone()]);
+    }
+    if !opts.references.is_empty() {
+        args.extend(["--references".into(), opts.references.join(" ")]);
+    }
+    if let Some(f) = &opts.from {
+        args.extend(["--from".into(), f.clone()]);
+    }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     helper("deliver", &refs)
         .lines()
@@ -301,9 +559,80 @@ pub fn deliver(email: &str, count: usize, opts: &DeliverOpts) -> Vec<String> {
         .collect()
 }
 
-/// Revoke a token (and with it the whole grant) at the provider.
+/// Runs the system `doveadm` against the stack's Dovecot (`tests/stack/bin/doveadm`, i.e.
+/// `doveadm -c <state>/dovecot/dovecot.conf ARGS`) and returns its standard output; panics
+/// when it fails. E.g. `doveadm(&["mailbox", "status", "-u", email, "messages", "INBOX"])`,
+/// `doveadm(&["expunge", "-u", email, "mailbox", "INBOX", "all"])`.
+pub fn doveadm(args: &[&str]) -> String {
+    helper("doveadm", args)
+}
+
+/// The number of IMAP sessions `email` has open right now (logged in, not yet disconnected),
+/// from `doveadm who` (Dovecot's anvil). A session is listed from its login until its process
+/// has ended: after a client disconnects, poll (e.g. with [`wait_for`]).
+pub fn imap_connections(email: &str) -> usize {
+    doveadm(&["who", "-1", email])
+        .lines()
+        .skip(1) // header: username proto pid ip
+        .filter(|l| {
+            let mut cols = l.split_whitespace();
+            cols.next().is_some_and(|u| u.eq_ignore_ascii_case(email))
+                && cols.next() == Some("imap")
+        })
+        .count()
+}
+
+/// Sets the UIDVALIDITY of `email`'s INBOX (`doveadm mailbox update --uid-validity`); the
+/// messages keep their UIDs. The next SELECT / EXAMINE / STATUS reports the new value.
+pub fn set_uid_validity(email: &str, value: u32) {
+    set_mailbox_uid_validity(email, "INBOX", value);
+}
+
+/// [`set_uid_validity`] for any mailbox of the account.
+pub fn set_mailbox_uid_validity(email: &str, mailbox: &str, value: u32) {
+    assert!(value != 0, "UIDVALIDITY must not be 0");
+    doveadm(&[
+        "mailbox",
+        "update",
+        "-u",
+        email,
+        "--uid-validity",
+        &value.to_string(),
+        mailbox,
+    ]);
+}
+
+/// The UIDVALIDITY of a mailbox of `email`, as Dovecot has it (`doveadm mailbox status`).
+pub fn uid_validity(email: &str, mailbox: &str) -> u32 {
+    let out = doveadm(&[
+        "-f",
+        "flow",
+        "mailbox",
+        "status",
+        "-u",
+        email,
+        "uidvalidity",
+        mailbox,
+    ]);
+    out.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("uidvalidity="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("doveadm mailbox status: no uidvalidity in {out:?}"))
+}
+
+/// Revoke a token at the provider (as the `web` client): like Google, every grant of its
+/// account for that client goes, with all their tokens (other consents too).
 pub fn revoke(token: &str) {
     helper("revoke", &["--", token]);
+}
+
+/// Revoke a token as the client that owns it (oidc-provider refuses revocation by another
+/// client), at either server.
+pub fn revoke_with(token: &str, server: OAuthServer, client: &str) {
+    helper(
+        "revoke",
+        &["--provider", server.arg(), "--client", client, "--", token],
+    );
 }
 
 /// Restart only the provider with a new access-token lifetime (all tokens become invalid).
@@ -346,6 +675,40 @@ pub async fn http(
     form: Option<&str>,
 ) -> (u16, String) {
     use base64::Engine as _;
+    let auth = basic_auth.map(|(u, p)| {
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        format!("Basic {b}")
+    });
+    http_request(method, url, auth.as_deref(), form).await
+}
+
+/// Like [`http`] with a bearer token (`Authorization: Bearer …`), e.g. for a userinfo endpoint.
+pub async fn http_bearer(method: &str, url: &str, token: &str) -> (u16, String) {
+    http_request(method, url, Some(&format!("Bearer {token}")), None).await
+}
+
+/// [`http`] with an arbitrary `Authorization` header value.
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+    form: Option<&str>,
+) -> (u16, String) {
+    http_request_within(method, url, authorization, form, Duration::from_secs(15))
+        .await
+        .expect("provider HTTP timeout")
+}
+
+/// Like [`http_request`], but gives up after `timeout`: `None` then, and the connection is
+/// closed (what a client with a request timeout does; see the `refresh_hang` /
+/// `refresh_delay` failure modes).
+pub async fn http_request_within(
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+    form: Option<&str>,
+    timeout: Duration,
+) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url
         .strip_prefix("http://")
@@ -353,9 +716,8 @@ pub async fn http(
     let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n");
-    if let Some((u, p)) = basic_auth {
-        let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-        req.push_str(&format!("Authorization: Basic {b}\r\n"));
+    if let Some(a) = authorization {
+        req.push_str(&format!("Authorization: {a}\r\n"));
     }
     let body = form.unwrap_or("");
     if form.is_some() {
@@ -369,9 +731,9 @@ pub async fn http(
         s.read_to_end(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)
     };
-    let buf = tokio::time::timeout(Duration::from_secs(15), fut)
+    let buf = tokio::time::timeout(timeout, fut)
         .await
-        .expect("provider HTTP timeout")
+        .ok()?
         .expect("provider HTTP I/O");
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -388,7 +750,7 @@ pub async fn http(
     } else {
         body.to_string()
     };
-    (status, body)
+    Some((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -433,6 +795,105 @@ pub async fn introspect(token: &str) -> serde_json::Value {
     serde_json::from_str(&body).expect("introspection JSON")
 }
 
+/// Introspection at either server (with its Dovecot introspection client).
+pub async fn introspect_at(server: OAuthServer, token: &str) -> serde_json::Value {
+    let s = Stack::get();
+    let (url, id, secret) = match server {
+        OAuthServer::Google => (
+            s.oauth.introspection_endpoint.clone(),
+            s.oauth.introspection_client_id.clone(),
+            s.oauth.introspection_client_secret.clone(),
+        ),
+        OAuthServer::Generic => (
+            s.oauth2_generic.introspection_endpoint.clone(),
+            s.oauth2_generic.introspection_client_id.clone(),
+            s.oauth2_generic.introspection_client_secret.clone(),
+        ),
+    };
+    let (status, body) = http(
+        "POST",
+        &url,
+        Some((&id, &secret)),
+        Some(&format!("token={}", form_encode(token))),
+    )
+    .await;
+    assert_eq!(status, 200, "introspection answered {status}: {body}");
+    serde_json::from_str(&body).expect("introspection JSON")
+}
+
+/// `grant_type=refresh_token` at either server as the named client (`client_secret_post`).
+/// Returns the status and the JSON body (token values are in it: do not print it).
+pub async fn refresh_grant(
+    server: OAuthServer,
+    client: &str,
+    refresh_token: &str,
+) -> (u16, serde_json::Value) {
+    refresh_grant_within(server, client, refresh_token, Duration::from_secs(15))
+        .await
+        .expect("provider HTTP timeout")
+}
+
+/// Like [`refresh_grant`], giving up after `timeout` (then `None`, and the connection is
+/// closed): a client whose refresh request times out, for the `refresh_hang` /
+/// `refresh_delay` failure modes ([`inject_failure_for`]).
+pub async fn refresh_grant_within(
+    server: OAuthServer,
+    client: &str,
+    refresh_token: &str,
+    timeout: Duration,
+) -> Option<(u16, serde_json::Value)> {
+    let s = Stack::get();
+    let (endpoint, c) = match server {
+        OAuthServer::Google => (&s.oauth.token_endpoint, s.oauth.client(client)),
+        OAuthServer::Generic => (
+            &s.oauth2_generic.token_endpoint,
+            s.oauth2_generic
+                .clients
+                .get(client)
+                .unwrap_or_else(|| panic!("no generic client {client}")),
+        ),
+    };
+    let form = format!(
+        "grant_type=refresh_token&refresh_token={}&client_id={}&client_secret={}",
+        form_encode(refresh_token),
+        form_encode(&c.client_id),
+        form_encode(&c.client_secret)
+    );
+    let (status, body) = http_request_within("POST", endpoint, None, Some(&form), timeout).await?;
+    let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    Some((status, v))
+}
+
+/// The claims of a JWT (e.g. an id_token), decoded without verifying the signature:
+/// for assertions on what a provider put in it.
+pub fn jwt_claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1).expect("JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .expect("JWT payload is base64url");
+    serde_json::from_slice(&bytes).expect("JWT payload is JSON")
+}
+
+/// `GET /__stats` of either server.
+pub async fn stats_of(server: OAuthServer) -> serde_json::Value {
+    let s = Stack::get();
+    let issuer = match server {
+        OAuthServer::Google => &s.oauth.issuer,
+        OAuthServer::Generic => &s.oauth2_generic.issuer,
+    };
+    let (status, body) = http("GET", &format!("{issuer}/__stats"), None, None).await;
+    assert_eq!(status, 200, "stats: {status} {body}");
+    serde_json::from_str(&body).expect("stats JSON")
+}
+
+/// From a `/__stats` answer: token requests of `client_id` with `grant_type` (0 if none).
+pub fn client_token_requests(stats: &serde_json::Value, client_id: &str, grant_type: &str) -> u64 {
+    stats["token_requests_by_client"][client_id][grant_type]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 /// `GET /__stats` of the provider.
 pub async fn stats() -> serde_json::Value {
     let s = Stack::get();
@@ -457,6 +918,85 @@ pub async fn inject_failure(mode: &str, count: u32) {
     assert_eq!(status, 200, "inject failure: {status} {body}");
 }
 
+/// `POST /__fail` at either server with every option (see docs/testing.md):
+/// `mode` (`refresh_503`, `refresh_500`, `refresh_hang`, `refresh_delay`, `introspection_503`,
+/// `clear` / `release`), `count` (the next N matching requests), `client` (refresh modes
+/// only: a client name from stack.json `clients` such as `rotating`, or a client_id; `None`:
+/// every client) and extra query parameters (`("ms", "1500")` for `refresh_delay`).
+///
+/// - `refresh_hang`: the request is held and never passed to oidc-provider (the refresh
+///   token is not used); when the client disconnects it is dropped unprocessed; `clear` /
+///   `release` answers still-held ones with 503.
+/// - `refresh_delay` + `ms`: oidc-provider processes the request at once (a rotating refresh
+///   token is spent), the answer goes out `ms` later, or is lost if the client gave up.
+///
+/// `/__stats` counts them: `held_refresh_requests` (+ `_dropped`, `_released`, `_pending`),
+/// `delayed_refresh_requests`, `delayed_refresh_responses_delivered` / `_lost` / `_pending`.
+/// Hold [`provider_exclusive`] while a failure is armed (other tests of this process may use
+/// the same client); choose a `client` other suites do not use.
+pub async fn inject_failure_for(
+    server: OAuthServer,
+    mode: &str,
+    count: u32,
+    client: Option<&str>,
+    extra: &[(&str, &str)],
+) {
+    let s = Stack::get();
+    let (issuer, clients) = match server {
+        OAuthServer::Google => (&s.oauth.issuer, &s.oauth.clients),
+        OAuthServer::Generic => (&s.oauth2_generic.issuer, &s.oauth2_generic.clients),
+    };
+    let mut url = format!("{issuer}/__fail?mode={}&count={count}", form_encode(mode));
+    if let Some(c) = client {
+        let id = clients.get(c).map_or(c, |c| c.client_id.as_str());
+        url.push_str(&format!("&client={}", form_encode(id)));
+    }
+    for (k, v) in extra {
+        url.push_str(&format!("&{}={}", form_encode(k), form_encode(v)));
+    }
+    let (status, body) = http("POST", &url, None, Some("")).await;
+    assert_eq!(status, 200, "inject failure {mode}: {status} {body}");
+}
+
+/// Hold the next `count` refresh requests of `client` (a name such as `rotating`) at the
+/// Google-like provider: `refresh_hang`.
+pub async fn hold_refreshes(client: &str, count: u32) {
+    inject_failure_for(
+        OAuthServer::Google,
+        "refresh_hang",
+        count,
+        Some(client),
+        &[],
+    )
+    .await;
+}
+
+/// Process the next `count` refresh requests of `client` at the Google-like provider at once
+/// and deliver the answer after `delay`: `refresh_delay`.
+pub async fn delay_refreshes(client: &str, count: u32, delay: Duration) {
+    let ms = delay.as_millis().to_string();
+    inject_failure_for(
+        OAuthServer::Google,
+        "refresh_delay",
+        count,
+        Some(client),
+        &[("ms", &ms)],
+    )
+    .await;
+}
+
+/// `mode=release` at the Google-like provider: cancel armed failures and answer held
+/// refresh requests with 503 (same as `clear`).
+pub async fn release_held_refreshes() {
+    inject_failure_for(OAuthServer::Google, "release", 0, None, &[]).await;
+}
+
+/// From a `/__stats` answer: a top-level counter (0 if absent), e.g.
+/// `held_refresh_requests`, `delayed_refresh_responses_lost`.
+pub fn stat(stats: &serde_json::Value, key: &str) -> u64 {
+    stats[key].as_u64().unwrap_or(0)
+}
+
 /// Poll (bounded) until `f` returns true.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
 where
@@ -478,9 +1018,18 @@ where
 
 pub mod wire;
 
-/// Whether `email`'s INBOX holds a message with `subject` (IMAP TLS,
-/// XOAUTH2 with `token`), searched by the server.
-pub async fn imap_search_subject(stack: &Stack, email: &str, token: &str, subject: &str) -> bool {
+/// Waits (bounded by `timeout`, polling) until `email`'s INBOX holds a message whose
+/// `Message-ID` header contains `message_id` (IMAP TLS, XOAUTH2 with `token`, searched by the
+/// server), and returns that message's `From`, `To`, `Subject` and `Message-ID` header lines;
+/// `None` if it never arrived. Mail reaches the INBOX asynchronously (Postfix → LMTP), hence
+/// the wait. Search for a unique Message-ID: mailboxes keep mail across runs.
+pub async fn imap_wait_for_message_id(
+    stack: &Stack,
+    email: &str,
+    token: &str,
+    message_id: &str,
+    timeout: Duration,
+) -> Option<String> {
     let mut c = wire::connect_tls(&stack.imap.host, stack.imap.tls_port).await;
     wire::imap_greeting(&mut c).await;
     let auth = wire::imap_auth(
@@ -492,13 +1041,42 @@ pub async fn imap_search_subject(stack: &Stack, email: &str, token: &str, subjec
         stack.imap.tls_port,
     )
     .await;
-    assert!(auth.ok, "IMAP refused the token for {email}");
-    let (_, done) = wire::imap_cmd(&mut c, "s1", "EXAMINE INBOX").await;
+    assert!(auth.ok, "IMAP refused the token for {email}: {auth:?}");
+    let (_, done) = wire::imap_cmd(&mut c, "s0", "EXAMINE INBOX").await;
     assert!(done.contains("OK"), "EXAMINE INBOX: {done}");
-    let (lines, done) =
-        wire::imap_cmd(&mut c, "s2", &format!("SEARCH SUBJECT \"{subject}\"")).await;
-    assert!(done.contains("OK"), "SEARCH: {done}");
-    lines
-        .iter()
-        .any(|l| l.starts_with("* SEARCH") && l.split_whitespace().count() > 2)
+    let deadline = tokio::time::Instant::now() + timeout;
+    for i in 0.. {
+        let (lines, done) = wire::imap_cmd(
+            &mut c,
+            &format!("s{i}"),
+            &format!("UID SEARCH HEADER Message-ID \"{message_id}\""),
+        )
+        .await;
+        assert!(done.contains("OK"), "SEARCH: {done}");
+        let uid = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("* SEARCH"))
+            .flat_map(|l| l.split_whitespace())
+            .next()
+            .map(str::to_owned);
+        if let Some(uid) = uid {
+            let (lines, done) = wire::imap_cmd(
+                &mut c,
+                "f",
+                &format!("UID FETCH {uid} (BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT MESSAGE-ID)])"),
+            )
+            .await;
+            assert!(done.contains("OK"), "FETCH: {done}");
+            wire::imap_cmd(&mut c, "l", "LOGOUT").await;
+            return Some(lines.join("\n"));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // NOOP lets the server report new mail in the examined INBOX.
+        let (_, done) = wire::imap_cmd(&mut c, &format!("n{i}"), "NOOP").await;
+        assert!(done.contains("OK"), "NOOP: {done}");
+    }
+    None
 }

@@ -1,13 +1,14 @@
 //! "Test and enable" against the real stack: every step reported, mailbox
 //! state updated, and each failure path with its step and code.
 
-use mailsync::MailSync;
-use mailsync::check::{Direction, TestOptions, TestReport};
+use mailsync::checks::{Direction, TestOptions, TestReport};
+use mailsync::lifecycle::{DirectionStatus, GrantStatus, TestStatus};
 use mailsync::model::{
-    AlertLevel, Endpoint, Mailbox, MailboxSpec, OAuthApp, Security, ServerProfile, TestOutcome,
-    TestStatus,
+    AlertLevel, Endpoint, Mailbox, MailboxId, MailboxSpec, OAuthApp, Security, ServerProfile,
+    TestOutcome,
 };
-use mailsync::oauth::Settings;
+use mailsync::store::Grant;
+use mailsync::{ErrorCode, MailSync, Options, StoreConfig, Timestamp};
 use mailsync_e2e::Stack;
 use std::time::Duration;
 
@@ -17,9 +18,9 @@ struct Env {
     _dir: tempfile::TempDir,
 }
 
-fn settings(stack: &Stack, trust_stack_ca: bool) -> Settings {
-    let mut s = Settings::default();
-    s.google_issuer_override = Some(stack.oauth.issuer.parse().unwrap());
+fn settings(stack: &Stack, trust_stack_ca: bool) -> Options {
+    let mut s = Options::default();
+    s.google_issuer_override = Some(stack.oauth.issuer.clone());
     if trust_stack_ca {
         s.extra_root_certs_pem = vec![mailsync_e2e::ca_cert_pem()];
     }
@@ -34,18 +35,29 @@ async fn connected(
     trust_stack_ca: bool,
     shape: impl FnOnce(ServerProfile, &Stack) -> ServerProfile,
 ) -> Env {
+    connected_on("web", email, trust_stack_ca, shape).await
+}
+
+/// [`connected`] with another of the stack's OAuth clients (`web`, `short`, `rotating`,
+/// `short_rotating`).
+async fn connected_on(
+    client: &str,
+    email: &str,
+    trust_stack_ca: bool,
+    shape: impl FnOnce(ServerProfile, &Stack) -> ServerProfile,
+) -> Env {
     let stack = Stack::get();
+    let client = stack.oauth.client(client).clone();
     let dir = tempfile::tempdir().unwrap();
-    let sync =
-        MailSync::open_sqlite_with(dir.path().join("m.db"), settings(&stack, trust_stack_ca))
-            .await
-            .unwrap();
-    let app = OAuthApp::google(
-        stack.oauth.client_id.clone(),
-        stack.oauth.client_secret.clone(),
+    let sync = MailSync::open(
+        StoreConfig::sqlite(dir.path().join("m.db")),
+        settings(&stack, trust_stack_ca),
     )
-    .for_environment("http://localhost:8765")
+    .await
     .unwrap();
+    let app = OAuthApp::google(client.client_id.clone(), client.client_secret.clone())
+        .for_environment("http://localhost:8765")
+        .unwrap();
     let mut profile = ServerProfile::gmail("Stack Gmail", app)
         .default_for_new_mailboxes()
         .with_incoming(Endpoint::new(
@@ -60,21 +72,42 @@ async fn connected(
         ));
     profile.processing.connection_timeout_secs = 10;
     let profile = shape(profile, &stack);
-    sync.create_profile(profile).await.unwrap();
-    let mailbox = sync.create_mailbox(MailboxSpec::user(email)).await.unwrap();
-    let consent = sync.connect(&mailbox.id).await.unwrap();
+    sync.directory().create_profile(profile).await.unwrap();
+    let mailbox = sync
+        .directory()
+        .create_mailbox(MailboxSpec::user(email))
+        .await
+        .unwrap();
+    let consent = sync.connections().connect(&mailbox.id).await.unwrap();
     let password = stack.account(email).password.clone();
-    let (url, who) = (consent.url.to_string(), email.to_owned());
+    let (url, who) = (consent.url.clone(), email.to_owned());
     let callback =
         tokio::task::spawn_blocking(move || mailsync_e2e::consent(&url, &who, &password, false))
             .await
             .unwrap();
-    let mailbox = sync.complete_connect(&callback).await.unwrap();
+    let mailbox = sync
+        .connections()
+        .complete(&callback)
+        .await
+        .unwrap()
+        .mailbox;
     Env {
         sync,
         mailbox,
         _dir: dir,
     }
+}
+
+/// The stored grant, its access token made to look expired (as an hour passing would).
+async fn expire(sync: &MailSync, mailbox: &MailboxId) -> Grant {
+    let mut grant = sync.store().get_grant(mailbox).await.unwrap().unwrap();
+    grant.expires_at = Some(Timestamp::now_utc().minus(Duration::from_secs(60)));
+    sync.store()
+        .put_grant(&grant, grant.version, None)
+        .await
+        .unwrap()
+        .expect("grant CAS");
+    grant
 }
 
 fn steps(report: &TestReport, direction: Direction) -> Vec<String> {
@@ -93,7 +126,12 @@ fn steps(report: &TestReport, direction: Direction) -> Vec<String> {
 async fn imap_and_smtp_mailbox_passes_and_is_enabled() {
     let _provider = mailsync_e2e::provider_shared().await;
     let env = connected("alice@example.test", true, |p, _| p).await;
-    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
+    let report = env
+        .sync
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
+        .await
+        .unwrap();
     assert!(report.is_success(), "{report:#?}");
     assert_eq!(
         steps(&report, Direction::Incoming),
@@ -119,22 +157,37 @@ async fn imap_and_smtp_mailbox_passes_and_is_enabled() {
     }
     assert_eq!(report.incoming.as_ref().unwrap().protocol, "IMAP");
 
-    let mailbox = env.sync.get_mailbox(&env.mailbox.id).await.unwrap();
-    assert!(matches!(mailbox.incoming_test, TestStatus::Success { .. }));
-    assert!(matches!(mailbox.outgoing_test, TestStatus::Success { .. }));
-    assert!(mailbox.incoming_enabled && mailbox.outgoing_enabled);
-    assert_eq!(mailbox.alerts.last().unwrap().code, "mailbox_enabled");
-    let profile = env
+    let state = env.sync.directory().state(&env.mailbox.id).await.unwrap();
+    assert!(matches!(
+        state.incoming.last_test,
+        TestStatus::Success { .. }
+    ));
+    assert!(matches!(
+        state.outgoing.last_test,
+        TestStatus::Success { .. }
+    ));
+    assert!(
+        matches!(state.incoming.status, DirectionStatus::Enabled { .. })
+            && matches!(state.outgoing.status, DirectionStatus::Enabled { .. }),
+        "{state:?}"
+    );
+    assert!(report.incoming_enabled && report.outgoing_enabled);
+    let alerts = env.sync.directory().alerts(&env.mailbox.id).await.unwrap();
+    assert_eq!(alerts.last().unwrap().code, "mailbox_enabled");
+    let last = env
         .sync
-        .get_profile(mailbox.profile_id.as_ref().unwrap())
+        .checks()
+        .last_profile_test(env.mailbox.profile_id.as_ref().unwrap())
         .await
         .unwrap();
-    assert_eq!(profile.last_test.unwrap().outcome, TestOutcome::Success);
+    assert_eq!(last.unwrap().outcome, TestOutcome::Success);
 }
 
 #[tokio::test]
 async fn pop3_and_smtp_465_mailbox_passes() {
     let _provider = mailsync_e2e::provider_shared().await;
+    // bob's `web` grants: revoked_grant_fails_at_credentials_with_token_revoked revokes them.
+    let _bob = mailsync_e2e::account_lock("bob@example.test").await;
     let env = connected("bob@example.test", true, |p, stack| {
         let mut p = p.use_pop3();
         p.incoming.endpoint = Endpoint::new(&stack.pop3.host, stack.pop3.tls_port, Security::Tls);
@@ -145,59 +198,99 @@ async fn pop3_and_smtp_465_mailbox_passes() {
         ))
     })
     .await;
-    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
+    let report = env
+        .sync
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
+        .await
+        .unwrap();
     assert!(report.is_success(), "{report:#?}");
     assert_eq!(report.incoming.as_ref().unwrap().protocol, "POP3");
     assert!(steps(&report, Direction::Incoming).contains(&"stat:ok".to_string()));
 }
 
+/// The Test Message arrives in the mailbox itself. Its subject is always "Test Message" and
+/// carol's INBOX keeps mail across runs, so the test looks for this run's message by its
+/// unique Message-ID, which the report names as the `send` step's detail.
 #[tokio::test]
 async fn test_message_reaches_the_mailbox_itself() {
     let _provider = mailsync_e2e::provider_shared().await;
+    // carol's `web` grants: revoked_grant_with_an_unexpired_token_is_still_token_revoked
+    // revokes them.
+    let _carol = mailsync_e2e::account_lock("carol@example.test").await;
     let env = connected("carol@example.test", true, |p, _| p).await;
     let options = TestOptions {
         send_test_message: true,
     };
     let report = env
         .sync
-        .test_and_enable_with(&env.mailbox.id, &options)
+        .checks()
+        .test_and_enable(&env.mailbox.id, &options)
         .await
         .unwrap();
     assert!(report.is_success(), "{report:#?}");
     assert!(steps(&report, Direction::Outgoing).contains(&"send:ok".to_string()));
-    let token = env.sync.access_token(&env.mailbox.id).await.unwrap();
+    let send = report
+        .outgoing
+        .as_ref()
+        .unwrap()
+        .steps
+        .iter()
+        .find(|s| s.step == "send")
+        .unwrap();
+    let detail = send.detail.as_deref().unwrap_or_default();
+    let message_id = detail
+        .strip_prefix("Message-ID ")
+        .unwrap_or_else(|| panic!("the send step names no Message-ID: {detail:?}"))
+        .trim()
+        .to_owned();
+    assert!(
+        message_id.starts_with('<') && message_id.ends_with('>') && message_id.len() > 20,
+        "{message_id}"
+    );
+    let token = env
+        .sync
+        .connections()
+        .access_token(&env.mailbox.id)
+        .await
+        .unwrap();
     let stack = Stack::get();
-    let found = mailsync_e2e::imap_search_subject(
+    let headers = mailsync_e2e::imap_wait_for_message_id(
         &stack,
         "carol@example.test",
         token.token.expose(),
-        "Test Message",
+        &message_id,
+        Duration::from_secs(20),
     )
-    .await;
-    assert!(found, "the test message did not arrive in carol's INBOX");
+    .await
+    .unwrap_or_else(|| panic!("the test message {message_id} did not arrive in carol's INBOX"));
+    assert!(headers.contains("Subject: Test Message"), "{headers}");
+    assert!(headers.contains("From: carol@example.test"), "{headers}");
+    assert!(headers.contains("To: carol@example.test"), "{headers}");
 }
 
 #[tokio::test]
 async fn expired_access_token_is_refreshed_and_the_test_passes() {
     let _provider = mailsync_e2e::provider_shared().await;
     let env = connected("alice@example.test", true, |p, _| p).await;
-    let mut tokens = env
+    let old = expire(&env.sync, &env.mailbox.id)
+        .await
+        .access_token
+        .expose()
+        .to_owned();
+    let report = env
         .sync
-        .store()
-        .get_tokens(&env.mailbox.id)
-        .await
-        .unwrap()
-        .unwrap();
-    let old = tokens.access_token.expose().to_owned();
-    tokens.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
-    env.sync
-        .store()
-        .put_tokens(&tokens, Some(tokens.version))
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
         .await
         .unwrap();
-    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
     assert!(report.is_success(), "{report:#?}");
-    let now = env.sync.access_token(&env.mailbox.id).await.unwrap();
+    let now = env
+        .sync
+        .connections()
+        .access_token(&env.mailbox.id)
+        .await
+        .unwrap();
     assert_ne!(
         now.token.expose(),
         old,
@@ -208,22 +301,18 @@ async fn expired_access_token_is_refreshed_and_the_test_passes() {
 #[tokio::test]
 async fn revoked_grant_fails_at_credentials_with_token_revoked() {
     let _provider = mailsync_e2e::provider_shared().await;
+    // The revocation reaches every grant of bob on the `web` client (Google-like): the other
+    // tests of this binary that use bob wait.
+    let _bob = mailsync_e2e::account_lock("bob@example.test").await;
     let env = connected("bob@example.test", true, |p, _| p).await;
-    let mut tokens = env
+    let grant = expire(&env.sync, &env.mailbox.id).await;
+    mailsync_e2e::revoke(grant.access_token.expose());
+    let report = env
         .sync
-        .store()
-        .get_tokens(&env.mailbox.id)
-        .await
-        .unwrap()
-        .unwrap();
-    mailsync_e2e::revoke(tokens.access_token.expose());
-    tokens.expires_at = Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
-    env.sync
-        .store()
-        .put_tokens(&tokens, Some(tokens.version))
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
         .await
         .unwrap();
-    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
     assert_eq!(report.outcome, TestOutcome::Failure);
     let d = report
         .incoming
@@ -241,18 +330,32 @@ async fn revoked_grant_fails_at_credentials_with_token_revoked() {
         !report.incoming_enabled,
         "a permanent failure disables the direction"
     );
-    let mailbox = env.sync.get_mailbox(&env.mailbox.id).await.unwrap();
+    let state = env.sync.directory().state(&env.mailbox.id).await.unwrap();
     assert!(
-        mailbox
-            .alerts
+        matches!(
+            state.incoming.status,
+            DirectionStatus::Disabled {
+                code: ErrorCode::TokenRevoked,
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+    let alerts = env.sync.directory().alerts(&env.mailbox.id).await.unwrap();
+    assert!(
+        alerts
             .iter()
-            .any(|a| a.level == AlertLevel::Error && a.code == "token_revoked")
+            .any(|a| a.level == AlertLevel::Error && a.code == "token_revoked"),
+        "{alerts:?}"
     );
 }
 
 #[tokio::test]
 async fn server_not_listening_is_network_and_stays_retryable() {
     let _provider = mailsync_e2e::provider_shared().await;
+    // carol's `web` grants: revoked_grant_with_an_unexpired_token_is_still_token_revoked
+    // revokes them.
+    let _carol = mailsync_e2e::account_lock("carol@example.test").await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -261,23 +364,43 @@ async fn server_not_listening_is_network_and_stays_retryable() {
         p.with_incoming(Endpoint::new(&s.imap.host, closed, Security::Tls))
     })
     .await;
-    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
+    let report = env
+        .sync
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
+        .await
+        .unwrap();
     let d = report.incoming.as_ref().unwrap().diagnosis.clone().unwrap();
     assert_eq!(
         (d.step.as_str(), d.code.as_str(), d.transient),
         ("connect", "network", true)
     );
+    // New design: a transient failure puts the direction in Retrying (tried again later,
+    // not disabled) instead of leaving it enabled, so the report says "not enabled" now.
     assert!(
-        report.incoming_enabled,
-        "a transient failure leaves the mailbox retryable"
+        !report.incoming_enabled,
+        "a retrying direction is not enabled"
+    );
+    let state = env.sync.directory().state(&env.mailbox.id).await.unwrap();
+    assert!(
+        matches!(
+            state.incoming.status,
+            DirectionStatus::Retrying {
+                failures: 1,
+                code: ErrorCode::Network,
+                ..
+            }
+        ),
+        "a transient failure leaves the mailbox retryable: {state:?}"
     );
     assert!(report.outgoing.as_ref().unwrap().success);
-    let mailbox = env.sync.get_mailbox(&env.mailbox.id).await.unwrap();
+    assert!(report.outgoing_enabled);
+    let alerts = env.sync.directory().alerts(&env.mailbox.id).await.unwrap();
     assert!(
-        mailbox
-            .alerts
+        alerts
             .iter()
-            .any(|a| a.level == AlertLevel::Warning && a.code == "network")
+            .any(|a| a.level == AlertLevel::Warning && a.code == "network"),
+        "{alerts:?}"
     );
 }
 
@@ -285,7 +408,12 @@ async fn server_not_listening_is_network_and_stays_retryable() {
 async fn certificate_from_unknown_ca_is_tls() {
     let _provider = mailsync_e2e::provider_shared().await;
     let env = connected("alice@example.test", false, |p, _| p).await;
-    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
+    let report = env
+        .sync
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
+        .await
+        .unwrap();
     for direction in [&report.incoming, &report.outgoing] {
         let d = direction.as_ref().unwrap().diagnosis.clone().unwrap();
         assert_eq!((d.step.as_str(), d.code.as_str()), ("tls", "tls"), "{d:?}");
@@ -302,7 +430,12 @@ async fn certificate_from_unknown_ca_is_tls() {
 async fn imap_disabled_for_the_account_is_protocol_disabled() {
     let _provider = mailsync_e2e::provider_shared().await;
     let env = connected("dave@example.test", true, |p, _| p).await;
-    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
+    let report = env
+        .sync
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
+        .await
+        .unwrap();
     let d = report.incoming.as_ref().unwrap().diagnosis.clone().unwrap();
     assert_eq!(
         (d.step.as_str(), d.code.as_str()),
@@ -327,6 +460,8 @@ async fn silent_server_times_out_within_the_connection_timeout() {
             held.push(socket);
         }
     });
+    // bob's `web` grants: revoked_grant_fails_at_credentials_with_token_revoked revokes them.
+    let _bob = mailsync_e2e::account_lock("bob@example.test").await;
     let env = connected("bob@example.test", true, |p, s| {
         let mut p = p.with_incoming(Endpoint::new(&s.imap.host, port, Security::Tls));
         p.processing.connection_timeout_secs = 1;
@@ -334,7 +469,12 @@ async fn silent_server_times_out_within_the_connection_timeout() {
     })
     .await;
     let started = std::time::Instant::now();
-    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
+    let report = env
+        .sync
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
+        .await
+        .unwrap();
     let d = report.incoming.as_ref().unwrap().diagnosis.clone().unwrap();
     assert_eq!(
         (d.step.as_str(), d.code.as_str(), d.transient),
@@ -353,13 +493,15 @@ async fn test_all_mailboxes_of_a_profile() {
     let env = connected("alice@example.test", true, |p, _| p).await;
     let second = env
         .sync
+        .directory()
         .create_mailbox(MailboxSpec::user("carol@example.test"))
         .await
         .unwrap();
     let profile = env.mailbox.profile_id.clone().unwrap();
     let reports = env
         .sync
-        .test_all_mailboxes(&profile, &TestOptions::default())
+        .checks()
+        .test_all(&profile, &TestOptions::default())
         .await
         .unwrap();
     assert_eq!(reports.len(), 2);
@@ -377,31 +519,42 @@ async fn test_all_mailboxes_of_a_profile() {
 #[tokio::test]
 async fn revoked_grant_with_an_unexpired_token_is_still_token_revoked() {
     let _provider = mailsync_e2e::provider_shared().await;
+    // The revocation reaches every grant of carol on the `web` client (Google-like): the
+    // other tests of this binary that use carol wait.
+    let _carol = mailsync_e2e::account_lock("carol@example.test").await;
     let env = connected("carol@example.test", true, |p, _| p).await;
-    let tokens = env
+    let grant = env
         .sync
         .store()
-        .get_tokens(&env.mailbox.id)
+        .get_grant(&env.mailbox.id)
         .await
         .unwrap()
         .unwrap();
     // The user revokes access; the stored token still looks valid for an hour.
-    mailsync_e2e::revoke(tokens.access_token.expose());
-    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
+    mailsync_e2e::revoke(grant.access_token.expose());
+    let report = env
+        .sync
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
+        .await
+        .unwrap();
     let d = report.incoming.as_ref().unwrap().diagnosis.clone().unwrap();
     assert_eq!(
         (d.step.as_str(), d.code.as_str()),
         ("credentials", "token_revoked"),
         "{d:?}"
     );
-    let mailbox = env.sync.get_mailbox(&env.mailbox.id).await.unwrap();
+    let state = env.sync.directory().state(&env.mailbox.id).await.unwrap();
     assert!(
         matches!(
-            mailbox.connection,
-            mailsync::model::ConnectionState::NeedsReconsent { .. }
+            state.grant,
+            GrantStatus::NeedsReconsent {
+                code: ErrorCode::TokenRevoked,
+                ..
+            }
         ),
         "{:?}",
-        mailbox.connection
+        state.grant
     );
 }
 
@@ -420,7 +573,12 @@ async fn smtp_without_auth_before_starttls_is_mechanism_unsupported() {
         p
     })
     .await;
-    let report = env.sync.test_and_enable(&env.mailbox.id).await.unwrap();
+    let report = env
+        .sync
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
+        .await
+        .unwrap();
     assert!(report.incoming.as_ref().unwrap().success);
     let d = report.outgoing.as_ref().unwrap().diagnosis.clone().unwrap();
     assert_eq!(
@@ -436,9 +594,12 @@ async fn smtp_refusing_the_sender_is_send_rejected_with_password_credentials() {
     use mailsync::model::{Authentication, IncomingEndpoint, IncomingProtocol, MailboxCredentials};
     let stack = Stack::get();
     let dir = tempfile::tempdir().unwrap();
-    let sync = MailSync::open_sqlite_with(dir.path().join("m.db"), settings(&stack, true))
-        .await
-        .unwrap();
+    let sync = MailSync::open(
+        StoreConfig::sqlite(dir.path().join("m.db")),
+        settings(&stack, true),
+    )
+    .await
+    .unwrap();
     // A generic IMAP/SMTP profile with per-mailbox passwords (app passwords).
     let incoming = IncomingEndpoint {
         protocol: IncomingProtocol::Imap,
@@ -450,11 +611,12 @@ async fn smtp_refusing_the_sender_is_send_rejected_with_password_credentials() {
         Security::StartTls,
     );
     let profile = sync
+        .directory()
         .create_profile(ServerProfile::generic(
             "Passwords",
             incoming,
             outgoing,
-            Authentication::CredentialsPerMailbox,
+            Authentication::CredentialsPerMailbox {},
         ))
         .await
         .unwrap();
@@ -465,12 +627,13 @@ async fn smtp_refusing_the_sender_is_send_rejected_with_password_credentials() {
         username: bob.email.clone(),
         password: Some(bob.password.clone().into()),
     });
-    let mailbox = sync.create_mailbox(spec).await.unwrap();
+    let mailbox = sync.directory().create_mailbox(spec).await.unwrap();
     let options = TestOptions {
         send_test_message: true,
     };
     let report = sync
-        .test_and_enable_with(&mailbox.id, &options)
+        .checks()
+        .test_and_enable(&mailbox.id, &options)
         .await
         .unwrap();
     let incoming = report.incoming.as_ref().unwrap();
@@ -495,10 +658,130 @@ async fn smtp_refusing_the_sender_is_send_rejected_with_password_credentials() {
     );
     // The password is sealed and never shown.
     assert!(!format!("{report:?}").contains(&bob.password));
-    let stored = sync.get_mailbox(&mailbox.id).await.unwrap();
+    let stored = sync.directory().get_mailbox(&mailbox.id).await.unwrap();
     assert!(
         !serde_json::to_string(&stored)
             .unwrap()
             .contains(&bob.password)
     );
+}
+
+/// A hung provider costs Test & Enable one credentials attempt, shared by
+/// both directions, not one per direction.
+///
+/// The grant is bound to the issuer and token endpoint it came from, so the
+/// hang is now the stack provider's own (`refresh_hang`: the request is held
+/// and never answered) rather than another issuer pointed at a silent port,
+/// which the library would refuse with `grant_mismatch` without asking anyone.
+/// The hang is armed for the `short_rotating` client only, which no other test
+/// of this binary (nor the other suites but smoke) uses, so no one else's
+/// refresh is held.
+#[tokio::test]
+async fn a_hung_provider_is_asked_once_per_test_run() {
+    // The failure is armed on the shared provider: no other test of this binary runs.
+    let _provider = mailsync_e2e::provider_exclusive().await;
+    let client = "short_rotating";
+    let env = connected_on(client, "carol@example.test", true, |p, _| p).await;
+    // Make the stored access token stale, so a refresh is due.
+    let mut grant = env
+        .sync
+        .store()
+        .get_grant(&env.mailbox.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let now = Timestamp::now_utc();
+    grant.obtained_at = now.minus(Duration::from_secs(2 * 3600));
+    grant.expires_at = Some(now.minus(Duration::from_secs(3600)));
+    env.sync
+        .store()
+        .put_grant(&grant, grant.version, None)
+        .await
+        .unwrap()
+        .expect("grant CAS");
+
+    let stack = Stack::get();
+    let client_id = stack.oauth.client(client).client_id.clone();
+    let before = mailsync_e2e::stats().await;
+    // The provider holds the next refresh of the client and never answers it; a second
+    // refresh would reach the provider (and be counted there).
+    mailsync_e2e::inject_failure_for(
+        mailsync_e2e::OAuthServer::Google,
+        "refresh_hang",
+        1,
+        Some(client),
+        &[],
+    )
+    .await;
+    let mut hung = settings(&stack, true);
+    hung.http_timeout_secs = 1;
+    hung.refresh_retry.attempts = 1;
+    let sync = MailSync::with_store(env.sync.store().clone(), hung).unwrap();
+    let report = sync
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
+        .await;
+    let after = mailsync_e2e::stats().await;
+    // Disarmed before any assertion can fail.
+    mailsync_e2e::release_held_refreshes().await;
+    let report = report.unwrap();
+    for direction in [report.incoming.as_ref(), report.outgoing.as_ref()] {
+        let d = direction.unwrap().diagnosis.clone().unwrap();
+        assert_eq!(
+            (d.step.as_str(), d.code.as_str()),
+            ("credentials", "provider_unavailable"),
+            "{d:?}"
+        );
+    }
+    assert_eq!(
+        mailsync_e2e::stat(&after, "held_refresh_requests")
+            - mailsync_e2e::stat(&before, "held_refresh_requests"),
+        1,
+        "one request to the provider for the whole run: {after}"
+    );
+    assert_eq!(
+        mailsync_e2e::client_token_requests(&after, &client_id, "refresh_token")
+            - mailsync_e2e::client_token_requests(&before, &client_id, "refresh_token"),
+        0,
+        "no second refresh reached the provider: {}",
+        after["token_requests_by_client"]
+    );
+}
+
+/// TLS to a port that speaks plaintext says the port or security setting is
+/// wrong, instead of blaming certificates.
+#[tokio::test]
+async fn tls_to_a_plaintext_port_names_the_port_setting() {
+    let _provider = mailsync_e2e::provider_shared().await;
+    let env = connected("dave@example.test", true, |p, s| {
+        p.with_incoming(Endpoint::new(
+            &s.imap.host,
+            s.imap.plain_port,
+            Security::Tls,
+        ))
+        .with_outgoing(Endpoint::new(
+            &s.smtp.host,
+            s.smtp.starttls_port,
+            Security::Tls,
+        ))
+    })
+    .await;
+    let report = env
+        .sync
+        .checks()
+        .test_and_enable(&env.mailbox.id, &TestOptions::default())
+        .await
+        .unwrap();
+    for (direction, greeting) in [
+        (report.incoming.as_ref(), "an IMAP greeting"),
+        (report.outgoing.as_ref(), "an SMTP greeting"),
+    ] {
+        let d = direction.unwrap().diagnosis.clone().unwrap();
+        assert_eq!(
+            (d.step.as_str(), d.code.as_str()),
+            ("tls", "protocol_error")
+        );
+        assert!(d.message.contains(greeting), "{}", d.message);
+        assert!(d.message.contains("port"), "{}", d.message);
+    }
 }

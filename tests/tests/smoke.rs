@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mailsync_e2e::wire::{self, AuthResult, Mech};
-use mailsync_e2e::{Stack, TokenSet};
+use mailsync_e2e::{OAuthServer, Stack, TokenOpts, TokenSet};
 
 const MAIL_SCOPE: &str = "https://mail.google.com/";
 const MECHS: [Mech; 2] = [Mech::XOAuth2, Mech::OAuthBearer];
@@ -146,16 +146,102 @@ async fn revoked_token_is_refused_with_json_challenge() {
     let _p = mailsync_e2e::provider_shared().await;
     let s = Stack::get();
     let user = "bob@example.test";
-    let t = mailsync_e2e::token(user);
+    // Revocation reaches every grant of the account for the client (Google-like), so not
+    // bob's `web` grants, which other tests use at the same time: the `rotating` client
+    // (no other test uses it for bob; its tokens log in like any other).
+    let t = mailsync_e2e::token_client(user, "rotating");
     let (_c, r) = imap_login(&s, Mech::XOAuth2, user, &t.access_token).await;
     assert!(r.ok, "fresh token refused: {r:?}");
-    mailsync_e2e::revoke(&t.access_token);
+    mailsync_e2e::revoke_with(&t.access_token, OAuthServer::Google, "rotating");
     let info = mailsync_e2e::introspect(&t.access_token).await;
     assert_eq!(info["active"], false, "revoked token still active");
     // the whole grant is gone (Google-like): the refresh token is dead too
     let refresh = t.refresh_token.as_deref().unwrap();
     assert_eq!(mailsync_e2e::introspect(refresh).await["active"], false);
     assert_refused_everywhere(&s, user, &t.access_token).await;
+}
+
+/// Like Google, on both providers: revoking one token revokes every grant the account holds
+/// for that client (also those of other, separate consents), and nothing of other accounts.
+/// dave is the revoked account: no other test uses dave with these clients (the revocation
+/// would reach their grants).
+#[tokio::test]
+async fn revoking_a_token_revokes_every_grant_of_the_account_for_the_client() {
+    let _p = mailsync_e2e::provider_shared().await;
+    let cases = [
+        // Google-like: revoke the first consent's refresh token (its 5 s access token could
+        // expire before the revocation; an expired token is not revocable)
+        (
+            OAuthServer::Google,
+            "short_rotating",
+            "bob@example.test",
+            true,
+        ),
+        // generic: revoke the first consent's access token
+        (OAuthServer::Generic, "web", "carol@example.test", false),
+    ];
+    for (server, client, other_user, revoke_refresh) in cases {
+        let opts = TokenOpts {
+            server,
+            client: Some(client),
+            ..TokenOpts::default()
+        };
+        let user = "dave@example.test";
+        // two separate consents (each `token` run has its own browser session: two grants)
+        let first = mailsync_e2e::token_opts(user, &opts);
+        let second = mailsync_e2e::token_opts(user, &opts);
+        let other = mailsync_e2e::token_opts(other_user, &opts);
+        let first_refresh = first.refresh_token.clone().expect("refresh token");
+        let second_refresh = second.refresh_token.clone().expect("refresh token");
+        let other_refresh = other.refresh_token.clone().expect("refresh token");
+        assert_ne!(first_refresh, second_refresh);
+        assert_eq!(
+            mailsync_e2e::introspect_at(server, &second_refresh).await["active"],
+            true,
+            "{server:?}: second consent's refresh token not active before the revocation"
+        );
+
+        let revoked = if revoke_refresh {
+            &first_refresh
+        } else {
+            &first.access_token
+        };
+        mailsync_e2e::revoke_with(revoked, server, client);
+
+        // the second consent's grant is gone too: its refresh token is refused
+        let (status, v) = mailsync_e2e::refresh_grant(server, client, &second_refresh).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{server:?}: the second consent survived the revocation of the first"
+        );
+        assert_eq!(
+            mailsync_e2e::introspect_at(server, &second_refresh).await["active"],
+            false,
+            "{server:?}"
+        );
+        if !revoke_refresh {
+            // (long-lived access tokens only: a 5 s one may just have expired)
+            assert_eq!(
+                mailsync_e2e::introspect_at(server, &second.access_token).await["active"],
+                false,
+                "{server:?}: second consent's access token still active"
+            );
+        }
+        let (status, v) = mailsync_e2e::refresh_grant(server, client, &first_refresh).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{server:?}"
+        );
+        // another account's grant for the same client is untouched
+        let (status, v) = mailsync_e2e::refresh_grant(server, client, &other_refresh).await;
+        assert_eq!(
+            status, 200,
+            "{server:?}: {other_user}'s grant was revoked too: {}",
+            v["error"]
+        );
+    }
 }
 
 #[tokio::test]
@@ -326,6 +412,7 @@ async fn delivered_messages_are_visible_over_imap() {
             non_ascii: true,
             seed: Some(7),
             subject_prefix: Some(prefix.clone()),
+            ..Default::default()
         },
     );
     assert_eq!(ids.len(), 3);
@@ -450,4 +537,554 @@ async fn provider_stats_and_failure_injection() {
     assert!(!r.ok && r.challenge.is_none(), "{r:?}");
     assert!(r.final_line.starts_with("A1 NO [UNAVAILABLE]"), "{r:?}");
     mailsync_e2e::inject_failure("clear", 0).await;
+}
+
+/// `refresh_hang`: a held refresh request never reaches oidc-provider. A client that gives up
+/// leaves the (rotating) refresh token unspent; `release` answers a still-held one with 503.
+/// dave on the `rotating` client: no other test uses that pair.
+#[tokio::test]
+async fn held_refresh_is_never_processed_and_leaves_the_refresh_token_usable() {
+    use mailsync_e2e::stat;
+    let _p = mailsync_e2e::provider_exclusive().await;
+    let s = Stack::get();
+    let client = "rotating";
+    let client_id = s.oauth.client(client).client_id.clone();
+    let t = mailsync_e2e::token_client("dave@example.test", client);
+    let r1 = t.refresh_token.clone().expect("refresh token");
+    let before = mailsync_e2e::stats().await;
+
+    // 1. held; the client gives up after 1 s; the provider drops the request unprocessed
+    mailsync_e2e::hold_refreshes(client, 1).await;
+    let answer = mailsync_e2e::refresh_grant_within(
+        OAuthServer::Google,
+        client,
+        &r1,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        answer.is_none(),
+        "held refresh was answered: {:?}",
+        answer.map(|(status, v)| (status, v["error"].clone()))
+    );
+    let dropped = stat(&before, "held_refresh_requests_dropped");
+    mailsync_e2e::wait_for(
+        "the held request to be dropped",
+        Duration::from_secs(10),
+        || async {
+            stat(
+                &mailsync_e2e::stats().await,
+                "held_refresh_requests_dropped",
+            ) == dropped + 1
+        },
+    )
+    .await;
+
+    // 2. held again; `release` answers it with 503
+    mailsync_e2e::hold_refreshes(client, 1).await;
+    let waiting = {
+        let r1 = r1.clone();
+        tokio::spawn(async move {
+            mailsync_e2e::refresh_grant_within(
+                OAuthServer::Google,
+                client,
+                &r1,
+                Duration::from_secs(15),
+            )
+            .await
+        })
+    };
+    mailsync_e2e::wait_for(
+        "the request to be held",
+        Duration::from_secs(10),
+        || async {
+            stat(
+                &mailsync_e2e::stats().await,
+                "held_refresh_requests_pending",
+            ) == 1
+        },
+    )
+    .await;
+    mailsync_e2e::release_held_refreshes().await;
+    let (status, v) = waiting.await.unwrap().expect("released request answered");
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "released held request"
+    );
+
+    // 3. the refresh token was never used: it refreshes now (and is rotated now)
+    let (status, v) = mailsync_e2e::refresh_grant(OAuthServer::Google, client, &r1).await;
+    assert_eq!(
+        status, 200,
+        "refresh token spent by a held request: {}",
+        v["error"]
+    );
+    assert!(v["refresh_token"].as_str().is_some_and(|r2| r2 != r1));
+
+    let after = mailsync_e2e::stats().await;
+    let delta = |k: &str| stat(&after, k) - stat(&before, k);
+    assert_eq!(delta("held_refresh_requests"), 2, "{after}");
+    assert_eq!(delta("held_refresh_requests_dropped"), 1, "{after}");
+    assert_eq!(delta("held_refresh_requests_released"), 1, "{after}");
+    assert_eq!(stat(&after, "held_refresh_requests_pending"), 0, "{after}");
+    // only the last request reached oidc-provider
+    assert_eq!(
+        mailsync_e2e::client_token_requests(&after, &client_id, "refresh_token")
+            - mailsync_e2e::client_token_requests(&before, &client_id, "refresh_token"),
+        1,
+        "{}",
+        after["token_requests_by_client"]
+    );
+}
+
+/// `refresh_delay`: oidc-provider processes the refresh at once (the rotating refresh token is
+/// spent), only the answer waits. A client that waits gets it after the delay; a client that
+/// gives up during the delay has lost the new refresh token while the old one is spent.
+/// dave on the `rotating` client: no other test uses that pair (the final replay revokes
+/// dave's grants for the client).
+#[tokio::test]
+async fn delayed_refresh_is_processed_at_once_and_its_answer_can_be_lost() {
+    use mailsync_e2e::stat;
+    let _p = mailsync_e2e::provider_exclusive().await;
+    let s = Stack::get();
+    let client = "rotating";
+    let client_id = s.oauth.client(client).client_id.clone();
+    let t = mailsync_e2e::token_client("dave@example.test", client);
+    let r1 = t.refresh_token.clone().expect("refresh token");
+    // a second, separate consent: the final replay revokes it too (Google-like)
+    let sibling = mailsync_e2e::token_client("dave@example.test", client);
+    let before = mailsync_e2e::stats().await;
+
+    // a client that waits: the answer comes, after the delay
+    let delay = Duration::from_millis(1500);
+    mailsync_e2e::delay_refreshes(client, 1, delay).await;
+    let started = std::time::Instant::now();
+    let (status, v) = mailsync_e2e::refresh_grant_within(
+        OAuthServer::Google,
+        client,
+        &r1,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("delayed answer");
+    assert!(
+        started.elapsed() >= delay,
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 200, "delayed refresh: {}", v["error"]);
+    let r2 = v["refresh_token"].as_str().expect("rotated").to_string();
+    assert_ne!(r2, r1);
+
+    // a client that gives up after 1 s of a 10 s delay
+    mailsync_e2e::delay_refreshes(client, 1, Duration::from_secs(10)).await;
+    let answer = mailsync_e2e::refresh_grant_within(
+        OAuthServer::Google,
+        client,
+        &r2,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        answer.is_none(),
+        "answered within the delay: {:?}",
+        answer.map(|(status, v)| (status, v["error"].clone()))
+    );
+    // lost = processed by oidc-provider and the client gone (bounded poll, no sleep)
+    let lost = stat(&before, "delayed_refresh_responses_lost");
+    mailsync_e2e::wait_for(
+        "the delayed answer to be lost",
+        Duration::from_secs(10),
+        || async {
+            stat(
+                &mailsync_e2e::stats().await,
+                "delayed_refresh_responses_lost",
+            ) == lost + 1
+        },
+    )
+    .await;
+    // the provider rotated already: r2 is spent
+    let (status, v) = mailsync_e2e::refresh_grant(OAuthServer::Google, client, &r2).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "the refresh token survived a delayed (processed) refresh"
+    );
+    // that replay revoked every grant of dave for the client, the other consent's too
+    let (status, v) = mailsync_e2e::refresh_grant(
+        OAuthServer::Google,
+        client,
+        sibling.refresh_token.as_deref().expect("refresh token"),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "a separate consent survived the replay of a spent refresh token"
+    );
+
+    let after = mailsync_e2e::stats().await;
+    let delta = |k: &str| stat(&after, k) - stat(&before, k);
+    assert_eq!(delta("delayed_refresh_requests"), 2, "{after}");
+    assert_eq!(delta("delayed_refresh_responses_delivered"), 1, "{after}");
+    assert_eq!(delta("delayed_refresh_responses_lost"), 1, "{after}");
+    assert_eq!(
+        stat(&after, "delayed_refresh_responses_pending"),
+        0,
+        "{after}"
+    );
+    // all four reached oidc-provider
+    assert_eq!(
+        mailsync_e2e::client_token_requests(&after, &client_id, "refresh_token")
+            - mailsync_e2e::client_token_requests(&before, &client_id, "refresh_token"),
+        4,
+        "{}",
+        after["token_requests_by_client"]
+    );
+}
+
+// ------------------------------------------------------------------ per-client token behaviour
+//
+// The Google-like provider has extra web clients with their own token behaviour (stack.json
+// oauth.clients), so these tests share the provider instead of restarting it exclusively.
+
+/// Poll introspection (bounded) until the access token is inactive.
+async fn wait_until_expired(token: &str) {
+    let token = token.to_string();
+    mailsync_e2e::wait_for("access token expiry", Duration::from_secs(20), || {
+        let token = token.clone();
+        async move { mailsync_e2e::introspect(&token).await["active"] == false }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn short_client_token_logs_in_then_expires_without_a_provider_restart() {
+    let _p = mailsync_e2e::provider_shared().await;
+    let s = Stack::get();
+    let c = s.oauth.client("short");
+    assert_eq!(c.access_token_ttl, 5, "{c:?}");
+    assert!(!c.rotate_refresh_tokens, "{c:?}");
+    assert_ne!(c.client_id, s.oauth.client_id);
+    let provider_pid = s.pids["provider"];
+    let user = "bob@example.test";
+    let t = mailsync_e2e::token_client(user, "short");
+    assert_token_set(&t);
+    assert!(t.expires_in.is_some_and(|e| e <= 5), "{t:?}");
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, user, &t.access_token).await;
+    assert!(
+        r.ok && r.challenge.is_none(),
+        "fresh short-lived token refused: {r:?}"
+    );
+    wait_until_expired(&t.access_token).await;
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, user, &t.access_token).await;
+    assert_challenge_refusal("imap", Mech::XOAuth2, &r);
+    // the refresh token still works and is not rotated; the new access token is short too
+    let refresh = t.refresh_token.clone().unwrap();
+    let (status, v) = mailsync_e2e::refresh_grant(OAuthServer::Google, "short", &refresh).await;
+    assert_eq!(status, 200, "refresh: {}", v["error"]);
+    assert!(
+        v["refresh_token"].is_null() || v["refresh_token"] == refresh.as_str(),
+        "short client rotated its refresh token"
+    );
+    assert!(
+        v["expires_in"].as_u64().is_some_and(|e| e <= 5),
+        "{}",
+        v["expires_in"]
+    );
+    let fresh = v["access_token"].as_str().expect("access_token");
+    let (_c, r) = imap_login(&s, Mech::OAuthBearer, user, fresh).await;
+    assert!(r.ok, "refreshed short-lived token refused: {r:?}");
+    // no restart happened
+    assert_eq!(Stack::get().pids["provider"], provider_pid);
+}
+
+#[tokio::test]
+async fn rotating_client_rotates_the_refresh_token_on_every_use() {
+    let _p = mailsync_e2e::provider_shared().await;
+    let s = Stack::get();
+    let c = s.oauth.client("rotating").clone();
+    assert!(c.rotate_refresh_tokens, "{c:?}");
+    assert_eq!(c.access_token_ttl, 3600, "{c:?}");
+    let user = "carol@example.test";
+    let t = mailsync_e2e::token_client(user, "rotating");
+    assert_token_set(&t);
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, user, &t.access_token).await;
+    assert!(r.ok, "{r:?}");
+    let before = mailsync_e2e::stats().await;
+
+    let r1 = t.refresh_token.clone().unwrap();
+    let (status, v) = mailsync_e2e::refresh_grant(OAuthServer::Google, "rotating", &r1).await;
+    assert_eq!(status, 200, "refresh: {}", v["error"]);
+    let r2 = v["refresh_token"]
+        .as_str()
+        .expect("rotated refresh token")
+        .to_string();
+    assert_ne!(r2, r1, "refresh token not rotated");
+    let access = v["access_token"].as_str().expect("access_token");
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, user, access).await;
+    assert!(r.ok, "access token from a rotated refresh refused: {r:?}");
+
+    let (status, v) = mailsync_e2e::refresh_grant(OAuthServer::Google, "rotating", &r2).await;
+    assert_eq!(status, 200, "second refresh: {}", v["error"]);
+    let r3 = v["refresh_token"]
+        .as_str()
+        .expect("rotated again")
+        .to_string();
+    assert!(r3 != r2 && r3 != r1);
+    // a spent refresh token is refused
+    let (status, v) = mailsync_e2e::refresh_grant(OAuthServer::Google, "rotating", &r1).await;
+    assert_eq!(status, 400, "spent refresh token accepted");
+    assert_eq!(v["error"], "invalid_grant", "{}", v["error"]);
+
+    // /__stats counts per client: exactly these three refreshes, all by the rotating client
+    let after = mailsync_e2e::stats().await;
+    let id = &c.client_id;
+    let delta = |grant: &str| {
+        mailsync_e2e::client_token_requests(&after, id, grant)
+            - mailsync_e2e::client_token_requests(&before, id, grant)
+    };
+    assert_eq!(
+        delta("refresh_token"),
+        3,
+        "{}",
+        after["token_requests_by_client"]
+    );
+    assert_eq!(
+        delta("authorization_code"),
+        0,
+        "{}",
+        after["token_requests_by_client"]
+    );
+    assert!(
+        after["token_requests"]["refresh_token"].as_u64().unwrap()
+            >= before["token_requests"]["refresh_token"].as_u64().unwrap() + 3,
+        "totals not kept: {after}"
+    );
+}
+
+#[tokio::test]
+async fn short_rotating_client_expires_and_rotates() {
+    let _p = mailsync_e2e::provider_shared().await;
+    let s = Stack::get();
+    let c = s.oauth.client("short_rotating");
+    assert_eq!(c.access_token_ttl, 5, "{c:?}");
+    assert!(c.rotate_refresh_tokens, "{c:?}");
+    let user = "alice@example.test";
+    let t = mailsync_e2e::token_client(user, "short_rotating");
+    assert_token_set(&t);
+    assert!(t.expires_in.is_some_and(|e| e <= 5), "{t:?}");
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, user, &t.access_token).await;
+    assert!(r.ok, "{r:?}");
+    wait_until_expired(&t.access_token).await;
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, user, &t.access_token).await;
+    assert_challenge_refusal("imap", Mech::XOAuth2, &r);
+    let r1 = t.refresh_token.clone().unwrap();
+    let (status, v) = mailsync_e2e::refresh_grant(OAuthServer::Google, "short_rotating", &r1).await;
+    assert_eq!(status, 200, "refresh: {}", v["error"]);
+    let r2 = v["refresh_token"].as_str().expect("rotated refresh token");
+    assert_ne!(r2, r1, "refresh token not rotated");
+    assert!(
+        v["expires_in"].as_u64().is_some_and(|e| e <= 5),
+        "{}",
+        v["expires_in"]
+    );
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, user, v["access_token"].as_str().unwrap()).await;
+    assert!(r.ok, "{r:?}");
+}
+
+// ------------------------------------------------------------------ the generic provider
+//
+// stack.json oauth2_generic ("provider2"): RFC 8414 metadata only, scope "mail", refresh
+// tokens only with offline_access, no email in the id_token. Dovecot accepts its tokens too.
+
+#[tokio::test]
+async fn generic_provider_has_rfc8414_metadata_and_no_openid_discovery() {
+    let s = Stack::get();
+    let g = &s.oauth2_generic;
+    let (status, _) = mailsync_e2e::http(
+        "GET",
+        &format!("{}/.well-known/openid-configuration", g.issuer),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "generic provider serves OpenID discovery");
+    assert_eq!(
+        g.metadata_url,
+        format!("{}/.well-known/oauth-authorization-server", g.issuer)
+    );
+    let (status, body) = mailsync_e2e::http("GET", &g.metadata_url, None, None).await;
+    assert_eq!(status, 200, "{body}");
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["issuer"], g.issuer.as_str(), "{m}");
+    assert_eq!(
+        m["authorization_endpoint"],
+        g.authorization_endpoint.as_str()
+    );
+    assert_eq!(m["token_endpoint"], g.token_endpoint.as_str());
+    assert_eq!(
+        m["introspection_endpoint"],
+        g.introspection_endpoint.as_str()
+    );
+    assert_eq!(m["revocation_endpoint"], g.revocation_endpoint.as_str());
+    let scopes: Vec<&str> = m["scopes_supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(scopes.contains(&g.mail_scope.as_str()), "{scopes:?}");
+    assert!(scopes.contains(&"offline_access"), "{scopes:?}");
+    assert!(!scopes.contains(&MAIL_SCOPE), "{scopes:?}");
+    // the Google-like provider still has its discovery document
+    let (status, _) = mailsync_e2e::http("GET", &s.oauth.discovery_url, None, None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn generic_token_authenticates_imap_pop3_and_smtp() {
+    let _p = mailsync_e2e::provider_shared().await;
+    let s = Stack::get();
+    let g = &s.oauth2_generic;
+    let user = "bob@example.test";
+    let t = mailsync_e2e::token_generic(user);
+    let scope = t.scope.clone().unwrap_or_default();
+    let granted: BTreeSet<&str> = scope.split(' ').collect();
+    assert!(granted.contains(g.mail_scope.as_str()), "{t:?}");
+    assert!(granted.contains("offline_access"), "{t:?}");
+    assert!(
+        t.refresh_token.is_some(),
+        "no refresh token with offline_access: {t:?}"
+    );
+    let info = mailsync_e2e::introspect_at(OAuthServer::Generic, &t.access_token).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["email"], user, "{info}");
+    // a token of one server means nothing to the other
+    assert_eq!(
+        mailsync_e2e::introspect(&t.access_token).await["active"],
+        false
+    );
+    for mech in MECHS {
+        let (_c, r) = imap_login(&s, mech, user, &t.access_token).await;
+        assert!(r.ok && r.challenge.is_none(), "imap {mech:?}: {r:?}");
+        let (_c, r) = pop3_login(&s, mech, user, &t.access_token).await;
+        assert!(r.ok && r.challenge.is_none(), "pop3 {mech:?}: {r:?}");
+        let (mut c, r) = smtp_login(&s, mech, user, &t.access_token).await;
+        assert!(
+            r.ok && r.final_line.starts_with("235"),
+            "smtp {mech:?}: {r:?}"
+        );
+        wire::smtp_cmd(&mut c, "QUIT").await;
+        let mut c = wire::smtp_tls(&s.smtp.host, s.smtp.tls_port).await;
+        let r = wire::smtp_auth(
+            &mut c,
+            mech,
+            user,
+            &t.access_token,
+            &s.smtp.host,
+            s.smtp.tls_port,
+        )
+        .await;
+        assert!(r.ok, "smtp implicit tls {mech:?}: {r:?}");
+    }
+    // another user's mailbox with this token: refused
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, "alice@example.test", &t.access_token).await;
+    assert_challenge_refusal("imap", Mech::XOAuth2, &r);
+    // revoked at the generic provider (as its client): refused everywhere
+    mailsync_e2e::revoke_with(&t.access_token, OAuthServer::Generic, "web");
+    let info = mailsync_e2e::introspect_at(OAuthServer::Generic, &t.access_token).await;
+    assert_eq!(info["active"], false, "{info}");
+    assert_refused_everywhere(&s, user, &t.access_token).await;
+}
+
+#[tokio::test]
+async fn generic_id_token_has_no_email_but_userinfo_has() {
+    let _p = mailsync_e2e::provider_shared().await;
+    let s = Stack::get();
+    let g = &s.oauth2_generic;
+    let user = "carol@example.test";
+    let t = mailsync_e2e::token_generic(user);
+    let claims = mailsync_e2e::jwt_claims(t.id_token.as_deref().expect("id_token"));
+    assert_eq!(claims["iss"], g.issuer.as_str(), "{claims}");
+    assert_eq!(claims["aud"], g.client_id.as_str(), "{claims}");
+    let sub = claims["sub"].as_str().expect("sub").to_string();
+    assert!(!sub.is_empty());
+    assert!(
+        claims.get("email").is_none(),
+        "id_token carries email: {claims}"
+    );
+    let (status, body) =
+        mailsync_e2e::http_bearer("GET", &g.userinfo_endpoint, &t.access_token).await;
+    assert_eq!(status, 200, "userinfo: {body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["email"], user, "{info}");
+    assert_eq!(info["sub"], sub.as_str(), "{info}");
+    // the Google-like provider, for contrast, puts email in the id_token
+    let google = mailsync_e2e::token(user);
+    let gclaims = mailsync_e2e::jwt_claims(google.id_token.as_deref().unwrap());
+    assert_eq!(gclaims["email"], user, "{gclaims}");
+}
+
+#[tokio::test]
+async fn generic_refresh_token_only_with_offline_access() {
+    let _p = mailsync_e2e::provider_shared().await;
+    let s = Stack::get();
+    let user = "alice@example.test";
+    let generic = |scope: Option<&'static str>, uncheck: &'static [&'static str], no_prompt| {
+        mailsync_e2e::token_opts(
+            user,
+            &TokenOpts {
+                server: OAuthServer::Generic,
+                scope,
+                uncheck,
+                no_prompt,
+                ..TokenOpts::default()
+            },
+        )
+    };
+    // not requested
+    let t = generic(Some("openid email mail"), &[], false);
+    assert!(
+        t.refresh_token.is_none(),
+        "refresh token without offline_access: {t:?}"
+    );
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, user, &t.access_token).await;
+    assert!(r.ok, "access token without offline_access refused: {r:?}");
+    // requested, but unchecked on the consent page
+    let t = generic(None, &["offline_access"], false);
+    assert!(t.refresh_token.is_none(), "{t:?}");
+    // requested without prompt=consent: dropped (OpenID Connect Core 11)
+    let t = generic(None, &[], true);
+    assert!(t.refresh_token.is_none(), "{t:?}");
+    assert!(
+        !t.scope
+            .as_deref()
+            .unwrap_or_default()
+            .contains("offline_access"),
+        "{t:?}"
+    );
+    // requested with prompt=consent and granted: a refresh token, which refreshes (not rotated)
+    let t = generic(None, &[], false);
+    let refresh = t
+        .refresh_token
+        .clone()
+        .expect("refresh token with offline_access");
+    let (status, v) = mailsync_e2e::refresh_grant(OAuthServer::Generic, "web", &refresh).await;
+    assert_eq!(status, 200, "refresh: {}", v["error"]);
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, user, v["access_token"].as_str().unwrap()).await;
+    assert!(r.ok, "{r:?}");
+    // a generic token without its mail scope is refused by Dovecot
+    let t = generic(None, &["mail"], false);
+    assert!(
+        !t.scope
+            .as_deref()
+            .unwrap_or_default()
+            .split(' ')
+            .any(|x| x == "mail"),
+        "{t:?}"
+    );
+    let (_c, r) = imap_login(&s, Mech::XOAuth2, user, &t.access_token).await;
+    assert_challenge_refusal("imap", Mech::XOAuth2, &r);
 }

@@ -20,7 +20,7 @@ use mailsync::net::{
 };
 use mailsync::sasl::Mechanism;
 use mailsync::{ErrorCode, Result};
-use mailsync_e2e::{Stack, ca_cert_pem, provider_exclusive, provider_shared};
+use mailsync_e2e::{Stack, ca_cert_pem, provider_exclusive, provider_shared, wire};
 
 const OAUTH_MECHS: [Mechanism; 2] = [Mechanism::XOAuth2, Mechanism::OAuthBearer];
 
@@ -143,12 +143,19 @@ async fn wait_for_imap_message(creds: &Credentials, needle: &str) -> Vec<u8> {
 
 // ---------------------------------------------------------------- IMAP
 
+/// `BODY.PEEK[]` leaves `\Seen` alone. INBOX is opened read-write (SELECT): under EXAMINE
+/// (read-only) no fetch could set `\Seen`, so the check would prove nothing. A control at
+/// the end shows the check sees `\Seen` when a plain `BODY[]` fetch does set it.
 #[tokio::test]
 async fn imap_tls_both_mechanisms_fetch_with_peek() {
     let _g = provider_shared().await;
     let s = Stack::get();
     let user = "alice@example.test";
-    let creds = oauth(user).await;
+    let raw_token = token(user).await;
+    let creds = Credentials::OAuth {
+        user: user.to_owned(),
+        access_token: Secret::new(raw_token.clone()),
+    };
     for mech in OAUTH_MECHS {
         let mut steps = Steps::new("IMAP", opts().timeout);
         let mut c = ImapClient::connect(&imap_tls(&s), &opts(), &creds, Some(mech), &mut steps)
@@ -166,10 +173,11 @@ async fn imap_tls_both_mechanisms_fetch_with_peek() {
                 Step::Authenticate
             ]
         );
-        let before = c.examine_inbox().await.unwrap();
+        // Read-write, so a fetch could change flags.
+        let before = c.select_inbox().await.unwrap();
         let prefix = unique("imap-peek");
         let ids = deliver(user, 2, &prefix).await;
-        let after = c.examine_inbox().await.unwrap();
+        let after = c.select_inbox().await.unwrap();
         assert_eq!(after.uid_validity, before.uid_validity);
         assert!(
             after.uid_next >= before.uid_next + 2,
@@ -189,12 +197,43 @@ async fn imap_tls_both_mechanisms_fetch_with_peek() {
             assert!(m.internal_date.is_some());
             assert!(!m.flags.iter().any(|f| f == "\\Seen"), "{m:?}");
         }
-        // BODY.PEEK never sets \Seen, even after the download.
+        // BODY.PEEK never sets \Seen, even after the download in a read-write session.
         let flags = c.uid_flags(UidRange::from(before.uid_next)).await.unwrap();
         assert_eq!(flags.len(), 2);
         assert!(
             flags.iter().all(|(_, f)| !f.iter().any(|x| x == "\\Seen")),
             "{flags:?}"
+        );
+        // Control: a plain BODY[] fetch (another session, also SELECT) sets \Seen, and the
+        // same check sees it.
+        let first_uid = msgs[0].uid;
+        let mut w = wire::connect_tls(&s.imap.host, s.imap.tls_port).await;
+        wire::imap_greeting(&mut w).await;
+        let auth = wire::imap_auth(
+            &mut w,
+            wire::Mech::XOAuth2,
+            user,
+            &raw_token,
+            &s.imap.host,
+            s.imap.tls_port,
+        )
+        .await;
+        assert!(auth.ok, "{auth:?}");
+        let (_, done) = wire::imap_cmd(&mut w, "c1", "SELECT INBOX").await;
+        assert!(done.starts_with("c1 OK"), "{done}");
+        let (_, done) =
+            wire::imap_cmd(&mut w, "c2", &format!("UID FETCH {first_uid} (BODY[])")).await;
+        assert!(done.starts_with("c2 OK"), "{done}");
+        wire::imap_cmd(&mut w, "c3", "LOGOUT").await;
+        let flags = c
+            .uid_flags(UidRange::between(first_uid, first_uid))
+            .await
+            .unwrap();
+        assert!(
+            flags
+                .iter()
+                .any(|(uid, f)| *uid == first_uid && f.iter().any(|x| x == "\\Seen")),
+            "a BODY[] fetch did not show up as \\Seen: {flags:?}"
         );
         // The size limit skips the download.
         c.set_max_message_size(10);
@@ -249,6 +288,8 @@ async fn imap_starttls_and_password_logins() {
 #[tokio::test]
 async fn pop3_both_mechanisms_both_forms_retr_dot_stuffed() {
     let _g = provider_shared().await;
+    // carol's `web` grants: revoked_token_is_auth_rejected_with_decoded_status revokes them.
+    let _carol = mailsync_e2e::account_lock("carol@example.test").await;
     let s = Stack::get();
     let to = "carol@example.test";
     let subject = unique("pop3-dots");
@@ -429,6 +470,9 @@ async fn certificate_from_unknown_ca_is_tls() {
 #[tokio::test]
 async fn revoked_token_is_auth_rejected_with_decoded_status() {
     let _g = provider_shared().await;
+    // The revocation reaches every grant of carol on the `web` client (Google-like): the
+    // other tests of this binary that use carol wait.
+    let _carol = mailsync_e2e::account_lock("carol@example.test").await;
     let s = Stack::get();
     let user = "carol@example.test";
     let t = token(user).await;

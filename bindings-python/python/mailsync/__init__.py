@@ -1,151 +1,71 @@
 """mailsync: Gmail OAuth 2.0 server-side mail synchronization for CRMs.
 
-Python bindings of the Rust core. All behaviour lives in the core; this
-package converts types and errors. ``mailsync.MailSync`` returns awaitables
-(asyncio); ``mailsync.blocking.MailSync`` offers the same operations as plain
-blocking calls for scripts. Enumerations cross as their snake_case strings
-(e.g. ``"tls"``, ``"start_tls"``); see docs/python.md.
-
-Every failure raises a subclass of :class:`MailsyncError` whose ``code`` is the
-stable code shared with every other language (``error_codes()`` lists them).
+Python bindings of the Rust core; see docs/python.md. ``mailsync.MailSync``
+is the asyncio flavour, ``mailsync.blocking.MailSync`` the blocking one.
+Every failure raises a subclass of :class:`MailsyncError` whose ``code`` is
+the stable code shared with every other language (``error_codes()``).
 """
 
-from mailsync._native import (
-    AccessToken,
-    AccountMismatchError,
-    AdminPolicyError,
-    Alert,
-    AlreadyExistsError,
-    Authentication,
-    AuthRejectedError,
-    CapacityExceededError,
-    ConnectionState,
-    ConsentDeniedError,
-    ConsentFailedError,
-    ConsentRequest,
-    ConsentScreen,
-    Diagnosis,
-    DirectionReport,
-    Endpoint,
-    IncomingEndpoint,
-    InsecureConnectionError,
-    InternalError,
-    InvalidClientError,
-    LastTestResult,
-    Mailbox,
-    MailboxCredentials,
-    MailboxEvent,
-    MailboxSpec,
-    MailSync,
-    MailsyncError,
-    MechanismUnsupportedError,
-    NetworkError,
-    NotATestUserError,
-    NotConnectedError,
-    NotFoundError,
-    OAuthApp,
-    OrgInternalError,
-    Owner,
-    ProcessingOptions,
-    ProfileInUseError,
-    ProtocolDisabledError,
-    ProtocolErrorError,
-    ProviderErrorError,
-    ProviderUnavailableError,
-    RetryPolicy,
-    ScopeNotGrantedError,
-    SealKey,
-    SealKeyMismatchError,
-    SendDeferredError,
-    SendRejectedError,
-    ServerProfile,
-    ServerUnavailableError,
-    Settings,
-    StateInvalidError,
-    StepResult,
-    StoreError,
-    StoreUnavailableError,
-    TestOptions,
-    TestReport,
-    TestStatus,
-    TimeoutError,
-    TlsError,
-    TokenInfo,
-    TokenRevokedError,
-    ValidationError,
-    Warning,
-    __version__,
-    error_class,
-    error_codes,
-)
+import inspect as _inspect
+
+from mailsync import _native
+from mailsync._native import *  # noqa: F403 (every class, error class and function)
+from mailsync._native import TimeoutError, Warning, __version__  # noqa: A004 (not in __all__)
 from mailsync import blocking
 
-# Deliberately no `__all__` entries for the builtin-shadowing names
-# `TimeoutError` and `Warning`: `from mailsync import *` must not replace the
-# builtins. Use `mailsync.TimeoutError` / `mailsync.Warning`.
-__all__ = [
-    "AccessToken",
-    "AccountMismatchError",
-    "AdminPolicyError",
-    "Alert",
-    "AlreadyExistsError",
-    "Authentication",
-    "AuthRejectedError",
-    "CapacityExceededError",
-    "ConnectionState",
-    "ConsentDeniedError",
-    "ConsentFailedError",
-    "ConsentRequest",
-    "ConsentScreen",
-    "Diagnosis",
-    "DirectionReport",
-    "Endpoint",
-    "IncomingEndpoint",
-    "InsecureConnectionError",
-    "InternalError",
-    "InvalidClientError",
-    "LastTestResult",
-    "Mailbox",
-    "MailboxCredentials",
-    "MailboxEvent",
-    "MailboxSpec",
-    "MailSync",
-    "MailsyncError",
-    "MechanismUnsupportedError",
-    "NetworkError",
-    "NotATestUserError",
-    "NotConnectedError",
-    "NotFoundError",
-    "OAuthApp",
-    "OrgInternalError",
-    "Owner",
-    "ProcessingOptions",
-    "ProfileInUseError",
-    "ProtocolDisabledError",
-    "ProtocolErrorError",
-    "ProviderErrorError",
-    "ProviderUnavailableError",
-    "RetryPolicy",
-    "ScopeNotGrantedError",
-    "SealKey",
-    "SealKeyMismatchError",
-    "SendDeferredError",
-    "SendRejectedError",
-    "ServerProfile",
-    "ServerUnavailableError",
-    "Settings",
-    "StateInvalidError",
-    "StepResult",
-    "StoreError",
-    "StoreUnavailableError",
-    "TestOptions",
-    "TestReport",
-    "TestStatus",
-    "TlsError",
-    "TokenInfo",
-    "TokenRevokedError",
-    "ValidationError",
-    "blocking",
-    "error_class",
-    "error_codes",
-]
+__all__ = [name for name in _native.__all__ if not name.startswith("_")] + ["blocking"]
+
+
+def _report_overflow(cls):
+    """Wraps a record class so that an ``int`` its field cannot hold raises
+    ``ValidationError`` naming the field, instead of pyo3's ``OverflowError``.
+
+    Setting an attribute names that attribute. For the constructor, the
+    culprit is found by trying each ``int`` argument alone, the others 0
+    (which every integer field holds)."""
+    construct = _native._constructor(cls)  # before `__new__` is replaced
+    signature = _inspect.signature(cls)
+    params = list(signature.parameters)
+
+    def overflow(field, value):
+        return _native._error("validation", f"{value!r} is out of range", field)
+
+    def __new__(klass, *args, **kwargs):
+        try:
+            return construct(*args, **kwargs)
+        except OverflowError:
+            named = {**dict(zip(params, args)), **kwargs}
+            ints = {k for k, v in named.items() if type(v) is int}
+            for field in ints:
+                try:
+                    construct(**{**named, **{k: 0 for k in ints - {field}}})
+                except OverflowError:
+                    raise overflow(field, named[field]) from None
+                except Exception:
+                    pass
+            raise
+
+    def __setattr__(self, name, value):
+        try:
+            object.__setattr__(self, name, value)
+        except OverflowError:
+            raise overflow(name, value) from None
+
+    first = _inspect.Parameter("cls", _inspect.Parameter.POSITIONAL_ONLY)
+    __new__.__signature__ = signature.replace(parameters=[first, *signature.parameters.values()])
+    cls.__new__ = __new__
+    cls.__setattr__ = __setattr__
+
+
+def _records():
+    """The classes with a constructor: records and the variants of data enums."""
+    for value in vars(_native).values():
+        if isinstance(value, type) and not issubclass(value, BaseException):
+            yield value
+            yield from (v for v in vars(value).values() if isinstance(v, type) and issubclass(v, value))
+
+
+import os as _os  # BREAK
+for _cls in [c for c in _records() if c.__text_signature__ and not _inspect.isfunction(vars(c).get("__new__")) and not (_os.environ.get("MAILSYNC_BREAK") == "overflow" and c.__name__ == "EngineOptions")]:
+    _report_overflow(_cls)
+del _cls

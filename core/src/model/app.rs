@@ -20,6 +20,8 @@ pub const MAX_TEST_USERS: usize = 100;
 /// Google Cloud OAuth client type. Server-side sync needs a Web client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
 pub enum ApplicationType {
     /// "Web application": confidential client with a secret and redirect URIs.
     #[default]
@@ -29,6 +31,8 @@ pub enum ApplicationType {
 /// Who may use the app (consent screen "User type").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
 pub enum UserType {
     /// Only accounts of the Google Cloud organization (Workspace). Others get `org_internal`.
     Internal,
@@ -45,6 +49,8 @@ pub enum UserType {
 /// library then admits only test users and warns about 7-day refresh tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
 pub enum PublishingStatus {
     /// Only test users may consent; their refresh tokens expire after 7 days.
     Testing,
@@ -56,6 +62,20 @@ pub enum PublishingStatus {
 /// The OAuth consent screen settings that change what the library allows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct ConsentScreen {
     /// Internal or External.
     pub user_type: UserType,
@@ -77,6 +97,20 @@ impl ConsentScreen {
 
 /// A non-fatal configuration consequence the admin should know about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct Warning {
     /// Stable snake_case code.
     pub code: String,
@@ -86,6 +120,20 @@ pub struct Warning {
 
 /// The registered OAuth client and its consent screen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct OAuthApp {
     /// Client id, e.g. `1234-abc.apps.googleusercontent.com`.
     pub client_id: String,
@@ -106,6 +154,12 @@ impl OAuthApp {
     /// A Google Web client with its id and secret. Add origins and redirect
     /// URIs with [`OAuthApp::for_environment`] or the `with_*` methods.
     pub fn google(client_id: impl Into<String>, client_secret: impl Into<Secret>) -> Self {
+        OAuthApp::web(client_id, client_secret)
+    }
+
+    /// A confidential web client of any provider, with its id and secret
+    /// (the same shape as [`OAuthApp::google`]).
+    pub fn web(client_id: impl Into<String>, client_secret: impl Into<Secret>) -> Self {
         OAuthApp {
             client_id: client_id.into().trim().to_owned(),
             client_secret: Some(client_secret.into()),

@@ -1,30 +1,50 @@
 //! Mailbox: one user's or queue's address synchronized through a profile.
 //!
-//! Mirrors the Dynamics 365 `mailbox` record (reference.md §A.2): delivery
-//! methods with their rules, approval, per-direction test status, enabled
-//! flags, the OAuth connection state and alerts.
+//! Mirrors the configuration of the Dynamics 365 `mailbox` record: delivery
+//! methods with their rules, approval, "process email from" and
+//! credentials. What changes at run time (the grant, each direction's
+//! status, alerts) is not here but in [`crate::lifecycle::MailboxState`],
+//! so an admin's edit and a sync worker's progress never overwrite each
+//! other.
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
 use super::secret::Secret;
 use super::validate;
-use super::{MailboxId, ProfileId, TestOutcome};
+use super::{MailboxId, ProfileId, Timestamp};
 use crate::error::{Error, Result};
 
 /// Who the mailbox belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+#[serde(rename_all = "snake_case", tag = "kind")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(
+    feature = "napi",
+    napi_derive::napi(discriminant = "kind", discriminant_case = "snake_case")
+)]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass_complex_enum,
+    pyo3::pyclass(module = "mailsync", eq, from_py_object)
+)]
 pub enum Owner {
-    /// A CRM user (by the CRM's user name or id).
-    User(String),
+    /// A CRM user.
+    User {
+        /// The CRM's user name or id.
+        name: String,
+    },
     /// A CRM queue.
-    Queue(String),
+    Queue {
+        /// The queue's name or id.
+        name: String,
+    },
 }
 
 /// How incoming mail reaches the CRM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
 pub enum IncomingDelivery {
     /// Not processed.
     None,
@@ -36,9 +56,32 @@ pub enum IncomingDelivery {
     ForwardMailbox,
 }
 
+/// Which incoming mail the CRM takes in (Dynamics' per-user "Track
+/// incoming email" option). Except for `All`, the engine decides from the
+/// headers, before downloading a message's body, asking the host's sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
+pub enum IncomingFilter {
+    /// Every message.
+    All,
+    /// Only replies to email the CRM tracks (In-Reply-To or References
+    /// names a tracked Message-ID); Dynamics' default.
+    #[default]
+    RepliesToTrackedEmail,
+    /// Only mail from senders the CRM knows (leads, contacts, accounts,
+    /// email-enabled records).
+    FromKnownRecords,
+    /// Nothing (every message is counted as filtered).
+    None,
+}
+
 /// How outgoing mail leaves the CRM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
 pub enum OutgoingDelivery {
     /// Not sent.
     None,
@@ -51,6 +94,8 @@ pub enum OutgoingDelivery {
 /// Email address approval (Dynamics "Email Address Status").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
 pub enum ApprovalStatus {
     /// Not set.
     #[default]
@@ -63,75 +108,11 @@ pub enum ApprovalStatus {
     Rejected,
 }
 
-/// Result of the last test of one direction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case", tag = "status")]
-pub enum TestStatus {
-    /// Never tested.
-    #[default]
-    NotRun,
-    /// Passed.
-    Success {
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-    },
-    /// Failed.
-    Failure {
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// Stable error code of the failure.
-        code: String,
-        /// What went wrong.
-        reason: String,
-    },
-}
-
-impl TestStatus {
-    /// The outcome, if the test ran.
-    pub fn outcome(&self) -> Option<TestOutcome> {
-        match self {
-            TestStatus::NotRun => None,
-            TestStatus::Success { .. } => Some(TestOutcome::Success),
-            TestStatus::Failure { .. } => Some(TestOutcome::Failure),
-        }
-    }
-}
-
-/// Whether the mailbox holds working OAuth tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case", tag = "state")]
-pub enum ConnectionState {
-    /// Never connected, or disconnected.
-    #[default]
-    NotConnected,
-    /// A consent URL was issued; waiting for the redirect.
-    AwaitingConsent {
-        /// When the pending consent expires.
-        #[serde(with = "time::serde::rfc3339")]
-        expires_at: OffsetDateTime,
-    },
-    /// Tokens are stored and valid as far as we know.
-    Connected {
-        /// The Google account that consented.
-        account: String,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        since: OffsetDateTime,
-    },
-    /// The grant stopped working; the owner must consent again.
-    NeedsReconsent {
-        /// Stable code of the cause (e.g. `token_revoked`).
-        code: String,
-        /// Explanation and likely cause, for people.
-        reason: String,
-    },
-}
-
 /// How serious an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
 pub enum AlertLevel {
     /// Information (e.g. the mailbox was enabled).
     Info,
@@ -143,6 +124,20 @@ pub enum AlertLevel {
 
 /// An entry on the mailbox's alerts wall.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct Alert {
     /// Level.
     pub level: AlertLevel,
@@ -151,8 +146,7 @@ pub struct Alert {
     /// Text for people.
     pub message: String,
     /// When.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
+    pub at: Timestamp,
 }
 
 /// The most alerts kept per mailbox; older ones are dropped first.
@@ -160,6 +154,20 @@ pub const MAX_ALERTS: usize = 50;
 
 /// User name and password for "credentials per mailbox" profiles.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct MailboxCredentials {
     /// User name.
     pub username: String,
@@ -168,8 +176,22 @@ pub struct MailboxCredentials {
     pub password: Option<Secret>,
 }
 
-/// A mailbox record.
+/// A mailbox's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct Mailbox {
     /// Stable id.
     pub id: MailboxId,
@@ -183,33 +205,45 @@ pub struct Mailbox {
     pub profile_id: Option<ProfileId>,
     /// Incoming delivery method.
     pub incoming_delivery: IncomingDelivery,
+    /// Which incoming mail is taken in.
+    #[serde(default)]
+    pub incoming_filter: IncomingFilter,
     /// Outgoing delivery method.
     pub outgoing_delivery: OutgoingDelivery,
     /// Delete mail from the server after processing (forward and queue mailboxes only).
     pub delete_after_processing: bool,
     /// Approval of the address.
     pub approval: ApprovalStatus,
-    /// Last incoming test.
-    pub incoming_test: TestStatus,
-    /// Last outgoing test.
-    pub outgoing_test: TestStatus,
-    /// Incoming sync enabled.
-    pub incoming_enabled: bool,
-    /// Outgoing sync enabled.
-    pub outgoing_enabled: bool,
-    /// OAuth connection state.
-    pub connection: ConnectionState,
-    /// Alerts, newest last.
-    pub alerts: Vec<Alert>,
+    /// Only mail received after this instant is taken in (the greater of
+    /// this and the profile's value applies).
+    #[serde(default)]
+    pub process_email_received_after: Option<Timestamp>,
     /// Per-mailbox credentials (password profiles only).
     pub credentials: Option<MailboxCredentials>,
     /// Created at.
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
+    pub created_at: Timestamp,
+    /// Write version for optimistic concurrency: an update must carry the
+    /// version it was read at (set by the store; only grows).
+    #[serde(default)]
+    pub version: i64,
 }
 
 /// What a caller supplies to create a mailbox; the rest is defaulted.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct MailboxSpec {
     /// Email address.
     pub email: String,
@@ -221,6 +255,8 @@ pub struct MailboxSpec {
     pub profile_id: Option<ProfileId>,
     /// Default: server-side sync.
     pub incoming_delivery: IncomingDelivery,
+    /// Default: replies to tracked email (as in Dynamics).
+    pub incoming_filter: IncomingFilter,
     /// Default: server-side sync.
     pub outgoing_delivery: OutgoingDelivery,
     /// Default: false.
@@ -229,6 +265,8 @@ pub struct MailboxSpec {
     pub approval: ApprovalStatus,
     /// Per-mailbox credentials.
     pub credentials: Option<MailboxCredentials>,
+    /// Only mail received after this instant is taken in.
+    pub process_email_received_after: Option<Timestamp>,
     /// When the chosen profile is full, place the mailbox on another profile
     /// with the same OAuth client that has room.
     pub allow_spill_over: bool,
@@ -243,10 +281,12 @@ impl MailboxSpec {
             owner: None,
             profile_id: None,
             incoming_delivery: IncomingDelivery::ServerSideSync,
+            incoming_filter: IncomingFilter::default(),
             outgoing_delivery: OutgoingDelivery::ServerSideSync,
             delete_after_processing: false,
             approval: ApprovalStatus::Approved,
             credentials: None,
+            process_email_received_after: None,
             allow_spill_over: false,
         }
     }
@@ -254,7 +294,7 @@ impl MailboxSpec {
     /// A queue's mailbox.
     pub fn queue(email: impl Into<String>, queue: impl Into<String>) -> Self {
         MailboxSpec {
-            owner: Some(Owner::Queue(queue.into())),
+            owner: Some(Owner::Queue { name: queue.into() }),
             ..MailboxSpec::user(email)
         }
     }
@@ -264,7 +304,9 @@ impl MailboxSpec {
         MailboxSpec {
             incoming_delivery: IncomingDelivery::ForwardMailbox,
             outgoing_delivery: OutgoingDelivery::None,
-            owner: Some(Owner::Queue("forward".into())),
+            owner: Some(Owner::Queue {
+                name: "forward".into(),
+            }),
             ..MailboxSpec::user(email)
         }
     }
@@ -272,6 +314,12 @@ impl MailboxSpec {
     /// Use this profile instead of the default.
     pub fn on_profile(mut self, profile_id: ProfileId) -> Self {
         self.profile_id = Some(profile_id);
+        self
+    }
+
+    /// Take in this mail (default: replies to tracked email).
+    pub fn with_incoming_filter(mut self, filter: IncomingFilter) -> Self {
+        self.incoming_filter = filter;
         self
     }
 
@@ -285,26 +333,29 @@ impl MailboxSpec {
 impl Mailbox {
     /// Builds a new mailbox from a spec, validating it (profile assignment is
     /// the directory's job).
-    pub fn from_spec(spec: MailboxSpec, profile_id: Option<ProfileId>) -> Result<Mailbox> {
+    pub fn from_spec(
+        spec: MailboxSpec,
+        profile_id: Option<ProfileId>,
+        created_at: Timestamp,
+    ) -> Result<Mailbox> {
         let email = validate::email("email", &spec.email)?;
         let mailbox = Mailbox {
             id: MailboxId::new(),
             name: spec.name.unwrap_or_else(|| email.clone()),
-            owner: spec.owner.unwrap_or_else(|| Owner::User(email.clone())),
+            owner: spec.owner.unwrap_or_else(|| Owner::User {
+                name: email.clone(),
+            }),
             email,
             profile_id,
             incoming_delivery: spec.incoming_delivery,
+            incoming_filter: spec.incoming_filter,
             outgoing_delivery: spec.outgoing_delivery,
             delete_after_processing: spec.delete_after_processing,
             approval: spec.approval,
-            incoming_test: TestStatus::NotRun,
-            outgoing_test: TestStatus::NotRun,
-            incoming_enabled: spec.incoming_delivery != IncomingDelivery::None,
-            outgoing_enabled: spec.outgoing_delivery != OutgoingDelivery::None,
-            connection: ConnectionState::NotConnected,
-            alerts: Vec::new(),
+            process_email_received_after: spec.process_email_received_after,
             credentials: spec.credentials,
-            created_at: OffsetDateTime::now_utc(),
+            created_at,
+            version: 0,
         };
         mailbox.validate()?;
         Ok(mailbox)
@@ -325,7 +376,7 @@ impl Mailbox {
             return Err(Error::validation("name", "must be at most 200 characters"));
         }
         match &self.owner {
-            Owner::User(n) | Owner::Queue(n) if n.trim().is_empty() => {
+            Owner::User { name: n } | Owner::Queue { name: n } if n.trim().is_empty() => {
                 return Err(Error::validation("owner", "needs a name"));
             }
             _ => {}
@@ -337,7 +388,7 @@ impl Mailbox {
             ));
         }
         if self.delete_after_processing
-            && !(self.is_forward() || matches!(self.owner, Owner::Queue(_)))
+            && !(self.is_forward() || matches!(self.owner, Owner::Queue { name: _ }))
         {
             return Err(Error::validation(
                 "delete_after_processing",
@@ -350,24 +401,5 @@ impl Mailbox {
             return Err(Error::validation("credentials.username", "is required"));
         }
         Ok(())
-    }
-
-    /// Adds an alert, keeping at most [`MAX_ALERTS`].
-    pub fn push_alert(
-        &mut self,
-        level: AlertLevel,
-        code: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        self.alerts.push(Alert {
-            level,
-            code: code.into(),
-            message: message.into(),
-            at: OffsetDateTime::now_utc(),
-        });
-        if self.alerts.len() > MAX_ALERTS {
-            let excess = self.alerts.len() - MAX_ALERTS;
-            self.alerts.drain(..excess);
-        }
     }
 }

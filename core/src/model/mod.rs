@@ -10,18 +10,20 @@ pub mod app;
 pub mod mailbox;
 pub mod profile;
 pub mod secret;
+pub mod timestamp;
 pub mod validate;
+pub use timestamp::Timestamp;
 
 pub use app::{ApplicationType, ConsentScreen, OAuthApp, PublishingStatus, UserType, Warning};
 pub use mailbox::{
-    Alert, AlertLevel, ApprovalStatus, ConnectionState, IncomingDelivery, Mailbox,
-    MailboxCredentials, MailboxSpec, OutgoingDelivery, Owner, TestStatus,
+    Alert, AlertLevel, ApprovalStatus, IncomingDelivery, IncomingFilter, Mailbox,
+    MailboxCredentials, MailboxSpec, OutgoingDelivery, Owner,
 };
 pub use profile::{
-    Authentication, Endpoint, IncomingEndpoint, IncomingProtocol, LastTestResult,
-    ProcessingOptions, Security, ServerProfile, ServerType,
+    Authentication, Endpoint, GOOGLE_MAIL_HOSTS, IncomingEndpoint, IncomingProtocol,
+    LastTestResult, ProcessingOptions, Security, ServerProfile, ServerType, profile_name_key,
 };
-pub use secret::Secret;
+pub use secret::{BearerToken, Secret};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -49,6 +51,13 @@ macro_rules! id_type {
             /// The id as text.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+
+            /// An id from a host language, unchecked: an id that is not
+            /// one of ours simply finds nothing (`not_found`).
+            #[cfg(any(feature = "uniffi", feature = "napi", feature = "python"))]
+            pub(crate) fn from_host(value: String) -> Self {
+                $name(value)
             }
         }
 
@@ -78,6 +87,8 @@ id_type!(
 /// Outcome of a test (Dynamics `lasttestexecutionstatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
 pub enum TestOutcome {
     /// Everything passed.
     Success,

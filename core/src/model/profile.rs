@@ -8,13 +8,16 @@
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use time::OffsetDateTime;
 
 use super::app::OAuthApp;
 use super::secret::Secret;
 use super::validate;
-use super::{ProfileId, TestOutcome};
+use super::{ProfileId, TestOutcome, Timestamp};
 use crate::error::{Error, Result};
+
+/// Google's mail servers: the only hosts Gmail OAuth tokens are sent to
+/// (unless the test issuer override is set, see [`crate::Options`]).
+pub const GOOGLE_MAIL_HOSTS: &[&str] = &["imap.gmail.com", "pop.gmail.com", "smtp.gmail.com"];
 
 /// Google's documented ceiling of users per Gmail OAuth profile.
 pub const GMAIL_OAUTH_MAX_MAILBOXES: u32 = 100;
@@ -22,6 +25,7 @@ pub const GMAIL_OAUTH_MAX_MAILBOXES: u32 = 100;
 /// What kind of server the profile talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
 pub enum ServerType {
     /// Gmail (IMAP or POP in, SMTP out, Gmail OAuth).
     Gmail,
@@ -34,6 +38,8 @@ pub enum ServerType {
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "snake_case"))]
 pub enum Security {
     /// TLS from the first byte (IMAP 993, POP3 995, SMTP 465).
     Tls,
@@ -47,6 +53,8 @@ pub enum Security {
 /// Protocol used for incoming mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(feature = "napi", napi_derive::napi(string_enum = "lowercase"))]
 pub enum IncomingProtocol {
     /// IMAP4rev1 (INBOX only, like Dynamics).
     Imap,
@@ -56,6 +64,20 @@ pub enum IncomingProtocol {
 
 /// A host, port and security setting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct Endpoint {
     /// Host name or IP address.
     pub host: String,
@@ -100,6 +122,20 @@ impl Endpoint {
 
 /// Where incoming mail is read from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct IncomingEndpoint {
     /// IMAP or POP3.
     pub protocol: IncomingProtocol,
@@ -111,19 +147,37 @@ pub struct IncomingEndpoint {
 /// How the profile's mailboxes authenticate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Enum))]
+#[cfg_attr(
+    feature = "napi",
+    napi_derive::napi(discriminant = "kind", discriminant_case = "snake_case")
+)]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass_complex_enum,
+    pyo3::pyclass(module = "mailsync", eq, from_py_object)
+)]
 pub enum Authentication {
     /// Gmail OAuth (Dynamics value 5): Google's endpoints, the app's client.
+    #[serde(rename = "gmail_oauth", alias = "gmail_o_auth")]
     GmailOAuth {
         /// The Google Cloud OAuth client and its consent screen.
         app: OAuthApp,
     },
     /// Any OAuth 2.0 / OIDC provider that supports XOAUTH2 or OAUTHBEARER,
-    /// found through its issuer's discovery document.
+    /// found through its issuer's metadata (OpenID Connect discovery, or
+    /// RFC 8414 authorization server metadata).
+    #[serde(rename = "oauth_provider", alias = "o_auth_provider")]
     OAuthProvider {
         /// Issuer URL (`/.well-known/openid-configuration` is read from it).
         issuer: String,
         /// The registered client.
         app: OAuthApp,
+        /// The scopes that give IMAP/POP/SMTP access; all must be granted.
+        /// Empty means the known default for the issuer (Google, Microsoft
+        /// 365); an issuer without a known default must name them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mail_scopes: Vec<String>,
     },
     /// One user name and password stored in the profile (Dynamics value 1).
     CredentialsInProfile {
@@ -134,7 +188,7 @@ pub enum Authentication {
         password: Option<Secret>,
     },
     /// Each mailbox carries its own user name and password (Dynamics value 0).
-    CredentialsPerMailbox,
+    CredentialsPerMailbox {},
 }
 
 impl Authentication {
@@ -162,15 +216,51 @@ impl Authentication {
     pub fn is_oauth(&self) -> bool {
         self.oauth_app().is_some()
     }
+
+    /// The mail scopes consent asks for: Gmail's for Gmail OAuth, the
+    /// profile's own or the issuer's known default for other providers.
+    /// `None` for password authentication, or when none can be determined.
+    pub fn mail_scopes(&self) -> Option<Vec<String>> {
+        match self {
+            Authentication::GmailOAuth { .. } => {
+                Some(vec![crate::oauth::provider::GMAIL_SCOPE.to_owned()])
+            }
+            Authentication::OAuthProvider {
+                issuer,
+                mail_scopes,
+                ..
+            } => {
+                if mail_scopes.is_empty() {
+                    crate::oauth::provider::default_mail_scopes(issuer)
+                } else {
+                    Some(mail_scopes.clone())
+                }
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The profile's "Advanced" options (reference.md §A.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct ProcessingOptions {
     /// Only mail received after this instant is processed.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub process_email_received_after: Option<OffsetDateTime>,
+    pub process_email_received_after: Option<Timestamp>,
     /// Minimum minutes between two polls of a mailbox, 0–1440.
     pub min_polling_interval_minutes: u16,
     /// Maximum concurrent connections, 1–300.
@@ -228,22 +318,62 @@ impl ProcessingOptions {
 
 /// Outcome of the last profile-level test (Dynamics `lasttestexecutionstatus`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct LastTestResult {
     /// Success, Failure or Warning.
     pub outcome: TestOutcome,
     /// When the test ran.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
+    pub at: Timestamp,
     /// How long it took, in milliseconds.
-    pub duration_ms: u64,
+    pub duration_ms: u32,
     /// What happened, for people.
     pub message: String,
 }
 
+fn default_true() -> bool {
+    true
+}
+
+fn default_capacity() -> u32 {
+    GMAIL_OAUTH_MAX_MAILBOXES
+}
+
 /// An email server profile.
+///
+/// In JSON, `id` may be left out (a new one is assigned), as may the flags
+/// (`false`; `use_same_settings_for_outgoing`: `true`), `mailbox_capacity`
+/// (100), `processing` (the defaults) and `version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct ServerProfile {
     /// Stable id, assigned on creation.
+    #[serde(default)]
     pub id: ProfileId,
     /// Unique display name, 1–100 characters.
     pub name: String,
@@ -256,20 +386,41 @@ pub struct ServerProfile {
     /// Outgoing (SMTP) server.
     pub outgoing: Endpoint,
     /// Use the incoming credentials for outgoing connections too (default yes).
+    #[serde(default = "default_true")]
     pub use_same_settings_for_outgoing: bool,
     /// Advanced options.
+    #[serde(default)]
     pub processing: ProcessingOptions,
     /// New mailboxes get this profile unless another is named.
+    #[serde(default)]
     pub default_for_new_mailboxes: bool,
     /// Mailboxes this profile may hold; at most 100 for OAuth profiles.
+    #[serde(default = "default_capacity")]
     pub mailbox_capacity: u32,
     /// Allow [`Security::Plaintext`] endpoints on loopback hosts (tests, local relays).
+    #[serde(default)]
     pub allow_plaintext_on_loopback: bool,
-    /// Last profile-level test.
-    pub last_test: Option<LastTestResult>,
+    /// Write version for optimistic concurrency: an update must carry the
+    /// version it was read at (set by the store; only grows).
+    #[serde(default)]
+    pub version: i64,
+}
+
+/// The form in which profile names are compared: surrounding spaces
+/// removed, Unicode lower case. `"Sales"` and `" SALES "` are one name.
+pub fn profile_name_key(name: &str) -> String {
+    name.trim().to_lowercase()
 }
 
 impl ServerProfile {
+    /// Removes surrounding spaces from the name (names are stored trimmed).
+    pub fn normalize(&mut self) {
+        let trimmed = self.name.trim();
+        if trimmed.len() != self.name.len() {
+            self.name = trimmed.to_owned();
+        }
+    }
+
     /// A Gmail profile with Gmail OAuth, IMAP `imap.gmail.com:993` TLS and
     /// SMTP `smtp.gmail.com:587` STARTTLS, capacity 100.
     pub fn gmail(name: impl Into<String>, app: OAuthApp) -> Self {
@@ -288,7 +439,7 @@ impl ServerProfile {
             default_for_new_mailboxes: false,
             mailbox_capacity: GMAIL_OAUTH_MAX_MAILBOXES,
             allow_plaintext_on_loopback: false,
-            last_test: None,
+            version: 0,
         }
     }
 
@@ -320,7 +471,7 @@ impl ServerProfile {
             default_for_new_mailboxes: false,
             mailbox_capacity,
             allow_plaintext_on_loopback: false,
-            last_test: None,
+            version: 0,
         }
     }
 
@@ -371,6 +522,34 @@ impl ServerProfile {
         self.authentication.oauth_app()
     }
 
+    /// For Gmail OAuth profiles: refuses (`host_not_allowed`) mail hosts
+    /// outside Google's, so that Google access tokens go to Google only.
+    pub fn check_google_mail_hosts(&self) -> Result<()> {
+        if !matches!(self.authentication, Authentication::GmailOAuth { .. }) {
+            return Ok(());
+        }
+        for (field, host) in [
+            ("incoming.host", &self.incoming.endpoint.host),
+            ("outgoing.host", &self.outgoing.host),
+        ] {
+            let normalized = host.trim().trim_end_matches('.').to_ascii_lowercase();
+            if !GOOGLE_MAIL_HOSTS.contains(&normalized.as_str()) {
+                let mut err = Error::new(
+                    crate::ErrorCode::HostNotAllowed,
+                    format!(
+                        "{field}: Gmail OAuth profile '{}' names the mail host '{host}'; Google access tokens are \
+                         sent only to {}",
+                        self.name,
+                        GOOGLE_MAIL_HOSTS.join(", ")
+                    ),
+                );
+                err.set_field(field);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every field; the error names the first field at fault.
     pub fn validate(&self) -> Result<()> {
         let name = self.name.trim();
@@ -382,7 +561,10 @@ impl ServerProfile {
         }
         if self.server_type == ServerType::Gmail
             && !matches!(self.authentication, Authentication::GmailOAuth { .. })
-            && !matches!(self.authentication, Authentication::CredentialsPerMailbox)
+            && !matches!(
+                self.authentication,
+                Authentication::CredentialsPerMailbox {}
+            )
             && !matches!(
                 self.authentication,
                 Authentication::CredentialsInProfile { .. }
@@ -395,16 +577,41 @@ impl ServerProfile {
         }
         match &self.authentication {
             Authentication::GmailOAuth { app } => app.validate()?,
-            Authentication::OAuthProvider { issuer, app } => {
+            Authentication::OAuthProvider {
+                issuer,
+                app,
+                mail_scopes,
+            } => {
                 validate::issuer_url("authentication.issuer", issuer)?;
                 app.validate()?;
+                for (i, scope) in mail_scopes.iter().enumerate() {
+                    if scope.is_empty()
+                        || scope.len() > 512
+                        || scope
+                            .chars()
+                            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
+                    {
+                        return Err(Error::validation(
+                            format!("authentication.mail_scopes[{i}]"),
+                            "must be one scope token (RFC 6749 §3.3): printable, without spaces",
+                        ));
+                    }
+                }
+                if self.authentication.mail_scopes().is_none() {
+                    return Err(Error::validation(
+                        "authentication.mail_scopes",
+                        format!(
+                            "no default mail scope is known for issuer {issuer}; name the scopes that grant IMAP/POP/SMTP access"
+                        ),
+                    ));
+                }
             }
             Authentication::CredentialsInProfile { username, .. } => {
                 if username.trim().is_empty() {
                     return Err(Error::validation("authentication.username", "is required"));
                 }
             }
-            Authentication::CredentialsPerMailbox => {}
+            Authentication::CredentialsPerMailbox {} => {}
         }
         self.incoming
             .endpoint

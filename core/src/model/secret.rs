@@ -12,6 +12,16 @@ use std::fmt;
 pub struct Secret(SecretString);
 
 impl Secret {
+    /// What the language bindings show in place of a stored secret (they
+    /// never reveal one). Writing it back — or leaving the secret out — on
+    /// an update keeps the stored secret.
+    pub const MASK: &'static str = "********";
+
+    /// Whether this is [`Secret::MASK`] rather than a real value.
+    pub fn is_mask(&self) -> bool {
+        self.expose() == Secret::MASK
+    }
+
     /// Wraps a value.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(SecretString::from(value.into()))
@@ -61,6 +71,41 @@ impl From<String> for Secret {
 impl From<&str> for Secret {
     fn from(value: &str) -> Self {
         Secret::new(value)
+    }
+}
+
+/// A bearer token handed to the host so it can use it (an access token).
+/// Unlike a [`Secret`] it crosses into the language bindings in clear; it
+/// still never shows itself in `Debug` or `Display`.
+#[derive(Clone, PartialEq)]
+pub struct BearerToken(Secret);
+
+impl BearerToken {
+    /// Wraps a token.
+    pub fn new(secret: Secret) -> Self {
+        BearerToken(secret)
+    }
+
+    /// The token in clear.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The token as a [`Secret`].
+    pub fn secret(&self) -> &Secret {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken([REDACTED])")
+    }
+}
+
+impl fmt::Display for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
     }
 }
 

@@ -36,6 +36,14 @@ pub fn email(field: &str, value: &str) -> Result<String> {
     let Some((local, domain)) = value.rsplit_once('@') else {
         return bad("missing '@'");
     };
+    if !value.is_ascii() {
+        // Internationalized addresses need SMTPUTF8 end to end (RFC 6531),
+        // which Gmail's submission path and most CRMs do not give; refuse
+        // them here instead of failing later at send time.
+        return bad(
+            "non-ASCII characters are not supported (internationalized addresses need SMTPUTF8)",
+        );
+    }
     if local.is_empty() || local.len() > 64 {
         return bad("the part before '@' must be 1 to 64 characters");
     }
@@ -302,9 +310,20 @@ mod tests {
             "alice@gmail",
             "a..b@x.com",
             "alice@-x.com",
+            "üser@example.test",
+            "user@exämple.test",
         ] {
             let e = email("email", bad).expect_err(bad);
             assert_eq!(e.field(), Some("email"));
+        }
+    }
+
+    #[test]
+    fn non_ascii_addresses_are_refused_with_one_rule() {
+        for bad in ["üser@example.test", "user@bücher.example"] {
+            let e = email("email", bad).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Validation);
+            assert!(e.message().contains("non-ASCII"), "{}", e.message());
         }
     }
 

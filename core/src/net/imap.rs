@@ -26,11 +26,16 @@ use std::time::Duration;
 
 use async_imap::imap_proto::{self, Response};
 use async_imap::{Authenticator, Client, Session};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 
-use super::io::{LineStream, MailStream};
+use super::io::{LineStream, MailStream, SecretSwap};
+
+/// The stream async-imap runs on: secrets are put in below its log.
+type ImapStream = SecretSwap<MailStream>;
 use super::{
     ConnectOptions, CredentialSource, Credentials, Step, StepError, Steps, check_plaintext_allowed,
     choose_mechanism, open, timeout_error, tls_handshake, with_timeout,
@@ -134,7 +139,7 @@ impl std::fmt::Debug for FetchedMessage {
 /// an error challenge (pitfall: a second `process` call must not resend the
 /// token, or the session stalls).
 struct SaslDriver {
-    pending: Vec<SaslResponse>,
+    pending: Vec<Vec<u8>>,
     answer: &'static [u8],
     challenge: Option<Vec<u8>>,
 }
@@ -144,7 +149,7 @@ impl Authenticator for &mut SaslDriver {
 
     fn process(&mut self, challenge: &[u8]) -> Vec<u8> {
         if let Some(next) = self.pending.pop() {
-            next.as_bytes().to_vec()
+            next
         } else {
             self.challenge = Some(challenge.to_vec());
             self.answer.to_vec()
@@ -154,7 +159,7 @@ impl Authenticator for &mut SaslDriver {
 
 /// An authenticated IMAP session.
 pub struct ImapClient {
-    session: Session<MailStream>,
+    session: Session<ImapStream>,
     timeout: Duration,
     mechanism: Mechanism,
     capabilities: Vec<String>,
@@ -184,7 +189,7 @@ fn capability_strings(caps: &[imap_proto::Capability<'_>]) -> Vec<String> {
 
 /// Sends a raw tagged command on a not-yet-authenticated client and
 /// collects CAPABILITY data until the tagged answer.
-async fn raw_capability(client: &mut Client<MailStream>, tag: &str) -> Result<Vec<String>> {
+async fn raw_capability(client: &mut Client<ImapStream>, tag: &str) -> Result<Vec<String>> {
     let line = format!("{tag} CAPABILITY\r\n");
     let stream = client.get_mut();
     stream
@@ -242,7 +247,7 @@ async fn raw_capability(client: &mut Client<MailStream>, tag: &str) -> Result<Ve
 }
 
 /// Reads the greeting through async-imap.
-async fn read_greeting(client: &mut Client<MailStream>) -> Result<String> {
+async fn read_greeting(client: &mut Client<ImapStream>) -> Result<String> {
     let resp = client
         .read_response()
         .await
@@ -453,9 +458,9 @@ impl ImapClient {
         let stream = open(endpoint, opts, steps).await?;
         let mut client = if endpoint.security == Security::StartTls {
             let tls = starttls(stream, endpoint, opts, steps).await?;
-            Client::new(tls)
+            Client::new(SecretSwap::new(tls))
         } else {
-            let mut client = Client::new(stream);
+            let mut client = Client::new(SecretSwap::new(stream));
             steps
                 .run_detailed(Step::Greeting, async {
                     let g = read_greeting(&mut client).await?;
@@ -464,7 +469,7 @@ impl ImapClient {
                 .await?;
             client
         };
-        let encrypted = client.get_ref().is_encrypted();
+        let encrypted = client.get_ref().get_ref().is_encrypted();
         let capabilities = steps
             .run_detailed(Step::Capabilities, async {
                 let c = raw_capability(&mut client, "ms1").await?;
@@ -494,19 +499,13 @@ impl ImapClient {
                 None
             }
             _ => Some(
-                choose_mechanism(PROTO, &offered, &offered_names, creds, preferred).map_err(
-                    |error| StepError {
-                        step: Step::Capabilities,
-                        error,
-                    },
-                )?,
+                choose_mechanism(PROTO, &offered, &offered_names, creds, preferred)
+                    .map_err(|error| StepError::new(Step::Capabilities, error))?,
             ),
         };
         if matches!(creds, Credentials::Password { .. }) {
-            check_plaintext_allowed(encrypted, endpoint).map_err(|error| StepError {
-                step: Step::Authenticate,
-                error,
-            })?;
+            check_plaintext_allowed(encrypted, endpoint)
+                .map_err(|error| StepError::new(Step::Authenticate, error))?;
         }
         let timeout = opts.timeout;
         let (session, used) = steps
@@ -567,7 +566,7 @@ impl ImapClient {
     async fn command<'a, T, F>(&'a mut self, step: Step, f: F) -> Result<T>
     where
         F: FnOnce(
-            &'a mut Session<MailStream>,
+            &'a mut Session<ImapStream>,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = async_imap::error::Result<T>> + Send + 'a>,
         >,
@@ -714,12 +713,203 @@ impl ImapClient {
         })
     }
 
+    /// `UID SEARCH <query>` on the selected mailbox, UIDs ascending.
+    pub async fn uid_search(&mut self, query: &str) -> Result<Vec<u32>> {
+        let query = query.to_owned();
+        let found = self
+            .command(Step::Fetch, move |s| Box::pin(s.uid_search(query)))
+            .await?;
+        let mut uids: Vec<u32> = found.into_iter().collect();
+        uids.sort_unstable();
+        Ok(uids)
+    }
+
+    /// `UID FETCH <set> <items>`, handing each message's attributes to
+    /// `each` as its response arrives (nothing is collected here). Each
+    /// response must arrive within the inactivity timeout and the whole
+    /// command within `deadline`, so a server that trickles cannot hold the
+    /// caller.
+    pub async fn fetch_each(
+        &mut self,
+        set: &str,
+        items: &str,
+        deadline: Duration,
+        mut each: impl FnMut(FetchAttributes) -> Result<()> + Send,
+    ) -> Result<()> {
+        if self.broken {
+            return Err(session_gone());
+        }
+        let timeout = self.timeout;
+        let started = tokio::time::Instant::now();
+        let end = started + deadline;
+        let result: Result<(), (Error, bool)> = async {
+            let tag = match tokio::time::timeout(
+                timeout,
+                self.session.run_command(format!("UID FETCH {set} {items}")),
+            )
+            .await
+            {
+                Ok(Ok(tag)) => tag,
+                Ok(Err(e)) => return Err(session_error(e)),
+                Err(_) => return Err((timeout_error(timeout, Step::Fetch, PROTO), true)),
+            };
+            loop {
+                let now = tokio::time::Instant::now();
+                if now >= end {
+                    return Err((deadline_error(deadline), true));
+                }
+                let wait = timeout.min(end - now);
+                let response = match tokio::time::timeout(wait, self.session.read_response()).await
+                {
+                    Ok(Ok(Some(r))) => r,
+                    Ok(Ok(None)) => return Err((session_gone(), true)),
+                    Ok(Err(e)) => return Err((super::io_error(PROTO, &e), true)),
+                    Err(_) if tokio::time::Instant::now() >= end => {
+                        return Err((deadline_error(deadline), true));
+                    }
+                    Err(_) => return Err((timeout_error(timeout, Step::Fetch, PROTO), true)),
+                };
+                match response.parsed() {
+                    Response::Fetch(_, attrs) => {
+                        each(fetch_attributes(attrs)).map_err(|e| (e, false))?;
+                    }
+                    Response::Done {
+                        tag: done,
+                        status,
+                        outcome,
+                        ..
+                    } if done.0 == tag.0 => {
+                        return match status {
+                            imap_proto::Status::Ok => Ok(()),
+                            _ => Err((
+                                Error::new(
+                                    fetch_refusal_code(outcome),
+                                    format!(
+                                        "the IMAP server refused UID FETCH: {:?} {}",
+                                        status,
+                                        outcome.information.as_deref().unwrap_or("")
+                                    ),
+                                ),
+                                false,
+                            )),
+                        };
+                    }
+                    Response::Data {
+                        status: imap_proto::Status::Bye,
+                        outcome,
+                    } => {
+                        return Err((
+                            Error::new(
+                                ErrorCode::Network,
+                                format!(
+                                    "the IMAP server ended the session: {}",
+                                    outcome.information.as_deref().unwrap_or("BYE")
+                                ),
+                            ),
+                            true,
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        .await;
+        result.map_err(|(e, gone)| {
+            if gone {
+                self.broken = true;
+            }
+            e
+        })
+    }
+
     /// `LOGOUT`.
     pub async fn logout(&mut self) -> Result<()> {
         let r = self.command(Step::Logout, |s| Box::pin(s.logout())).await;
         self.broken = true;
         r
     }
+}
+
+/// One message's attributes from a `UID FETCH` response.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FetchAttributes {
+    /// `UID`.
+    pub uid: Option<u32>,
+    /// `RFC822.SIZE`.
+    pub size: Option<u32>,
+    /// `INTERNALDATE`.
+    pub internal_date: Option<OffsetDateTime>,
+    /// `FLAGS`.
+    pub flags: Vec<String>,
+    /// `MODSEQ` (CONDSTORE).
+    pub modseq: Option<u64>,
+    /// Gmail `X-GM-MSGID`.
+    pub gmail_message_id: Option<u64>,
+    /// Gmail `X-GM-THRID`.
+    pub gmail_thread_id: Option<u64>,
+    /// `BODY[]` (the whole message).
+    pub body: Option<Vec<u8>>,
+    /// `BODY[HEADER…]` (a header section or some header fields).
+    pub header: Option<Vec<u8>>,
+}
+
+/// Reads the attributes of one `* n FETCH (…)` response.
+pub(crate) fn fetch_attributes(attrs: &[imap_proto::AttributeValue<'_>]) -> FetchAttributes {
+    use imap_proto::{AttributeValue as A, SectionPath};
+    let mut out = FetchAttributes::default();
+    for a in attrs {
+        match a {
+            A::Uid(u) => out.uid = Some(*u),
+            A::Rfc822Size(n) => out.size = Some(*n),
+            A::InternalDate(d) => out.internal_date = parse_internal_date(d),
+            A::Flags(f) => out.flags = f.iter().map(|f| f.to_string()).collect(),
+            A::ModSeq(m) => out.modseq = Some(*m),
+            A::GmailMsgId(id) => out.gmail_message_id = Some(*id),
+            A::GmailThrId(id) => out.gmail_thread_id = Some(*id),
+            A::BodySection { section, data, .. } => {
+                let bytes = data.as_ref().map(|d| d.to_vec()).unwrap_or_default();
+                match section {
+                    None => out.body = Some(bytes),
+                    Some(SectionPath::Full(_)) | Some(SectionPath::Part(_, _)) => {
+                        out.header = Some(bytes)
+                    }
+                }
+            }
+            A::Rfc822(Some(d)) => out.body = Some(d.to_vec()),
+            A::Rfc822Header(Some(d)) => out.header = Some(d.to_vec()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `INTERNALDATE`: `17-Jul-1996 02:44:25 -0700` (RFC 3501 `date-time`).
+fn parse_internal_date(text: &str) -> Option<OffsetDateTime> {
+    let format = time::macros::format_description!(
+        "[day padding:space]-[month repr:short]-[year] [hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]"
+    );
+    OffsetDateTime::parse(text.trim(), &format).ok()
+}
+
+/// The code for a refused FETCH: Gmail's `[THROTTLED]` and Dovecot's
+/// `[UNAVAILABLE]` are transient.
+fn fetch_refusal_code(outcome: &imap_proto::Outcome<'_>) -> ErrorCode {
+    let text = outcome.information.as_deref().unwrap_or("");
+    if text.contains("THROTTLED") || text.contains("UNAVAILABLE") {
+        ErrorCode::ServerUnavailable
+    } else {
+        ErrorCode::ProtocolError
+    }
+}
+
+fn deadline_error(deadline: Duration) -> Error {
+    Error::new(
+        ErrorCode::Timeout,
+        format!(
+            "the IMAP server did not finish a FETCH within its {} s deadline (it sends too slowly)",
+            deadline.as_secs()
+        ),
+    )
 }
 
 fn session_gone() -> Error {
@@ -828,7 +1018,7 @@ fn capability_name(c: &async_imap::types::Capability) -> String {
 }
 
 /// Compresses sorted UIDs into an IMAP set: `1:3,7,9:10`.
-fn uid_set(uids: &[u32]) -> String {
+pub(crate) fn uid_set(uids: &[u32]) -> String {
     let mut parts = Vec::new();
     let mut i = 0;
     while i < uids.len() {
@@ -848,25 +1038,36 @@ fn uid_set(uids: &[u32]) -> String {
     parts.join(",")
 }
 
+/// Logs in. async-imap logs each command it sends, so it only ever sees
+/// placeholders; [`SecretSwap`] puts the secrets in on the way out.
 async fn authenticate(
-    client: Client<MailStream>,
+    mut client: Client<ImapStream>,
     mechanism: Option<Mechanism>,
     creds: &Credentials,
     endpoint: &Endpoint,
     sasl_ir: bool,
-) -> Result<(Session<MailStream>, Mechanism)> {
+) -> Result<(Session<ImapStream>, Mechanism)> {
     let Some(mechanism) = mechanism else {
         // IMAP LOGIN command for passwords.
         let Credentials::Password { user, password } = creds else {
             return Err(Error::new(ErrorCode::Internal, "LOGIN needs a password"));
         };
-        return client
-            .login(user, password.expose())
+        let placeholder = SecretSwap::<MailStream>::placeholder()?;
+        client.get_mut().swap(
+            imap_quote(&placeholder).to_string(),
+            imap_quote(password.expose()),
+        );
+        let result = client
+            .login(user, &placeholder)
             .await
             .map(|s| (s, Mechanism::Login))
             .map_err(|(e, _)| auth_error(e, None, creds));
+        return result.map(|(mut session, m)| {
+            session.get_mut().clear_swaps();
+            (session, m)
+        });
     };
-    let mut responses: Vec<SaslResponse> = match (mechanism, creds) {
+    let responses: Vec<SaslResponse> = match (mechanism, creds) {
         (Mechanism::XOAuth2, Credentials::OAuth { user, access_token }) => {
             vec![sasl::xoauth2_initial_response(user, access_token)?]
         }
@@ -892,24 +1093,44 @@ async fn authenticate(
             ));
         }
     };
+    // Each response becomes a placeholder whose base64 form is swapped for
+    // the response's base64 form.
+    let mut placeholders = Vec::with_capacity(responses.len());
+    for response in &responses {
+        let placeholder = SecretSwap::<MailStream>::placeholder()?;
+        let encoded = STANDARD.encode(placeholder.as_bytes());
+        client.get_mut().swap(encoded, response.to_base64());
+        placeholders.push(placeholder.into_bytes());
+    }
     // SASL-IR: the initial response goes on the AUTHENTICATE line.
     let command = if sasl_ir && mechanism != Mechanism::Login {
-        let first = responses.remove(0);
-        zeroize::Zeroizing::new(format!("{mechanism} {}", first.to_base64().as_str()))
+        let first = placeholders.remove(0);
+        format!("{mechanism} {}", STANDARD.encode(first))
     } else {
-        zeroize::Zeroizing::new(mechanism.as_str().to_owned())
+        mechanism.as_str().to_owned()
     };
-    responses.reverse();
+    placeholders.reverse();
     let mut driver = SaslDriver {
-        pending: responses,
+        pending: placeholders,
         answer: mechanism.error_challenge_answer(),
         challenge: None,
     };
     let result = client.authenticate(command.as_str(), &mut driver).await;
     match result {
-        Ok(session) => Ok((session, mechanism)),
+        Ok(mut session) => {
+            session.get_mut().clear_swaps();
+            Ok((session, mechanism))
+        }
         Err((e, _client)) => Err(auth_error(e, driver.challenge.as_deref(), creds)),
     }
+}
+
+/// An IMAP quoted string, quoted as async-imap quotes LOGIN's arguments.
+fn imap_quote(text: &str) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(format!(
+        "\"{}\"",
+        text.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
 }
 
 /// An INBOX reader that survives the server ending its session.
@@ -1084,6 +1305,65 @@ impl ImapMailbox {
         }
     }
 
+    /// The server's capabilities (after login).
+    pub async fn capabilities(&mut self) -> Result<Vec<String>> {
+        Ok(self.ensure().await?.capabilities().to_vec())
+    }
+
+    /// INBOX's UIDVALIDITY as of the last (re-)open.
+    pub fn current_uid_validity(&self) -> Option<u32> {
+        self.status.map(|s| s.uid_validity)
+    }
+
+    /// `UID SEARCH <query>` in INBOX (see [`ImapClient::uid_search`]).
+    pub async fn search(&mut self, query: &str) -> Result<Vec<u32>> {
+        let client = self.ensure().await?;
+        match client.uid_search(query).await {
+            Ok(u) => Ok(u),
+            Err(_) if client.is_broken() => {
+                self.reconnect().await?;
+                self.ensure().await?.uid_search(query).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `UID FETCH <set> <items>` in INBOX, collected (see
+    /// [`ImapClient::fetch_each`]); re-established once if the server ended
+    /// the session. A timeout is not retried: a server that is too slow
+    /// would hold the caller for twice the deadline.
+    pub async fn fetch_attrs(
+        &mut self,
+        set: &str,
+        items: &str,
+        deadline: Duration,
+    ) -> Result<Vec<FetchAttributes>> {
+        let mut out = Vec::new();
+        let client = self.ensure().await?;
+        match client
+            .fetch_each(set, items, deadline, |a| {
+                out.push(a);
+                Ok(())
+            })
+            .await
+        {
+            Ok(()) => Ok(out),
+            Err(e) if client.is_broken() && e.code() != ErrorCode::Timeout => {
+                out.clear();
+                self.reconnect().await?;
+                self.ensure()
+                    .await?
+                    .fetch_each(set, items, deadline, |a| {
+                        out.push(a);
+                        Ok(())
+                    })
+                    .await?;
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Logs out (if connected).
     pub async fn close(&mut self) {
         if let Some(mut c) = self.client.take() {
@@ -1161,14 +1441,14 @@ mod tests {
 
     #[test]
     fn driver_answers_error_challenge_once_token_sent() {
-        let r = sasl::xoauth2_initial_response("u", &crate::model::Secret::new("t")).unwrap();
+        let r = b"placeholder".to_vec();
         let mut d = SaslDriver {
             pending: vec![r.clone()],
             answer: Mechanism::XOAuth2.error_challenge_answer(),
             challenge: None,
         };
         let mut a = &mut d;
-        assert_eq!(Authenticator::process(&mut a, b""), r.as_bytes());
+        assert_eq!(Authenticator::process(&mut a, b""), r);
         assert_eq!(Authenticator::process(&mut a, b"{\"status\":\"401\"}"), b"");
         assert_eq!(d.challenge.as_deref(), Some(&b"{\"status\":\"401\"}"[..]));
     }

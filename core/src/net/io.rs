@@ -18,7 +18,95 @@ pub enum MailStream {
     /// Unencrypted TCP.
     Plain(TcpStream),
     /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<SniffedTcp>>),
+}
+
+/// How many of the server's first bytes [`SniffedTcp`] keeps.
+pub(crate) const SNIFF_LEN: usize = 16;
+
+/// A TCP stream that keeps the first bytes the server sent, so that a
+/// failed TLS handshake can tell a plaintext greeting (`* OK`, `+OK`,
+/// `220`) from a broken TLS server. After those bytes it only passes data
+/// through.
+#[derive(Debug)]
+pub struct SniffedTcp {
+    inner: TcpStream,
+    first: [u8; SNIFF_LEN],
+    len: usize,
+}
+
+impl SniffedTcp {
+    pub(crate) fn new(inner: TcpStream) -> Self {
+        SniffedTcp {
+            inner,
+            first: [0; SNIFF_LEN],
+            len: 0,
+        }
+    }
+
+    /// The first bytes received (at most [`SNIFF_LEN`]).
+    pub(crate) fn first_bytes(&self) -> &[u8] {
+        &self.first[..self.len]
+    }
+
+    /// The TCP stream.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.inner
+    }
+}
+
+impl AsyncRead for SniffedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut me.inner).poll_read(cx, buf);
+        if me.len < SNIFF_LEN {
+            let new = &buf.filled()[before..];
+            let take = new.len().min(SNIFF_LEN - me.len);
+            me.first[me.len..me.len + take].copy_from_slice(&new[..take]);
+            me.len += take;
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for SniffedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether bytes look like the greeting of a plaintext mail protocol.
+pub(crate) fn looks_like_plaintext_greeting(first: &[u8]) -> Option<&'static str> {
+    if first.starts_with(b"* OK") || first.starts_with(b"* BYE") || first.starts_with(b"* PREAUTH")
+    {
+        Some("an IMAP greeting")
+    } else if first.starts_with(b"+OK") || first.starts_with(b"-ERR") {
+        Some("a POP3 greeting")
+    } else if first.len() >= 4
+        && first[..3].iter().all(u8::is_ascii_digit)
+        && (first[3] == b' ' || first[3] == b'-')
+    {
+        Some("an SMTP greeting")
+    } else {
+        None
+    }
 }
 
 impl MailStream {
@@ -65,6 +153,134 @@ impl AsyncWrite for MailStream {
             MailStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// A stream that puts secrets into what it writes: each registered
+/// placeholder is replaced by its secret on the way to the socket.
+///
+/// async-imap logs every command it sends at TRACE through `log`, LOGIN and
+/// AUTHENTICATE included. The IMAP client hands it random placeholders and
+/// the secrets go in here, below that log. While a replacement is pending,
+/// writes are held until the next flush (async-imap flushes after each
+/// command); afterwards they pass straight through.
+#[derive(Debug)]
+pub struct SecretSwap<S> {
+    inner: S,
+    swaps: Vec<(String, zeroize::Zeroizing<String>)>,
+    held: zeroize::Zeroizing<Vec<u8>>,
+    sent: usize,
+}
+
+impl<S> SecretSwap<S> {
+    /// Wraps `inner` with nothing to replace.
+    pub fn new(inner: S) -> Self {
+        SecretSwap {
+            inner,
+            swaps: Vec::new(),
+            held: zeroize::Zeroizing::new(Vec::new()),
+            sent: 0,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Replaces the next occurrence of `placeholder` with `secret`.
+    pub(crate) fn swap(&mut self, placeholder: String, secret: zeroize::Zeroizing<String>) {
+        self.swaps.push((placeholder, secret));
+    }
+
+    /// Forgets replacements that were never used.
+    pub(crate) fn clear_swaps(&mut self) {
+        self.swaps.clear();
+    }
+
+    /// A random placeholder (ASCII letters and digits only, so no quoting
+    /// or encoding changes it).
+    pub(crate) fn placeholder() -> Result<String, Error> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| {
+            Error::new(ErrorCode::Internal, format!("no randomness available: {e}"))
+        })?;
+        Ok(bytes
+            .iter()
+            .fold(String::from("MAILSYNCSECRET"), |mut s, b| {
+                s.push_str(&format!("{b:02x}"));
+                s
+            }))
+    }
+
+    fn substitute(&mut self) {
+        let mut i = 0;
+        while i < self.swaps.len() {
+            let needle = self.swaps[i].0.as_bytes();
+            let unsent = &self.held[self.sent..];
+            match unsent.windows(needle.len()).position(|w| w == needle) {
+                Some(offset) => {
+                    let at = self.sent + offset;
+                    let (placeholder, secret) = self.swaps.remove(i);
+                    let mut next =
+                        zeroize::Zeroizing::new(Vec::with_capacity(self.held.len() + secret.len()));
+                    next.extend_from_slice(&self.held[..at]);
+                    next.extend_from_slice(secret.as_bytes());
+                    next.extend_from_slice(&self.held[at + placeholder.len()..]);
+                    self.held = next;
+                }
+                None => i += 1,
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SecretSwap<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SecretSwap<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.swaps.is_empty() && this.held.is_empty() {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        this.held.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.held.is_empty() {
+            this.substitute();
+            while this.sent < this.held.len() {
+                let n = std::task::ready!(
+                    Pin::new(&mut this.inner).poll_write(cx, &this.held[this.sent..])
+                )?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                this.sent += n;
+            }
+            this.held = zeroize::Zeroizing::new(Vec::new());
+            this.sent = 0;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.as_mut().poll_flush(cx))?;
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

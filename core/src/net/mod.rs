@@ -251,6 +251,20 @@ pub struct StepError {
     pub step: Step,
     /// What went wrong.
     pub error: Error,
+    /// How long the step ran before it failed (zero for a step refused
+    /// before anything was sent).
+    pub duration: Duration,
+}
+
+impl StepError {
+    /// A step refused at once, before any waiting.
+    pub fn new(step: Step, error: Error) -> Self {
+        StepError {
+            step,
+            error,
+            duration: Duration::ZERO,
+        }
+    }
 }
 
 impl fmt::Display for StepError {
@@ -346,7 +360,11 @@ impl Steps {
                 });
                 Ok(value)
             }
-            Err(error) => Err(StepError { step, error }),
+            Err(error) => Err(StepError {
+                step,
+                error,
+                duration: start.elapsed(),
+            }),
         }
     }
 }
@@ -497,33 +515,64 @@ pub(crate) fn io_error(protocol: &str, e: &std::io::Error) -> Error {
     }
 }
 
-/// Upgrades/opens TLS with our config; certificate problems → `tls`.
+/// Upgrades/opens TLS with our config; certificate problems → `tls`. A
+/// server that answers the handshake with a plaintext greeting is a wrong
+/// port or security setting → `protocol_error`, saying so.
 pub(crate) async fn tls_handshake(
     tcp: tokio::net::TcpStream,
     host: &str,
     tls: &TlsSettings,
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+) -> Result<tokio_rustls::client::TlsStream<io::SniffedTcp>> {
     let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|_| {
         Error::new(
             ErrorCode::Tls,
             format!("'{host}' is not a valid TLS server name"),
         )
     })?;
+    let port = tcp.peer_addr().map(|a| a.port()).ok();
     let connector = tokio_rustls::TlsConnector::from(tls.client_config());
-    connector.connect(name, tcp).await.map_err(|e| {
-        if let Some(inner) = e.get_ref()
-            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
-        {
-            return Error::new(ErrorCode::Tls, tls::describe_rustls_error(tls, host));
-        }
-        match e.kind() {
-            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => Error::new(
-                ErrorCode::Tls,
-                format!("TLS handshake with {host} failed: the server closed the connection (is the port right?)"),
+    let (e, sniffed) = match connector
+        .connect(name, io::SniffedTcp::new(tcp))
+        .into_fallible()
+        .await
+    {
+        Ok(stream) => return Ok(stream),
+        Err(failed) => failed,
+    };
+    if let Some(what) = io::looks_like_plaintext_greeting(sniffed.first_bytes()) {
+        let at = port
+            .map(|p| format!("{host}:{p}"))
+            .unwrap_or_else(|| host.to_owned());
+        return Err(Error::new(
+            ErrorCode::ProtocolError,
+            format!(
+                "{at} answered the TLS handshake with {what} in plaintext: the port or the security \
+                 setting is probably wrong (implicit TLS is usually 993 for IMAP, 995 for POP3 and 465 for \
+                 SMTP; 143, 110 and 587 need STARTTLS)"
             ),
-            _ => Error::new(ErrorCode::Tls, format!("TLS handshake with {host} failed: {e}")),
-        }
-    })
+        ));
+    }
+    Err(handshake_error(&e, host))
+}
+
+fn handshake_error(e: &std::io::Error, host: &str) -> Error {
+    if let Some(inner) = e.get_ref()
+        && let Some(tls) = inner.downcast_ref::<rustls::Error>()
+    {
+        return Error::new(ErrorCode::Tls, tls::describe_rustls_error(tls, host));
+    }
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => Error::new(
+            ErrorCode::Tls,
+            format!(
+                "TLS handshake with {host} failed: the server closed the connection (is the port right?)"
+            ),
+        ),
+        _ => Error::new(
+            ErrorCode::Tls,
+            format!("TLS handshake with {host} failed: {e}"),
+        ),
+    }
 }
 
 /// Opens the connection for `endpoint`: TCP, then TLS when the security is
@@ -752,6 +801,7 @@ mod tests {
             .await;
         let e = r.unwrap_err();
         assert_eq!(e.step, Step::Greeting);
+        assert!(e.duration >= Duration::from_millis(50), "{:?}", e.duration);
         assert_eq!(e.error.code(), ErrorCode::Timeout);
         assert_eq!(
             e.error.message(),

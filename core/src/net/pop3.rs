@@ -400,16 +400,16 @@ impl Pop3Client {
             .await?;
         if endpoint.security == Security::StartTls {
             if !has_capability(&capabilities, "STLS") && !capabilities.is_empty() {
-                return Err(StepError {
-                    step: Step::Tls,
-                    error: Error::new(
+                return Err(StepError::new(
+                    Step::Tls,
+                    Error::new(
                         ErrorCode::Tls,
                         format!(
                             "the POP3 server at {}:{} does not offer STLS",
                             endpoint.host, endpoint.port
                         ),
                     ),
-                });
+                ));
             }
             let upgraded = steps
                 .run(Step::Tls, async {
@@ -443,19 +443,13 @@ impl Pop3Client {
 
         let mechanism = match creds {
             Credentials::Password { .. } if offered.is_empty() && user_pass => {
-                check_plaintext_allowed(encrypted, endpoint).map_err(|error| StepError {
-                    step: Step::Authenticate,
-                    error,
-                })?;
+                check_plaintext_allowed(encrypted, endpoint)
+                    .map_err(|error| StepError::new(Step::Authenticate, error))?;
                 None
             }
             _ => Some(
-                choose_mechanism(PROTO, &offered, &offered_names, creds, preferred).map_err(
-                    |error| StepError {
-                        step: Step::Capabilities,
-                        error,
-                    },
-                )?,
+                choose_mechanism(PROTO, &offered, &offered_names, creds, preferred)
+                    .map_err(|error| StepError::new(Step::Capabilities, error))?,
             ),
         };
         let used = steps
@@ -574,6 +568,13 @@ impl Pop3Client {
             .max_message_size
             .saturating_add(self.max_message_size / 8 + 1024);
         self.conn.multiline(Step::Fetch, max).await
+    }
+
+    /// `TOP n 0`: the header section of a message, without its body
+    /// (RFC 1939 optional command; at most 1 MiB).
+    pub async fn top_headers(&mut self, n: u32) -> Result<Vec<u8>> {
+        self.conn.simple(Step::Fetch, &format!("TOP {n} 0")).await?;
+        self.conn.multiline(Step::Fetch, 1024 * 1024).await
     }
 
     /// `DELE n`: marks a message for deletion at QUIT. Only for mailboxes

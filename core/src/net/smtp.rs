@@ -46,7 +46,7 @@ impl AsyncTokioStream for MailStream {
     fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         match self {
             MailStream::Plain(s) => s.peer_addr(),
-            MailStream::Tls(s) => s.get_ref().0.peer_addr(),
+            MailStream::Tls(s) => s.get_ref().0.tcp().peer_addr(),
         }
     }
 }
@@ -187,6 +187,12 @@ fn send_error(e: &lettre::transport::smtp::Error, host: &str) -> Error {
                 reply_text(e)
             ),
         ),
+        // A message the client itself cannot send here (e.g. non-ASCII
+        // envelope addresses without SMTPUTF8): permanent, never retried.
+        _ if e.is_client() => Error::new(
+            ErrorCode::SendRejected,
+            format!("the message cannot be sent through this server: {e}"),
+        ),
         _ => transport_error(e, host),
     }
 }
@@ -294,15 +300,10 @@ impl SmtpClient {
             .filter_map(|n| Mechanism::parse(n))
             .collect();
         let mechanism = choose_mechanism(PROTO, &offered, &offered_names, creds, preferred)
-            .map_err(|error| StepError {
-                step: Step::Ehlo,
-                error,
-            })?;
+            .map_err(|error| StepError::new(Step::Ehlo, error))?;
         if mechanism.is_password() {
-            check_plaintext_allowed(encrypted, endpoint).map_err(|error| StepError {
-                step: Step::Authenticate,
-                error,
-            })?;
+            check_plaintext_allowed(encrypted, endpoint)
+                .map_err(|error| StepError::new(Step::Authenticate, error))?;
         }
         steps
             .run_detailed(Step::Authenticate, async {

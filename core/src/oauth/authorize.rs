@@ -1,34 +1,59 @@
 //! The consent URL: RFC 6749 §4.1.1 authorization request with PKCE S256
 //! (RFC 7636 §4.2) and Google's web-server-flow parameters.
 
-use time::OffsetDateTime;
 use url::Url;
 
-use super::{Context, MailboxEventKind};
+use super::Context;
 use crate::MailSync;
 use crate::error::Result;
-use crate::model::{AlertLevel, ConnectionState, MailboxId, Secret};
-use crate::store::PendingAuthorization;
+use crate::lifecycle::LifecycleEvent;
+use crate::model::{MailboxId, Secret, Timestamp};
+use crate::store::{GrantChange, PendingAuthorization, PendingChange};
 
 /// A consent request for the mailbox owner's browser.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct ConsentRequest {
     /// The authorization URL to open (it carries the `state`; treat it as a
     /// one-time link, not a secret).
-    pub url: Url,
+    pub url: String,
     /// The mailbox it is for.
     pub mailbox_id: MailboxId,
     /// After this instant the callback is refused (`state_invalid`).
-    pub expires_at: OffsetDateTime,
+    pub expires_at: Timestamp,
 }
 
-/// The scopes requested: the mail scope plus `openid email` to learn the account.
-pub(crate) fn requested_scopes(mail_scope: &str) -> Vec<String> {
-    vec![
-        mail_scope.to_owned(),
-        "openid".to_owned(),
-        "email".to_owned(),
-    ]
+/// The scopes requested: the mail scopes, `openid email` to learn the
+/// account and, in the generic dialect, `offline_access` for a refresh token.
+pub(crate) fn requested_scopes(provider: &super::Provider) -> Vec<String> {
+    let mut scopes = provider.mail_scopes.clone();
+    for extra in ["openid", "email"] {
+        if !scopes.iter().any(|s| s == extra) {
+            scopes.push(extra.to_owned());
+        }
+    }
+    if provider.dialect == super::Dialect::Generic
+        && provider.offers_offline_access
+        && !scopes
+            .iter()
+            .any(|s| s == super::provider::OFFLINE_ACCESS_SCOPE)
+    {
+        scopes.push(super::provider::OFFLINE_ACCESS_SCOPE.to_owned());
+    }
+    scopes
 }
 
 /// Builds the authorization URL. Returns the URL, the state and the verifier.
@@ -38,16 +63,21 @@ pub(crate) fn build_consent_url(ctx: &Context) -> (Url, Secret, Secret) {
         .client
         .authorize_url(oauth2::CsrfToken::new_random)
         .add_scopes(
-            requested_scopes(&ctx.provider.mail_scope)
+            requested_scopes(&ctx.provider)
                 .into_iter()
                 .map(oauth2::Scope::new),
         )
         .set_pkce_challenge(challenge)
-        // Google web server flow (reference.md §A.4): a refresh token on
-        // every consent, the consent screen every time, incremental grants.
-        .add_extra_param("access_type", "offline")
-        .add_extra_param("prompt", "consent")
-        .add_extra_param("include_granted_scopes", "true");
+        // The consent screen every time, so a refresh token is issued on
+        // every consent (Google documents it; OIDC requires it with
+        // offline_access).
+        .add_extra_param("prompt", "consent");
+    if ctx.provider.dialect == super::Dialect::Google {
+        // Google's web server flow: a refresh token, incremental grants.
+        request = request
+            .add_extra_param("access_type", "offline")
+            .add_extra_param("include_granted_scopes", "true");
+    }
     request = request.add_extra_param("login_hint", ctx.mailbox.email.clone());
     let (url, state) = request.url();
     // Move the oauth2 secrets into ours at once.
@@ -57,40 +87,33 @@ pub(crate) fn build_consent_url(ctx: &Context) -> (Url, Secret, Secret) {
 }
 
 impl MailSync {
-    /// Starts connecting a mailbox: returns the consent URL for its owner.
-    ///
-    /// Refused before anyone is redirected: the mailbox has no OAuth profile
-    /// or the profile lacks a client id, secret or redirect URI
-    /// (`validation`); the app is External + Testing and the address is not a
-    /// test user (`not_a_test_user`). A pending consent for the same mailbox
-    /// is replaced (its link stops working). The mailbox becomes
-    /// `AwaitingConsent`.
-    pub async fn connect(&self, mailbox: &MailboxId) -> Result<ConsentRequest> {
+    /// See [`crate::Connections::connect`].
+    pub(crate) async fn connect(&self, mailbox: &MailboxId) -> Result<ConsentRequest> {
         let ctx = self.oauth_context(mailbox).await?;
         ctx.app().ensure_may_connect(&ctx.mailbox.email)?;
         let (url, state, verifier) = build_consent_url(&ctx);
-        let now = OffsetDateTime::now_utc();
-        let ttl = self.settings().consent_ttl;
-        let expires_at = now + time::Duration::try_from(ttl).unwrap_or(time::Duration::minutes(10));
+        let now = self.now();
+        let expires_at = now.plus(self.options().consent_ttl());
         let pending = PendingAuthorization {
             state,
             mailbox_id: ctx.mailbox.id.clone(),
             pkce_verifier: verifier,
             redirect_uri: ctx.redirect_uri.clone(),
+            issuer: ctx.binding.issuer.clone(),
+            client_id: ctx.binding.client_id.clone(),
             created_at: now,
             expires_at,
         };
-        self.store().put_pending_authorization(&pending).await?;
-        self.record_connection(
+        self.transition(
             &ctx.mailbox.id,
-            Some(ConnectionState::AwaitingConsent { expires_at }),
-            None::<(AlertLevel, &str, String)>,
-            None::<(MailboxEventKind, Option<&str>, String)>,
+            &[LifecycleEvent::ConsentStarted { expires_at }],
+            GrantChange::Keep,
+            PendingChange::Put(&pending),
         )
         .await?;
         tracing::info!(mailbox = %ctx.mailbox.id, profile = %ctx.profile.id, "consent URL issued");
         Ok(ConsentRequest {
-            url,
+            url: url.to_string(),
             mailbox_id: ctx.mailbox.id.clone(),
             expires_at,
         })
@@ -102,26 +125,29 @@ mod tests {
     use super::*;
     use crate::model::{MailboxSpec, OAuthApp, ServerProfile};
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     /// The Google preset's consent URL carries exactly Google's documented
     /// parameters (reference.md §A.4) plus PKCE; no network is used.
     #[tokio::test]
     async fn google_consent_url_has_exactly_the_documented_parameters() {
-        let sync = MailSync::in_memory();
+        let sync = MailSync::for_tests();
         let app = OAuthApp::google("1234-abc.apps.googleusercontent.com", "client-secret-xyz")
             .for_environment("https://contoso.crm.example.com")
             .unwrap()
             .with_test_users(["alice@gmail.com"]);
-        sync.create_profile(ServerProfile::gmail("Gmail", app).default_for_new_mailboxes())
+        sync.directory()
+            .create_profile(ServerProfile::gmail("Gmail", app).default_for_new_mailboxes())
             .await
             .unwrap();
         let mailbox = sync
+            .directory()
             .create_mailbox(MailboxSpec::user("Alice@Gmail.com"))
             .await
             .unwrap();
-        let consent = sync.connect(&mailbox.id).await.unwrap();
+        let consent = sync.connections().connect(&mailbox.id).await.unwrap();
 
-        let url = &consent.url;
+        let url = &Url::parse(&consent.url).unwrap();
         assert_eq!(
             format!(
                 "{}://{}{}",
@@ -172,18 +198,20 @@ mod tests {
         assert!(!url.as_str().contains("client-secret-xyz"));
 
         // Pending authorization stored; mailbox awaits consent; expiry ~10 min.
-        let left = consent.expires_at - OffsetDateTime::now_utc();
-        assert!(left > time::Duration::minutes(9) && left <= time::Duration::minutes(10));
-        let record = sync.get_mailbox(&mailbox.id).await.unwrap();
-        assert!(matches!(
-            record.connection,
-            ConnectionState::AwaitingConsent { .. }
-        ));
+        let left = consent.expires_at.since(Timestamp::now_utc());
+        assert!(left > Duration::from_secs(540) && left <= Duration::from_secs(600));
+        let state = sync.directory().state(&mailbox.id).await.unwrap();
+        assert_eq!(
+            state.pending_consent.map(|p| p.expires_at),
+            Some(consent.expires_at)
+        );
 
         // A second connect replaces the first state.
-        let second = sync.connect(&mailbox.id).await.unwrap();
-        let state_of = |u: &Url| {
-            u.query_pairs()
+        let second = sync.connections().connect(&mailbox.id).await.unwrap();
+        let state_of = |u: &str| {
+            Url::parse(u)
+                .unwrap()
+                .query_pairs()
                 .find(|(k, _)| k == "state")
                 .unwrap()
                 .1
@@ -192,13 +220,13 @@ mod tests {
         assert_ne!(state_of(&second.url), state_of(&consent.url));
         let old = sync
             .store()
-            .take_pending_authorization(&Secret::new(state_of(&consent.url)))
+            .take_pending(&Secret::new(state_of(&consent.url)))
             .await
             .unwrap();
         assert!(old.is_none(), "the first state must be gone");
         let new = sync
             .store()
-            .take_pending_authorization(&Secret::new(state_of(&second.url)))
+            .take_pending(&Secret::new(state_of(&second.url)))
             .await
             .unwrap()
             .unwrap();
@@ -213,13 +241,14 @@ mod tests {
     async fn refusals_before_redirect() {
         use crate::ErrorCode;
         use crate::model::{PublishingStatus, UserType};
-        let sync = MailSync::in_memory();
+        let sync = MailSync::for_tests();
         // No profile.
         let lone = sync
+            .directory()
             .create_mailbox(MailboxSpec::user("lone@example.com"))
             .await
             .unwrap();
-        let e = sync.connect(&lone.id).await.unwrap_err();
+        let e = sync.connections().connect(&lone.id).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::Validation);
         assert_eq!(e.field(), Some("profile_id"));
         // Not an OAuth profile.
@@ -234,14 +263,15 @@ mod tests {
                 ),
             },
             crate::model::Endpoint::new("smtp.example.com", 587, crate::model::Security::StartTls),
-            crate::model::Authentication::CredentialsPerMailbox,
+            crate::model::Authentication::CredentialsPerMailbox {},
         );
-        let password = sync.create_profile(password).await.unwrap();
+        let password = sync.directory().create_profile(password).await.unwrap();
         let pw = sync
+            .directory()
             .create_mailbox(MailboxSpec::user("pw@example.com").on_profile(password.id.clone()))
             .await
             .unwrap();
-        let e = sync.connect(&pw.id).await.unwrap_err();
+        let e = sync.connections().connect(&pw.id).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::Validation);
         assert_eq!(e.field(), Some("authentication"));
         // External + Testing, not a test user (added before the app was restricted).
@@ -250,10 +280,12 @@ mod tests {
             .unwrap()
             .with_audience(UserType::External, PublishingStatus::Production);
         let profile = sync
+            .directory()
             .create_profile(ServerProfile::gmail("G", app.clone()))
             .await
             .unwrap();
         let mb = sync
+            .directory()
             .create_mailbox(MailboxSpec::user("bob@gmail.com").on_profile(profile.id.clone()))
             .await
             .unwrap();
@@ -263,8 +295,8 @@ mod tests {
                 .with_audience(UserType::External, PublishingStatus::Testing)
                 .with_test_users(["x@gmail.com"]),
         };
-        sync.store().update_profile(&restricted).await.unwrap();
-        let e = sync.connect(&mb.id).await.unwrap_err();
+        let restricted = sync.store().update_profile(&restricted).await.unwrap();
+        let e = sync.connections().connect(&mb.id).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::NotATestUser);
         // No client secret.
         let mut no_secret = restricted.clone();
@@ -273,7 +305,7 @@ mod tests {
             app.consent_screen.publishing_status = PublishingStatus::Production;
         }
         sync.store().update_profile(&no_secret).await.unwrap();
-        let e = sync.connect(&mb.id).await.unwrap_err();
+        let e = sync.connections().connect(&mb.id).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::Validation);
         assert_eq!(e.field(), Some("client_secret"));
     }

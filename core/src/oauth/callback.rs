@@ -11,13 +11,14 @@
 
 use base64::Engine as _;
 use oauth2::TokenResponse as _;
-use time::OffsetDateTime;
 
-use super::{Context, MailboxEventKind, Phase, TokenResponse, map_token_error, sanitize};
+use super::{Context, Phase, TokenResponse, map_token_error, normalize_issuer, sanitize};
 use crate::MailSync;
+use crate::directory::MailboxStatus;
 use crate::error::{Error, ErrorCode, Result};
-use crate::model::{AlertLevel, ConnectionState, Mailbox, Secret};
-use crate::store::TokenRecord;
+use crate::lifecycle::LifecycleEvent;
+use crate::model::{MailboxId, Secret, Timestamp};
+use crate::store::{Grant, GrantChange, PendingChange};
 
 /// The parameters of a redirect (success or error response).
 #[derive(Debug, Default)]
@@ -26,10 +27,29 @@ struct Callback {
     code: Option<Secret>,
     error: Option<String>,
     error_description: Option<String>,
+    /// RFC 9207 authorization server issuer identifier.
+    iss: Option<String>,
 }
+
+/// The longest redirect accepted. Google's codes are at most 256 bytes and
+/// its redirects well under 2 KiB; anything far larger is refused locally
+/// instead of being sent to the token endpoint.
+pub(crate) const MAX_CALLBACK_LEN: usize = 8 * 1024;
+
+/// The longest authorization code accepted (Google documents 256 bytes).
+pub(crate) const MAX_CODE_LEN: usize = 2048;
 
 fn parse_callback(input: &str) -> Result<Callback> {
     let input = input.trim();
+    if input.len() > MAX_CALLBACK_LEN {
+        return Err(Error::validation(
+            "callback_url",
+            format!(
+                "is {} bytes long; a consent redirect is at most {MAX_CALLBACK_LEN} bytes",
+                input.len()
+            ),
+        ));
+    }
     let query = if input.contains("://") {
         let url = url::Url::parse(input)
             .map_err(|e| Error::validation("callback_url", format!("not a URL: {e}")))?;
@@ -38,12 +58,36 @@ fn parse_callback(input: &str) -> Result<Callback> {
         input.trim_start_matches('?').to_owned()
     };
     let mut cb = Callback::default();
+    let mut seen: Vec<String> = Vec::new();
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        // RFC 6749 §3.1: request and response parameters must not repeat.
+        if seen.iter().any(|s| s == k.as_ref()) {
+            return Err(Error::validation(
+                "callback_url",
+                format!(
+                    "repeats the parameter '{}' (RFC 6749 §3.1 forbids it)",
+                    sanitize(&k)
+                ),
+            ));
+        }
+        seen.push(k.to_string());
         match k.as_ref() {
             "state" => cb.state = Some(Secret::new(v.into_owned())),
-            "code" => cb.code = Some(Secret::new(v.into_owned())),
+            "code" => {
+                if v.len() > MAX_CODE_LEN {
+                    return Err(Error::validation(
+                        "callback_url",
+                        format!(
+                            "carries a {}-byte code; authorization codes are at most {MAX_CODE_LEN} bytes",
+                            v.len()
+                        ),
+                    ));
+                }
+                cb.code = Some(Secret::new(v.into_owned()))
+            }
             "error" => cb.error = Some(sanitize(&v)),
             "error_description" => cb.error_description = Some(sanitize(&v)),
+            "iss" => cb.iss = Some(v.into_owned()),
             _ => {}
         }
     }
@@ -107,19 +151,24 @@ fn same_issuer(a: &str, b: &str) -> bool {
 }
 
 impl MailSync {
-    /// Completes a connection from the provider's redirect: pass the full
-    /// redirect URL (`<redirect URI>?code=…&state=…`) or just its query.
-    ///
-    /// The `state` is consumed first (single use, constant-time compared,
-    /// refused when missing, unknown, expired or used: `state_invalid`). An
-    /// error redirect maps to `consent_denied`, `admin_policy`,
-    /// `org_internal` or `consent_failed`. The code is exchanged with the
-    /// PKCE verifier; the granted scope must include the mail scope
-    /// (`scope_not_granted`) and the consenting account must be the
-    /// mailbox's address (`account_mismatch`) — in both cases the tokens are
-    /// revoked and nothing is stored. On success the token set is stored
-    /// sealed, the mailbox becomes `Connected` and a `connected` event fires.
-    pub async fn complete_connect(&self, callback_url: &str) -> Result<Mailbox> {
+    /// Records a consent that ended without a grant (best effort: the
+    /// caller's error is what matters) and returns the error.
+    async fn consent_failed(&self, mailbox: &MailboxId, err: Error) -> Error {
+        let event = LifecycleEvent::ConsentFailed {
+            code: err.code(),
+            reason: err.message().to_owned(),
+        };
+        if let Err(e) = self
+            .transition(mailbox, &[event], GrantChange::Keep, PendingChange::Keep)
+            .await
+        {
+            tracing::warn!(mailbox = %mailbox, code = %e.code(), "could not record the failed consent");
+        }
+        err
+    }
+
+    /// See [`crate::Connections::complete`].
+    pub(crate) async fn complete_connect(&self, callback_url: &str) -> Result<MailboxStatus> {
         let cb = parse_callback(callback_url)?;
         let invalid = |why: &str| {
             Error::new(
@@ -130,7 +179,7 @@ impl MailSync {
         let Some(state) = cb.state.as_ref().filter(|s| !s.is_empty()) else {
             return Err(invalid("no state"));
         };
-        let Some(pending) = self.store().take_pending_authorization(state).await? else {
+        let Some(pending) = self.store().take_pending(state).await? else {
             tracing::warn!("consent callback with an unknown or used state");
             return Err(invalid("unknown or already used state"));
         };
@@ -139,47 +188,48 @@ impl MailSync {
             return Err(invalid("unknown state"));
         }
         let mailbox_id = pending.mailbox_id.clone();
-        if pending.expires_at <= OffsetDateTime::now_utc() {
-            self.record_connection(
-                &mailbox_id,
-                Some(ConnectionState::NotConnected),
-                Some((
-                    AlertLevel::Warning,
-                    "state_invalid",
-                    "a consent link expired before it was used".into(),
-                )),
-                None,
-            )
-            .await?;
+        if pending.expires_at <= self.now() {
             return Err(invalid("the consent link expired"));
         }
-        let ctx = self.oauth_context(&mailbox_id).await?;
-
+        let ctx = match self.oauth_context(&mailbox_id).await {
+            Ok(ctx) => ctx,
+            Err(e) => return Err(self.consent_failed(&mailbox_id, e).await),
+        };
+        if pending.issuer != ctx.binding.issuer || pending.client_id != ctx.binding.client_id {
+            let err = invalid(
+                "the mailbox's profile names another OAuth issuer or client than when the consent started",
+            );
+            return Err(self.consent_failed(&mailbox_id, err).await);
+        }
+        // RFC 9207: a provider that says who answered must be the one asked.
+        if let Some(iss) = &cb.iss
+            && normalize_issuer(iss) != normalize_issuer(&ctx.provider.issuer)
+        {
+            let err = Error::new(
+                ErrorCode::ConsentFailed,
+                format!(
+                    "the consent response came from issuer '{}', not '{}' (RFC 9207); nothing was exchanged",
+                    sanitize(iss),
+                    ctx.provider.issuer
+                ),
+            );
+            return Err(self.consent_failed(&mailbox_id, err).await);
+        }
         if let Some(error) = &cb.error {
             let err = consent_error(error, cb.error_description.as_deref(), &ctx.mailbox.email);
-            self.record_connection(
-                &mailbox_id,
-                Some(ConnectionState::NotConnected),
-                Some((
-                    AlertLevel::Warning,
-                    err.code().as_str(),
-                    err.message().to_owned(),
-                )),
-                None,
-            )
-            .await?;
-            return Err(err);
+            return Err(self.consent_failed(&mailbox_id, err).await);
         }
         let Some(code) = cb.code.as_ref().filter(|c| !c.is_empty()) else {
-            return Err(Error::new(
+            let err = Error::new(
                 ErrorCode::ConsentFailed,
                 "the consent response carries no code; connect again",
-            ));
+            );
+            return Err(self.consent_failed(&mailbox_id, err).await);
         };
 
         let redirect = oauth2::RedirectUrl::new(pending.redirect_uri.clone())
             .map_err(|e| Error::new(ErrorCode::Store, format!("stored redirect URI: {e}")))?;
-        let http = self.oauth().http()?;
+        let http = self.oauth().http();
         let adapter = http.oauth2();
         let exchanged = ctx
             .client
@@ -193,99 +243,135 @@ impl MailSync {
         let response = match exchanged {
             Ok(r) => r,
             Err(e) => {
-                let err = map_token_error(e, Phase::Exchange, &ctx);
-                if !err.is_transient() {
-                    self.record_connection(
-                        &mailbox_id,
-                        Some(ConnectionState::NotConnected),
-                        Some((
-                            AlertLevel::Warning,
-                            err.code().as_str(),
-                            err.message().to_owned(),
-                        )),
-                        None,
-                    )
-                    .await?;
-                }
-                return Err(err);
+                // The state is spent either way: this consent cannot finish.
+                let err = map_token_error(e, Phase::Exchange, ctx.errors());
+                return Err(self.consent_failed(&mailbox_id, err).await);
             }
         };
-        let tokens = Exchanged::from_response(response);
+        let tokens = Exchanged::from_response(response, self.now());
 
-        if let Err(err) = self.check_grant(&ctx, &tokens).await {
-            // Give back what was granted; store nothing.
-            let revoked = self
-                .revoke_grant(&ctx, &tokens.access_token, tokens.refresh_token.as_ref())
+        let (checked, account) = self.check_grant(&ctx, &tokens).await;
+        if let Err(err) = checked {
+            self.give_back_refused_grant(&ctx, &tokens, account.as_deref())
                 .await;
-            if let Err(e) = revoked {
-                tracing::warn!(mailbox = %mailbox_id, code = %e.code(), "could not revoke a refused grant");
-            }
-            self.record_connection(
-                &mailbox_id,
-                Some(ConnectionState::NotConnected),
-                Some((
-                    AlertLevel::Warning,
-                    err.code().as_str(),
-                    err.message().to_owned(),
-                )),
-                None,
-            )
-            .await?;
-            return Err(err);
+            return Err(self.consent_failed(&mailbox_id, err).await);
         }
 
-        let now = OffsetDateTime::now_utc();
-        let record = TokenRecord {
+        let account = ctx.mailbox.email.clone();
+        let grant = Grant {
             mailbox_id: mailbox_id.clone(),
-            account: ctx.mailbox.email.clone(),
+            issuer: ctx.binding.issuer.clone(),
+            client_id: ctx.binding.client_id.clone(),
+            token_endpoint: ctx.provider.token_endpoint.to_string(),
+            account: account.clone(),
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,
             expires_at: tokens.expires_at,
             scopes: tokens.scopes,
-            obtained_at: now,
+            obtained_at: self.now(),
             version: 0,
         };
-        self.store().put_tokens(&record, None).await?;
-        let message = format!("{} is connected", ctx.mailbox.email);
-        let mailbox = self
-            .record_connection(
-                &mailbox_id,
-                Some(ConnectionState::Connected {
-                    account: ctx.mailbox.email.clone(),
-                    since: now,
-                }),
-                Some((AlertLevel::Info, "connected", message.clone())),
-                Some((MailboxEventKind::Connected, None, message)),
-            )
-            .await?;
+        let previous = self
+            .store()
+            .get_grant(&mailbox_id)
+            .await?
+            .map(|g| g.version);
+        self.transition(
+            &mailbox_id,
+            &[LifecycleEvent::ConsentCompleted { account }],
+            GrantChange::Put {
+                grant: &grant,
+                expected: previous,
+            },
+            PendingChange::Keep,
+        )
+        .await?;
         tracing::info!(mailbox = %mailbox_id, "mailbox connected");
-        Ok(mailbox)
+        self.directory().status(&mailbox_id).await
     }
 
-    /// Scope and account checks on a fresh grant.
-    async fn check_grant(&self, ctx: &Context, tokens: &Exchanged) -> Result<()> {
-        let mail_scope = &ctx.provider.mail_scope;
+    /// Scope and account checks on a fresh grant. Also returns the
+    /// consenting account when it could be learned, whatever the outcome.
+    async fn check_grant(&self, ctx: &Context, tokens: &Exchanged) -> (Result<()>, Option<String>) {
+        let account = self.consenting_account(ctx, tokens).await;
+        let known = account.as_ref().ok().cloned();
         // RFC 6749 §5.1: an absent scope means "as requested".
-        if tokens.scope_returned && !tokens.scopes.iter().any(|s| s == mail_scope) {
-            return Err(Error::new(
+        let missing: Vec<&str> = ctx
+            .provider
+            .mail_scopes
+            .iter()
+            .filter(|wanted| tokens.scope_returned && !tokens.scopes.iter().any(|s| s == *wanted))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            let err = Error::new(
                 ErrorCode::ScopeNotGranted,
                 format!(
-                    "{} did not grant access to mail ({mail_scope}); connect again and leave the mail permission checked",
-                    ctx.mailbox.email
+                    "{} did not grant access to mail ({}); connect again and leave the mail permission checked",
+                    ctx.mailbox.email,
+                    missing.join(" ")
                 ),
-            ));
+            );
+            return (Err(err), known);
         }
-        let account = self.consenting_account(ctx, tokens).await?;
+        let account = match account {
+            Ok(a) => a,
+            Err(e) => return (Err(e), None),
+        };
         if !account.eq_ignore_ascii_case(&ctx.mailbox.email) {
-            return Err(Error::new(
+            let err = Error::new(
                 ErrorCode::AccountMismatch,
                 format!(
                     "consent was given by {account}, but the mailbox is {}; sign in as {} and connect again",
                     ctx.mailbox.email, ctx.mailbox.email
                 ),
-            ));
+            );
+            return (Err(err), known);
         }
-        Ok(())
+        (Ok(()), known)
+    }
+
+    /// Discards a grant that failed the checks. It is also revoked at the
+    /// provider, but only when no mailbox holds a grant of the same account
+    /// on the same OAuth client: at Google, revoking one token revokes the
+    /// account's whole grant for the client, so revoking here would
+    /// disconnect that other mailbox (e.g. bob consenting on alice's connect
+    /// page while bob's own mailbox is connected). When the account is
+    /// unknown nothing is revoked either.
+    async fn give_back_refused_grant(
+        &self,
+        ctx: &Context,
+        tokens: &Exchanged,
+        account: Option<&str>,
+    ) {
+        let Some(account) = account else {
+            tracing::warn!(mailbox = %ctx.mailbox.id, "refused grant of an unknown account discarded without revocation");
+            return;
+        };
+        match self.grant_in_use(ctx, account).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(mailbox = %ctx.mailbox.id, "refused grant discarded; not revoked because a mailbox holds a grant of that account");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(mailbox = %ctx.mailbox.id, code = %e.code(), "cannot tell whether the refused grant is shared; not revoked");
+                return;
+            }
+        }
+        if let Err(e) = self
+            .revoke_grant(ctx, &tokens.access_token, tokens.refresh_token.as_ref())
+            .await
+        {
+            tracing::warn!(mailbox = %ctx.mailbox.id, code = %e.code(), "could not revoke a refused grant");
+        }
+    }
+
+    /// Whether any mailbox holds a grant of `account` on this OAuth client.
+    async fn grant_in_use(&self, ctx: &Context, account: &str) -> Result<bool> {
+        self.store()
+            .grant_held(&ctx.binding.issuer, &ctx.binding.client_id, account)
+            .await
     }
 
     async fn consenting_account(&self, ctx: &Context, tokens: &Exchanged) -> Result<String> {
@@ -337,7 +423,7 @@ impl MailSync {
             Some(u) => u.clone(),
             None => {
                 let discovered = super::provider::Provider::discover(
-                    self.oauth().http()?,
+                    self.oauth().http(),
                     &url::Url::parse(&ctx.provider.issuer).map_err(|e| {
                         Error::new(ErrorCode::ProviderError, format!("issuer: {e}"))
                     })?,
@@ -354,7 +440,7 @@ impl MailSync {
         };
         let (status, body) = self
             .oauth()
-            .http()?
+            .http()
             .get_json(&userinfo, Some(tokens.access_token.expose()))
             .await
             .map_err(|e| Error::new(ErrorCode::ProviderUnavailable, format!("userinfo: {e}")))?;
@@ -374,19 +460,22 @@ impl MailSync {
 pub(crate) struct Exchanged {
     pub(crate) access_token: Secret,
     pub(crate) refresh_token: Option<Secret>,
-    pub(crate) expires_at: Option<OffsetDateTime>,
+    pub(crate) expires_at: Option<Timestamp>,
     pub(crate) scopes: Vec<String>,
     pub(crate) scope_returned: bool,
     pub(crate) id_token: Option<Secret>,
 }
 
+/// The longest access token lifetime believed (a year): a provider's
+/// `expires_in` beyond it is clamped, so time arithmetic cannot overflow.
+pub(crate) const MAX_TOKEN_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(365 * 24 * 3600);
+
 impl Exchanged {
-    pub(crate) fn from_response(response: TokenResponse) -> Exchanged {
-        let now = OffsetDateTime::now_utc();
+    pub(crate) fn from_response(response: TokenResponse, now: Timestamp) -> Exchanged {
         let expires_at = response
             .expires_in()
-            .and_then(|d| time::Duration::try_from(d).ok())
-            .map(|d| now + d);
+            .map(|d| now.plus(d.min(MAX_TOKEN_LIFETIME)));
         let scopes: Option<Vec<String>> = response
             .scopes()
             .map(|s| s.iter().map(|s| s.to_string()).collect());
@@ -412,6 +501,69 @@ mod tests {
     use super::*;
 
     #[test]
+    fn repeated_or_oversized_parameters_are_refused() {
+        for input in [
+            "?code=A&code=B&state=S",
+            "?code=A&state=S&state=T",
+            "https://crm.example.com/cb?state=S&error=access_denied&error=x",
+        ] {
+            let e = parse_callback(input).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Validation, "{input}");
+            assert_eq!(e.field(), Some("callback_url"));
+            assert!(e.message().contains("repeats"), "{}", e.message());
+        }
+        let huge_code = format!("?state=S&code={}", "a".repeat(100 * 1024));
+        let e = parse_callback(&huge_code).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Validation);
+        let long_code = format!("?state=S&code={}", "a".repeat(MAX_CODE_LEN + 1));
+        let e = parse_callback(&long_code).unwrap_err();
+        assert!(e.message().contains("code"), "{}", e.message());
+        // Parameters we do not read may appear once each, in any order.
+        assert!(parse_callback("?scope=a+b&state=S&code=C&authuser=0&prompt=consent").is_ok());
+    }
+
+    /// A refused redirect leaves the pending consent usable: the attacker's
+    /// malformed redirect cannot burn the user's state.
+    #[tokio::test]
+    async fn refused_redirects_do_not_consume_the_state() {
+        use crate::model::{MailboxSpec, OAuthApp, ServerProfile};
+        let sync = MailSync::for_tests();
+        let app = OAuthApp::google("1234-abc.apps.googleusercontent.com", "s")
+            .for_environment("https://contoso.crm.example.com")
+            .unwrap();
+        sync.directory()
+            .create_profile(ServerProfile::gmail("Gmail", app).default_for_new_mailboxes())
+            .await
+            .unwrap();
+        let mailbox = sync
+            .directory()
+            .create_mailbox(MailboxSpec::user("alice@gmail.com"))
+            .await
+            .unwrap();
+        let consent = sync.connections().connect(&mailbox.id).await.unwrap();
+        let state = url::Url::parse(&consent.url)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .to_string();
+        for bad in [
+            format!("?code=A&code=B&state={state}"),
+            format!("?code={}&state={state}", "x".repeat(MAX_CODE_LEN + 1)),
+        ] {
+            let e = sync.connections().complete(&bad).await.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Validation);
+        }
+        let pending = sync
+            .store()
+            .take_pending(&Secret::new(state))
+            .await
+            .unwrap();
+        assert!(pending.is_some(), "the state must still be pending");
+    }
+
+    #[test]
     fn callback_parsing_accepts_url_or_query() {
         let cb = parse_callback("https://crm.example.com/cb?code=abc&state=xyz&scope=a+b").unwrap();
         assert_eq!(cb.code.unwrap().expose(), "abc");
@@ -420,7 +572,14 @@ mod tests {
         assert_eq!(cb.error.as_deref(), Some("access_denied"));
         let cb = parse_callback("error=org_internal").unwrap();
         assert!(cb.state.is_none());
-        assert!(format!("{cb:?}").contains("REDACTED") || cb.code.is_none());
+        // A parsed callback never shows its code or state.
+        let cb = parse_callback("?code=4/0AbCdEf-secret-code&state=state-value-123").unwrap();
+        let shown = format!("{cb:?}");
+        assert!(
+            !shown.contains("secret-code") && !shown.contains("state-value-123"),
+            "{shown}"
+        );
+        assert!(shown.contains("REDACTED"), "{shown}");
     }
 
     #[test]

@@ -194,8 +194,9 @@ fn describe(err: reqwest::Error) -> HttpError {
     let url = err
         .url()
         .map(|u| {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
             format!(
-                "{}://{}{}",
+                "{}://{}{port}{}",
                 u.scheme(),
                 u.host_str().unwrap_or("?"),
                 u.path()

@@ -19,15 +19,59 @@ pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 /// The scope for IMAP, POP and SMTP access to Gmail.
 pub const GMAIL_SCOPE: &str = "https://mail.google.com/";
 
-/// Which dialect of authorization request parameters a provider gets.
+/// Microsoft 365 (Exchange Online) scopes for IMAP, POP and SMTP AUTH.
+pub const MICROSOFT_MAIL_SCOPES: &[&str] = &[
+    "https://outlook.office.com/IMAP.AccessAsUser.All",
+    "https://outlook.office.com/POP.AccessAsUser.All",
+    "https://outlook.office.com/SMTP.Send",
+];
+
+/// The OIDC scope that asks for a refresh token
+/// ([OIDC Core §11](https://openid.net/specs/openid-connect-core-1_0.html#OfflineAccess)).
+pub const OFFLINE_ACCESS_SCOPE: &str = "offline_access";
+
+/// How a provider is asked for a refresh token and which extra parameters
+/// the consent request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
-    /// Google's web server flow: `access_type=offline`, `prompt=consent`,
-    /// `include_granted_scopes=true`, `login_hint`.
+    /// Google's web server flow: `access_type=offline` (Google issues the
+    /// refresh token on it; it refuses the `offline_access` scope),
+    /// `prompt=consent`, `include_granted_scopes=true`, `login_hint`.
     Google,
-    /// Plain OAuth 2.0 / OIDC; the same parameters are sent, since providers
-    /// ignore unknown ones (RFC 6749 §3.1), but the preset stays explicit.
+    /// OpenID Connect: the `offline_access` scope with `prompt=consent`
+    /// (OIDC Core §11), plus `login_hint`. Microsoft, Keycloak and most
+    /// other providers issue refresh tokens this way.
     Generic,
+}
+
+impl Dialect {
+    /// The dialect an issuer speaks: Google's for Google's issuer, else generic.
+    pub fn for_issuer(issuer: &str) -> Dialect {
+        let host = url::Url::parse(issuer)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        match host.as_deref() {
+            Some("accounts.google.com") => Dialect::Google,
+            _ => Dialect::Generic,
+        }
+    }
+}
+
+/// The mail scopes a known issuer needs for IMAP/POP/SMTP, or `None` when
+/// the issuer is unknown (the profile must then name them).
+pub fn default_mail_scopes(issuer: &str) -> Option<Vec<String>> {
+    let host = url::Url::parse(issuer)
+        .ok()?
+        .host_str()?
+        .to_ascii_lowercase();
+    let scopes: &[&str] = match host.as_str() {
+        "accounts.google.com" => &[GMAIL_SCOPE],
+        "login.microsoftonline.com" | "login.microsoft.com" | "sts.windows.net" => {
+            MICROSOFT_MAIL_SCOPES
+        }
+        _ => return None,
+    };
+    Some(scopes.iter().map(|s| (*s).to_owned()).collect())
 }
 
 /// Where an authorization server's endpoints are.
@@ -43,8 +87,12 @@ pub struct Provider {
     pub revocation_endpoint: Option<Url>,
     /// OIDC userinfo endpoint, if known.
     pub userinfo_endpoint: Option<Url>,
-    /// The mail scope to request (`https://mail.google.com/` for Gmail).
-    pub mail_scope: String,
+    /// The mail scopes to request; every one must be granted
+    /// (`https://mail.google.com/` for Gmail).
+    pub mail_scopes: Vec<String>,
+    /// Whether the metadata lists `offline_access` among its scopes (or
+    /// lists no scopes at all), so the generic dialect may request it.
+    pub offers_offline_access: bool,
     /// Request parameter dialect.
     pub dialect: Dialect,
 }
@@ -73,7 +121,8 @@ impl Provider {
                 Url::parse(GOOGLE_REVOCATION_ENDPOINT).expect("constant URL"),
             ),
             userinfo_endpoint: None,
-            mail_scope: GMAIL_SCOPE.to_owned(),
+            mail_scopes: vec![GMAIL_SCOPE.to_owned()],
+            offers_offline_access: false,
             dialect: Dialect::Google,
         }
     }
@@ -103,6 +152,12 @@ impl Provider {
                 ),
             ));
         }
+        let offers_offline_access = match metadata.get("scopes_supported") {
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .any(|s| s.as_str() == Some(OFFLINE_ACCESS_SCOPE)),
+            _ => true,
+        };
         Ok(Provider {
             issuer: declared.to_owned(),
             authorization_endpoint: parse(
@@ -116,7 +171,8 @@ impl Provider {
             userinfo_endpoint: text("userinfo_endpoint")
                 .map(|u| parse("userinfo_endpoint", u))
                 .transpose()?,
-            mail_scope: GMAIL_SCOPE.to_owned(),
+            mail_scopes: vec![GMAIL_SCOPE.to_owned()],
+            offers_offline_access,
             dialect,
         })
     }

@@ -7,55 +7,104 @@
 //!   async mutex; the first refreshes, the others then find a fresh token in
 //!   the store. If the refresh failed transiently, those who were already
 //!   waiting get the same error instead of trying again one after another.
-//! * **Across processes** sharing a store, the refresher must hold the
-//!   mailbox's refresh lease ([`crate::Store::try_acquire_refresh_lease`]).
-//!   Whoever does not get it polls the store with bounded exponential
-//!   backoff until a fresh token appears (or the lease is free again), and
-//!   returns the winner's token. The new token set is written with
-//!   compare-and-swap on its version, so a rotated refresh token is stored
-//!   before the new access token is handed to anyone.
+//! * **Across processes** sharing a store, the refresher holds the
+//!   mailbox's refresh [`Lease`]. It renews the lease before each attempt,
+//!   and writes the new tokens with compare-and-swap on the grant's version
+//!   *and* the lease's fencing token, so a holder that lost its lease (it
+//!   was paused past the expiry) cannot overwrite its successor. Whoever
+//!   does not get the lease polls the store with bounded backoff until a
+//!   fresh token appears, and returns it.
+//! * **Cancellation.** The request and the write that stores its answer
+//!   run as one detached task: a host that cancels its call (a timeout, a
+//!   dropped future) cannot cut between the provider's answer and the write,
+//!   so a rotated refresh token is never lost that way.
 //!
-//! `invalid_grant` moves the mailbox to `NeedsReconsent` and deletes the
-//! dead tokens; later calls fail at once with `token_revoked`, without
-//! asking the provider again.
+//! # Bound grants
+//!
+//! A grant is used only with the issuer and client that issued it, and
+//! refreshed only at the token endpoint recorded with it. If the mailbox's
+//! profile now names another issuer or client, nothing is sent anywhere:
+//! the grant is deleted and the mailbox needs consent again
+//! (`grant_mismatch`).
+//!
+//! `invalid_grant` moves the mailbox to needs-re-consent and deletes the
+//! dead grant — only that grant: a newer one stored meanwhile is kept.
+//! Later calls fail at once with `token_revoked`, without asking the
+//! provider again.
 
 use std::time::{Duration, Instant};
 
-use time::OffsetDateTime;
-
 use super::callback::Exchanged;
-use super::{MailboxEventKind, Phase, map_token_error};
+use super::{ErrorContext, Phase, RefreshClient, app_of, map_token_error};
 use crate::MailSync;
+use crate::directory::MailboxStatus;
 use crate::error::{Error, ErrorCode, Result};
-use crate::model::{AlertLevel, ConnectionState, Mailbox, MailboxId, Secret};
-use crate::store::TokenRecord;
+use crate::lease::Lease;
+use crate::lifecycle::{GrantStatus, LifecycleEvent};
+use crate::model::{
+    Alert, AlertLevel, Authentication, BearerToken, Mailbox, MailboxId, Secret, ServerProfile,
+    Timestamp,
+};
+use crate::store::{Commit, CommitOutcome, Grant, GrantChange, LeaseKind, PendingChange};
 
 /// A valid access token for a mailbox.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object, object_to_js = false))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
 pub struct AccessToken {
     /// The bearer token (for XOAUTH2 / OAUTHBEARER).
-    pub token: Secret,
+    pub token: BearerToken,
     /// When it expires, if known.
-    pub expires_at: Option<OffsetDateTime>,
+    pub expires_at: Option<Timestamp>,
     /// The account it belongs to.
     pub account: String,
 }
 
-/// What is stored for a mailbox, without the secrets.
+/// What is stored about a mailbox's grant, without the secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenInfo {
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(
+        module = "mailsync",
+        get_all,
+        set_all,
+        eq,
+        from_py_object,
+        new = "from_fields"
+    )
+)]
+pub struct GrantInfo {
+    /// The issuer that granted it.
+    pub issuer: String,
+    /// The OAuth client it was granted to.
+    pub client_id: String,
     /// The account that consented.
     pub account: String,
     /// Granted scopes.
     pub scopes: Vec<String>,
     /// Access token expiry, if known.
-    pub expires_at: Option<OffsetDateTime>,
+    pub expires_at: Option<Timestamp>,
     /// When the tokens were obtained (consent or last refresh).
-    pub obtained_at: OffsetDateTime,
+    pub obtained_at: Timestamp,
     /// Whether a refresh token is stored.
     pub has_refresh_token: bool,
-    /// Store version (increases with every refresh).
-    pub version: u64,
+    /// Store version (grows with every refresh).
+    pub version: i64,
 }
 
 /// A transient failure remembered so that queued callers share it.
@@ -72,31 +121,65 @@ pub(crate) struct Flight {
     last_failure: Option<Failure>,
 }
 
-fn to_access(t: &TokenRecord) -> AccessToken {
+/// The refresh skew actually applied to a token: the configured skew, but
+/// never more than half the token's lifetime. Without that bound a token
+/// that lives no longer than the skew (Keycloak's default is 300 s, the same
+/// as ours) would count as expired the moment it was issued, and every
+/// caller would refresh again.
+pub(crate) fn effective_skew(
+    configured: Duration,
+    obtained_at: Timestamp,
+    expires_at: Timestamp,
+) -> Duration {
+    configured.min(expires_at.since(obtained_at) / 2)
+}
+
+/// Whether `grant`'s access token can still be handed out at `now`.
+pub(crate) fn is_fresh_at(grant: &Grant, skew: Duration, now: Timestamp) -> bool {
+    grant.expires_at.is_none_or(|at| {
+        let skew = effective_skew(skew, grant.obtained_at, at);
+        at.minus(skew) > now
+    })
+}
+
+fn to_access(g: &Grant) -> AccessToken {
     AccessToken {
-        token: t.access_token.clone(),
-        expires_at: t.expires_at,
-        account: t.account.clone(),
+        token: BearerToken::new(g.access_token.clone()),
+        expires_at: g.expires_at,
+        account: g.account.clone(),
+    }
+}
+
+fn error_context<'a>(mailbox: &'a Mailbox, profile: &'a ServerProfile) -> ErrorContext<'a> {
+    let app = profile.oauth_app();
+    ErrorContext {
+        email: &mailbox.email,
+        profile: &profile.name,
+        client_id: app.map(|a| a.client_id.as_str()).unwrap_or(""),
+        external_testing: app.is_some_and(|a| a.consent_screen.is_external_testing()),
     }
 }
 
 impl MailSync {
-    fn is_fresh(&self, tokens: &TokenRecord) -> bool {
-        let skew = time::Duration::try_from(self.settings().token_refresh_skew)
-            .unwrap_or(time::Duration::minutes(5));
-        tokens
-            .expires_at
-            .is_none_or(|at| at - skew > OffsetDateTime::now_utc())
+    fn is_fresh(&self, grant: &Grant) -> bool {
+        is_fresh_at(grant, self.options().token_refresh_skew(), self.now())
     }
 
-    /// The stored tokens, or the error that says why there are none usable.
-    async fn usable_tokens(&self, mailbox: &MailboxId) -> Result<TokenRecord> {
-        let record = self.get_mailbox(mailbox).await?;
-        if let ConnectionState::NeedsReconsent { code, reason } = &record.connection {
-            let code = ErrorCode::parse(code).unwrap_or(ErrorCode::TokenRevoked);
-            return Err(Error::new(code, reason.clone()));
+    /// Whether the stored token can be handed out: fresh, and not the one a
+    /// caller reported as rejected.
+    fn usable(&self, grant: &Grant, rejected: Option<&Secret>) -> bool {
+        self.is_fresh(grant) && rejected.is_none_or(|r| &grant.access_token != r)
+    }
+
+    /// The mailbox's grant, checked against its profile, or the error that
+    /// says why there is none usable. Sends nothing anywhere.
+    async fn usable_grant(&self, mailbox: &MailboxId) -> Result<(Mailbox, ServerProfile, Grant)> {
+        let record = self.directory().get_mailbox(mailbox).await?;
+        let state = self.directory().state(mailbox).await?;
+        if let GrantStatus::NeedsReconsent { code, reason, .. } = &state.grant {
+            return Err(Error::new(*code, reason.clone()));
         }
-        self.store().get_tokens(mailbox).await?.ok_or_else(|| {
+        let not_connected = || {
             Error::new(
                 ErrorCode::NotConnected,
                 format!(
@@ -104,40 +187,56 @@ impl MailSync {
                     record.email
                 ),
             )
-        })
+        };
+        let profile = self.profile_of(&record).await?;
+        let Some(grant) = self.store().get_grant(mailbox).await? else {
+            return Err(not_connected());
+        };
+        let binding = self.binding_of(&profile).map_err(|_| {
+            Error::new(
+                ErrorCode::GrantMismatch,
+                format!(
+                    "the profile '{}' of {} no longer uses OAuth, so its grant from {} cannot be used; \
+                     connect the mailbox again",
+                    profile.name, record.email, grant.issuer
+                ),
+            )
+        });
+        let mismatch = match &binding {
+            Ok(b) => b.issuer != grant.issuer || b.client_id != grant.client_id,
+            Err(_) => true,
+        };
+        if mismatch {
+            let err = match binding {
+                Err(e) => e,
+                Ok(b) => Error::new(
+                    ErrorCode::GrantMismatch,
+                    format!(
+                        "the grant of {} was issued by {} for client '{}', but its profile '{}' now names {} \
+                         and client '{}'; nothing was sent to either — connect the mailbox again",
+                        record.email,
+                        grant.issuer,
+                        grant.client_id,
+                        profile.name,
+                        b.issuer,
+                        b.client_id
+                    ),
+                ),
+            };
+            self.needs_reconsent(mailbox, grant.version, &err).await?;
+            return Err(err);
+        }
+        if matches!(profile.authentication, Authentication::GmailOAuth { .. })
+            && self.options().google_issuer_override.is_none()
+        {
+            profile.check_google_mail_hosts()?;
+        }
+        Ok((record, profile, grant))
     }
 
-    /// A valid access token for the mailbox, refreshed if it expires within
-    /// [`crate::oauth::Settings::token_refresh_skew`].
-    ///
-    /// Errors: `not_connected`; `token_revoked` (the mailbox now needs
-    /// re-consent; not retried until it is connected again);
-    /// `invalid_client` (fix the profile); `provider_unavailable`
-    /// (transient: retried with bounded backoff before it is returned).
-    pub async fn access_token(&self, mailbox: &MailboxId) -> Result<AccessToken> {
-        self.obtain_access_token(mailbox, None).await
-    }
-
-    /// A new access token to replace `rejected`, which a mail server refused
-    /// or ended a session for before its expiry (revoked, password changed,
-    /// clock skew). Refreshes unless another caller has already replaced
-    /// `rejected`; single-flight like [`MailSync::access_token`], with the
-    /// same errors — a revoked grant surfaces here as `token_revoked`.
-    pub async fn refresh_access_token(
-        &self,
-        mailbox: &MailboxId,
-        rejected: &Secret,
-    ) -> Result<AccessToken> {
-        self.obtain_access_token(mailbox, Some(rejected)).await
-    }
-
-    /// Whether the stored token can be handed out: fresh, and not the one a
-    /// caller reported as rejected.
-    fn usable(&self, tokens: &TokenRecord, rejected: Option<&Secret>) -> bool {
-        self.is_fresh(tokens) && rejected.is_none_or(|r| &tokens.access_token != r)
-    }
-
-    async fn obtain_access_token(
+    /// See [`crate::Connections::access_token`] and
+    /// [`crate::Connections::refresh_access_token`].
+    pub(crate) async fn obtain_access_token(
         &self,
         mailbox: &MailboxId,
         rejected: Option<&Secret>,
@@ -145,9 +244,9 @@ impl MailSync {
         let arrived = Instant::now();
         let flight = self.oauth().flight(mailbox);
         let mut state = flight.lock().await;
-        let tokens = self.usable_tokens(mailbox).await?;
-        if self.usable(&tokens, rejected) {
-            return Ok(to_access(&tokens));
+        let (_, _, grant) = self.usable_grant(mailbox).await?;
+        if self.usable(&grant, rejected) {
+            return Ok(to_access(&grant));
         }
         if let Some(f) = &state.last_failure
             && f.at >= arrived
@@ -167,45 +266,55 @@ impl MailSync {
         result
     }
 
-    /// Takes the store lease (or waits for whoever holds it) and refreshes.
+    /// The longest a refresh holder may take: every attempt plus the
+    /// backoffs, plus one lease period for a holder that died.
+    fn refresh_deadline(&self) -> Duration {
+        let o = self.options();
+        let attempts = o.refresh_retry.attempts.max(1);
+        (o.http_timeout() + o.refresh_retry.max_backoff()) * attempts + o.refresh_lease()
+    }
+
+    /// Takes the lease (or waits for whoever holds it) and refreshes.
     async fn refresh_across_processes(
         &self,
         mailbox: &MailboxId,
         rejected: Option<&Secret>,
     ) -> Result<AccessToken> {
-        let settings = self.settings();
-        let owner = uuid::Uuid::new_v4().to_string();
-        let lease =
-            time::Duration::try_from(settings.refresh_lease).unwrap_or(time::Duration::minutes(1));
-        let deadline = Instant::now() + settings.refresh_lease + settings.http_timeout;
+        let deadline = Instant::now() + self.refresh_deadline();
         let mut backoff = Duration::from_millis(10);
         loop {
-            let until = OffsetDateTime::now_utc() + lease;
-            if self
-                .store()
-                .try_acquire_refresh_lease(mailbox, &owner, until)
-                .await?
-            {
-                let result = async {
-                    // Someone may have refreshed between our read and the lease.
-                    let tokens = self.usable_tokens(mailbox).await?;
-                    if self.usable(&tokens, rejected) {
-                        return Ok(to_access(&tokens));
-                    }
-                    self.refresh(mailbox, tokens).await
+            let lease = Lease::acquire(
+                self.store().clone(),
+                self.inner.clock.clone(),
+                mailbox,
+                LeaseKind::Refresh,
+                &self.inner.owner,
+                self.options().refresh_lease(),
+            )
+            .await?;
+            if let Some(lease) = lease {
+                // Someone may have refreshed between our read and the lease.
+                let (record, profile, grant) = self.usable_grant(mailbox).await?;
+                if self.usable(&grant, rejected) {
+                    lease.release().await?;
+                    return Ok(to_access(&grant));
                 }
-                .await;
-                if let Err(e) = self.store().release_refresh_lease(mailbox, &owner).await {
-                    tracing::warn!(mailbox = %mailbox, code = %e.code(), "could not release the refresh lease");
-                }
-                return result;
+                // Detached: a cancelled caller cannot cut between the
+                // provider's answer and the write.
+                let sync = self.clone();
+                let task = tokio::spawn(async move {
+                    sync.refresh_holding(lease, record, profile, grant).await
+                });
+                return task.await.map_err(|e| {
+                    Error::new(ErrorCode::Internal, format!("the refresh task failed: {e}"))
+                })?;
             }
-            // Another process is refreshing: poll the store, bounded.
+            // Another holder is refreshing: poll the store, bounded.
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(250));
-            let tokens = self.usable_tokens(mailbox).await?;
-            if self.usable(&tokens, rejected) {
-                return Ok(to_access(&tokens));
+            let (_, _, grant) = self.usable_grant(mailbox).await?;
+            if self.usable(&grant, rejected) {
+                return Ok(to_access(&grant));
             }
             if Instant::now() >= deadline {
                 return Err(Error::new(
@@ -216,29 +325,60 @@ impl MailSync {
         }
     }
 
-    /// One refresh (with bounded retries of transient failures). Caller holds the lease.
-    async fn refresh(&self, mailbox: &MailboxId, tokens: TokenRecord) -> Result<AccessToken> {
-        let ctx = self.oauth_context(mailbox).await?;
-        let Some(refresh_token) = tokens.refresh_token.clone() else {
+    /// One refresh under the lease, with bounded retries of transient
+    /// failures; the lease is renewed before each attempt.
+    async fn refresh_holding(
+        &self,
+        mut lease: Lease,
+        record: Mailbox,
+        profile: ServerProfile,
+        grant: Grant,
+    ) -> Result<AccessToken> {
+        let mailbox = &record.id;
+        let ectx = error_context(&record, &profile);
+        let Some(refresh_token) = grant.refresh_token.clone() else {
             let err = Error::new(
                 ErrorCode::TokenRevoked,
                 format!(
                     "no refresh token is stored for {}; the owner must connect again",
-                    ctx.mailbox.email
+                    record.email
                 ),
             );
-            self.needs_reconsent(mailbox, &err).await?;
+            self.needs_reconsent(mailbox, grant.version, &err).await?;
+            lease.release().await?;
             return Err(err);
         };
-        let retry = self.settings().refresh_retry;
-        let http = self.oauth().http()?;
+        let (app, secret) = app_of(&profile, &record)?;
+        let mut token_endpoint = grant.token_endpoint.clone();
+        if token_endpoint.is_empty() {
+            // A grant stored before endpoints were recorded: the issuer's own
+            // metadata says where (the issuer was checked above).
+            token_endpoint = self
+                .provider_for(&profile)
+                .await?
+                .token_endpoint
+                .to_string();
+        }
+        let token_url = oauth2::TokenUrl::new(token_endpoint.clone()).map_err(|e| {
+            Error::new(
+                ErrorCode::Store,
+                format!("the grant's token endpoint is not a URL: {e}"),
+            )
+        })?;
+        let client: RefreshClient =
+            oauth2::Client::new(oauth2::ClientId::new(app.client_id.clone()))
+                .set_client_secret(oauth2::ClientSecret::new(secret.expose().to_owned()))
+                .set_token_uri(token_url)
+                .set_auth_type(oauth2::AuthType::RequestBody);
+        let retry = self.options().refresh_retry;
+        let http = self.oauth().http();
         let adapter = http.oauth2();
-        let mut backoff = retry.initial_backoff;
+        let mut backoff = retry.initial_backoff();
         let mut attempt = 1;
         let response = loop {
+            lease.renew().await?;
             let rt = oauth2::RefreshToken::new(refresh_token.expose().to_owned());
-            let outcome = ctx
-                .client
+            let outcome = client
                 .exchange_refresh_token(&rt)
                 .request_async(&adapter)
                 .await;
@@ -246,154 +386,251 @@ impl MailSync {
             match outcome {
                 Ok(r) => break r,
                 Err(e) => {
-                    let err = map_token_error(e, Phase::Refresh, &ctx);
+                    let err = map_token_error(e, Phase::Refresh, ectx);
                     if err.is_transient() && attempt < retry.attempts.max(1) {
                         tracing::warn!(mailbox = %mailbox, attempt, code = %err.code(), "token refresh failed; retrying");
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(retry.max_backoff);
+                        backoff = (backoff * 2).min(retry.max_backoff());
                         attempt += 1;
                         continue;
                     }
                     match err.code() {
-                        ErrorCode::TokenRevoked => self.needs_reconsent(mailbox, &err).await?,
+                        ErrorCode::TokenRevoked => {
+                            self.needs_reconsent(mailbox, grant.version, &err).await?
+                        }
                         ErrorCode::InvalidClient => {
-                            self.record_connection(
-                                mailbox,
-                                None,
-                                Some((
-                                    AlertLevel::Error,
-                                    "invalid_client",
-                                    err.message().to_owned(),
-                                )),
-                                None,
-                            )
-                            .await?;
+                            self.alert(mailbox, AlertLevel::Error, &err).await;
                         }
                         _ => {}
                     }
                     tracing::warn!(mailbox = %mailbox, code = %err.code(), "token refresh failed");
+                    lease.release().await?;
                     return Err(err);
                 }
             }
         };
-        let ex = Exchanged::from_response(response);
-        let now = OffsetDateTime::now_utc();
+        let ex = Exchanged::from_response(response, self.now());
         let rotated = ex.refresh_token.is_some();
-        let record = TokenRecord {
+        let renewed = Grant {
             mailbox_id: mailbox.clone(),
-            account: tokens.account.clone(),
+            issuer: grant.issuer.clone(),
+            client_id: grant.client_id.clone(),
+            token_endpoint,
+            account: grant.account.clone(),
             access_token: ex.access_token,
             // A rotated refresh token replaces the old one in the same write.
-            refresh_token: ex.refresh_token.or(tokens.refresh_token.clone()),
+            refresh_token: ex.refresh_token.or(grant.refresh_token.clone()),
             expires_at: ex.expires_at,
             scopes: if ex.scope_returned {
                 ex.scopes
             } else {
-                tokens.scopes.clone()
+                grant.scopes.clone()
             },
-            obtained_at: now,
+            obtained_at: self.now(),
             version: 0,
         };
-        match self
+        let written = self
             .store()
-            .put_tokens(&record, Some(tokens.version))
-            .await?
-        {
+            .put_grant(&renewed, grant.version, Some(lease.record()))
+            .await?;
+        lease.release().await?;
+        match written {
             Some(_) => {
                 tracing::info!(mailbox = %mailbox, rotated, "access token refreshed");
-                self.emit(super::MailboxEvent {
-                    kind: MailboxEventKind::Refreshed,
-                    mailbox_id: mailbox.clone(),
-                    email: ctx.mailbox.email.clone(),
-                    code: None,
-                    message: format!("the access token of {} was refreshed", ctx.mailbox.email),
-                    at: now,
-                });
-                Ok(to_access(&record))
+                if let Err(e) = self.record(mailbox, &[LifecycleEvent::Refreshed]).await {
+                    tracing::debug!(mailbox = %mailbox, code = %e.code(), "refresh not recorded");
+                }
+                Ok(to_access(&renewed))
             }
             None => {
-                // Lost a race (our lease expired meanwhile): use the winner's tokens.
-                tracing::warn!(mailbox = %mailbox, "token set changed during refresh; using the stored one");
-                let current = self.usable_tokens(mailbox).await?;
-                Ok(to_access(&current))
+                // Our lease was taken over, or the grant changed: the
+                // store has the newer one.
+                tracing::warn!(mailbox = %mailbox, "the grant changed during the refresh; using the stored one");
+                let (_, _, current) = self.usable_grant(mailbox).await?;
+                if self.is_fresh(&current) {
+                    Ok(to_access(&current))
+                } else {
+                    Err(Error::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "this refresh of the token of {} lost its lease to another worker before it \
+                             could be stored; try again",
+                            record.email
+                        ),
+                    ))
+                }
             }
         }
     }
 
-    async fn needs_reconsent(&self, mailbox: &MailboxId, err: &Error) -> Result<()> {
-        self.store().delete_tokens(mailbox).await?;
-        self.record_connection(
-            mailbox,
-            Some(ConnectionState::NeedsReconsent {
-                code: err.code().as_str().to_owned(),
-                reason: err.message().to_owned(),
-            }),
-            Some((
-                AlertLevel::Error,
-                err.code().as_str(),
-                err.message().to_owned(),
-            )),
-            Some((
-                MailboxEventKind::NeedsReconsent,
-                Some(err.code().as_str()),
-                err.message().to_owned(),
-            )),
-        )
-        .await?;
-        Ok(())
+    /// Moves the mailbox to needs-re-consent and deletes the grant of
+    /// `version` — only that one: a grant stored meanwhile is kept.
+    pub(crate) async fn needs_reconsent(
+        &self,
+        mailbox: &MailboxId,
+        version: i64,
+        err: &Error,
+    ) -> Result<()> {
+        let event = LifecycleEvent::GrantRevoked {
+            code: err.code(),
+            reason: err.message().to_owned(),
+        };
+        match self
+            .transition(
+                mailbox,
+                &[event],
+                GrantChange::Delete {
+                    expected: Some(version),
+                },
+                PendingChange::Keep,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == ErrorCode::Conflict => {
+                tracing::info!(mailbox = %mailbox, "a newer grant was stored meanwhile; it is kept");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// What is stored for the mailbox, without secrets (`None` if nothing).
-    pub async fn token_info(&self, mailbox: &MailboxId) -> Result<Option<TokenInfo>> {
-        self.get_mailbox(mailbox).await?;
-        Ok(self.store().get_tokens(mailbox).await?.map(|t| TokenInfo {
-            has_refresh_token: t.refresh_token.is_some(),
-            account: t.account,
-            scopes: t.scopes,
-            expires_at: t.expires_at,
-            obtained_at: t.obtained_at,
-            version: t.version,
+    /// Adds an alert without changing the state.
+    pub(crate) async fn alert(&self, mailbox: &MailboxId, level: AlertLevel, err: &Error) {
+        let alert = Alert {
+            level,
+            code: err.code().as_str().to_owned(),
+            message: format!(
+                "{} {}",
+                crate::lifecycle::sentence(err.message()),
+                err.next_action()
+            ),
+            at: self.now(),
+        };
+        for _ in 0..5 {
+            let Ok(Some(state)) = self.store().get_state(mailbox).await else {
+                return;
+            };
+            let commit = Commit {
+                mailbox_id: mailbox,
+                expected_state_version: state.version,
+                state: None,
+                grant: GrantChange::Keep,
+                pending: PendingChange::Keep,
+                alerts: std::slice::from_ref(&alert),
+            };
+            match self.store().commit(&commit).await {
+                Ok(CommitOutcome::StateConflict) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// See [`crate::Connections::grant_info`].
+    pub(crate) async fn grant_info(&self, mailbox: &MailboxId) -> Result<Option<GrantInfo>> {
+        self.directory().get_mailbox(mailbox).await?;
+        Ok(self.store().get_grant(mailbox).await?.map(|g| GrantInfo {
+            has_refresh_token: g.refresh_token.is_some(),
+            issuer: g.issuer,
+            client_id: g.client_id,
+            account: g.account,
+            scopes: g.scopes,
+            expires_at: g.expires_at,
+            obtained_at: g.obtained_at,
+            version: g.version,
         }))
     }
 
-    /// Disconnects a mailbox: revokes the grant at the provider (RFC 7009;
-    /// a token the provider already considers invalid counts as revoked),
-    /// deletes the sealed tokens and any pending consent, and sets the
-    /// mailbox to `NotConnected`. Idempotent. Fails with
-    /// `provider_unavailable` (tokens kept, retry later) when the provider
-    /// cannot be reached.
-    pub async fn disconnect(&self, mailbox: &MailboxId) -> Result<Mailbox> {
+    /// See [`crate::Connections::disconnect`].
+    pub(crate) async fn disconnect(&self, mailbox: &MailboxId) -> Result<MailboxStatus> {
         let flight = self.oauth().flight(mailbox);
         let _state = flight.lock().await;
-        let record = self.get_mailbox(mailbox).await?;
-        if let Some(tokens) = self.store().get_tokens(mailbox).await? {
-            match self.oauth_context(mailbox).await {
-                Ok(ctx) => {
-                    let revoked = self
-                        .revoke_grant(&ctx, &tokens.access_token, tokens.refresh_token.as_ref())
-                        .await;
-                    match revoked {
-                        Ok(()) => {}
-                        Err(e) if e.is_transient() => return Err(e),
-                        Err(e) => {
-                            tracing::warn!(mailbox = %mailbox, code = %e.code(), "revocation failed; deleting the tokens anyway")
+        let record = self.directory().get_mailbox(mailbox).await?;
+        let grant = self.store().get_grant(mailbox).await?;
+        if let Some(grant) = &grant {
+            let profile = self.profile_of(&record).await;
+            let matches = profile
+                .as_ref()
+                .ok()
+                .and_then(|p| self.binding_of(p).ok())
+                .is_some_and(|b| b.issuer == grant.issuer && b.client_id == grant.client_id);
+            if matches {
+                match self.oauth_context(mailbox).await {
+                    Ok(ctx) => {
+                        match self
+                            .revoke_grant(&ctx, &grant.access_token, grant.refresh_token.as_ref())
+                            .await
+                        {
+                            Ok(()) => {}
+                            Err(e) if e.is_transient() => return Err(e),
+                            Err(e) => {
+                                tracing::warn!(mailbox = %mailbox, code = %e.code(), "revocation failed; deleting the grant anyway")
+                            }
                         }
                     }
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(mailbox = %mailbox, code = %e.code(), "cannot revoke; deleting the grant")
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(mailbox = %mailbox, code = %e.code(), "cannot revoke (no OAuth profile); deleting the tokens")
-                }
+            } else {
+                // Never send a grant to an issuer or client other than its own.
+                tracing::warn!(mailbox = %mailbox, "the profile no longer matches the grant's issuer; deleting it without revocation");
             }
-            self.store().delete_tokens(mailbox).await?;
         }
-        self.store().delete_pending_authorization(mailbox).await?;
-        let message = format!("{} was disconnected", record.email);
-        self.record_connection(
+        self.transition(
             mailbox,
-            Some(ConnectionState::NotConnected),
-            Some((AlertLevel::Info, "disconnected", message.clone())),
-            Some((MailboxEventKind::Disconnected, None, message)),
+            &[LifecycleEvent::Disconnected],
+            GrantChange::Delete {
+                expected: grant.as_ref().map(|g| g.version),
+            },
+            PendingChange::Delete,
         )
-        .await
+        .await?;
+        self.directory().status(mailbox).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(lifetime: Duration, obtained_at: Timestamp) -> Grant {
+        Grant {
+            mailbox_id: MailboxId::new(),
+            issuer: "https://accounts.google.com".into(),
+            client_id: "c".into(),
+            token_endpoint: "https://oauth2.googleapis.com/token".into(),
+            account: "a@example.com".into(),
+            access_token: Secret::new("t"),
+            refresh_token: None,
+            expires_at: Some(obtained_at.plus(lifetime)),
+            scopes: Vec::new(),
+            obtained_at,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_token_shorter_than_the_skew_is_fresh_when_issued() {
+        let now = Timestamp::now_utc();
+        let five_minutes = Duration::from_secs(300);
+        let s = Duration::from_secs;
+        // 5-second token, default 5-minute skew: fresh for its first half.
+        let short = grant(s(5), now);
+        assert!(is_fresh_at(&short, five_minutes, now));
+        assert!(is_fresh_at(&short, five_minutes, now.plus(s(2))));
+        assert!(!is_fresh_at(&short, five_minutes, now.plus(s(3))));
+        // Exactly the skew (Keycloak's 300 s default): not expired at birth.
+        let keycloak = grant(s(300), now);
+        assert!(is_fresh_at(&keycloak, five_minutes, now));
+        // A one-hour token is refreshed 5 minutes ahead, as configured.
+        let hour = grant(s(3600), now);
+        assert!(is_fresh_at(&hour, five_minutes, now.plus(s(54 * 60))));
+        assert!(!is_fresh_at(&hour, five_minutes, now.plus(s(56 * 60))));
+        // Without an expiry the token is used until a server refuses it.
+        let mut open = grant(Duration::ZERO, now);
+        open.expires_at = None;
+        assert!(is_fresh_at(&open, five_minutes, now.plus(s(9 * 86400))));
     }
 }

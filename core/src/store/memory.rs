@@ -1,29 +1,50 @@
 //! An in-memory [`Store`] for tests and short-lived scripts. Nothing survives
-//! the process; secrets stay in memory as [`crate::model::Secret`]s.
+//! the process; secrets stay in memory as [`crate::model::Secret`]s. Every
+//! method runs under one lock, so each is atomic.
 
 use async_trait::async_trait;
-use std::collections::BTreeMap;
-use time::OffsetDateTime;
-use tokio::sync::Mutex;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    PendingAuthorization, Store, TokenRecord, capacity_error, duplicate_mailbox, duplicate_profile,
-    profile_in_use, state_key,
+    Commit, CommitOutcome, DirectoryStore, Grant, GrantChange, GrantStore, LeaseKind, LeaseRecord,
+    LeaseStore, PendingAuthorization, PendingChange, StateStore, Store, SyncStore,
+    capacity_below_count, capacity_error, duplicate_mailbox, duplicate_profile, profile_in_use,
+    stale, state_key,
 };
 use crate::error::{Error, Result};
-use crate::model::{Mailbox, MailboxId, ProfileId, Secret, ServerProfile};
+use crate::lifecycle::MailboxState;
+use crate::model::mailbox::MAX_ALERTS;
+use crate::model::{
+    Alert, LastTestResult, Mailbox, MailboxId, ProfileId, Secret, ServerProfile, Timestamp,
+    profile_name_key,
+};
+use crate::sync::{MessageRecord, SyncCursor};
 
 #[derive(Default)]
 struct Inner {
+    seq: i64,
     profiles: BTreeMap<ProfileId, ServerProfile>,
     mailboxes: BTreeMap<MailboxId, Mailbox>,
+    states: BTreeMap<MailboxId, MailboxState>,
+    alerts: BTreeMap<MailboxId, VecDeque<Alert>>,
+    profile_tests: BTreeMap<ProfileId, LastTestResult>,
     /// state key -> pending authorization
     pending: BTreeMap<String, PendingAuthorization>,
-    tokens: BTreeMap<MailboxId, TokenRecord>,
-    leases: BTreeMap<MailboxId, (String, OffsetDateTime)>,
+    grants: BTreeMap<MailboxId, Grant>,
+    leases: BTreeMap<(MailboxId, LeaseKind), LeaseRecord>,
+    cursors: BTreeMap<MailboxId, SyncCursor>,
+    /// mailbox -> key -> record
+    records: BTreeMap<MailboxId, BTreeMap<String, MessageRecord>>,
+    closed: bool,
 }
 
 impl Inner {
+    fn next_version(&mut self) -> i64 {
+        self.seq += 1;
+        self.seq
+    }
+
     fn count(&self, profile: &ProfileId) -> u32 {
         self.mailboxes
             .values()
@@ -31,29 +52,32 @@ impl Inner {
             .count() as u32
     }
 
-    fn put_profile(&mut self, profile: &ServerProfile, insert: bool) -> Result<()> {
-        let exists = self.profiles.contains_key(&profile.id);
-        if insert == exists {
-            return Err(if insert {
-                duplicate_profile(&profile.name)
-            } else {
-                Error::not_found("server profile", &profile.id)
-            });
-        }
+    fn check_name(&self, profile: &ServerProfile) -> Result<()> {
+        let key = profile_name_key(&profile.name);
         if self
             .profiles
             .values()
-            .any(|p| p.id != profile.id && p.name.eq_ignore_ascii_case(&profile.name))
+            .any(|p| p.id != profile.id && profile_name_key(&p.name) == key)
         {
             return Err(duplicate_profile(&profile.name));
         }
-        if profile.default_for_new_mailboxes {
-            for p in self.profiles.values_mut() {
+        Ok(())
+    }
+
+    fn clear_other_defaults(&mut self, keep: &ProfileId) {
+        let ids: Vec<ProfileId> = self
+            .profiles
+            .values()
+            .filter(|p| p.default_for_new_mailboxes && &p.id != keep)
+            .map(|p| p.id.clone())
+            .collect();
+        for id in ids {
+            let version = self.next_version();
+            if let Some(p) = self.profiles.get_mut(&id) {
                 p.default_for_new_mailboxes = false;
+                p.version = version;
             }
         }
-        self.profiles.insert(profile.id.clone(), profile.clone());
-        Ok(())
     }
 
     fn check_capacity(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<()> {
@@ -70,6 +94,13 @@ impl Inner {
         }
         Ok(())
     }
+
+    fn ensure_profile(&self, mailbox: &Mailbox) -> Result<()> {
+        match &mailbox.profile_id {
+            Some(p) if !self.profiles.contains_key(p) => Err(Error::not_found("server profile", p)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// See the module docs.
@@ -78,35 +109,81 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         MemoryStore::default()
     }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.closed {
+            return Err(Error::new(
+                crate::ErrorCode::Store,
+                "the store was closed; open it again",
+            ));
+        }
+        Ok(inner)
+    }
 }
 
 #[async_trait]
-impl Store for MemoryStore {
-    async fn insert_profile(&self, profile: &ServerProfile) -> Result<()> {
-        self.inner.lock().await.put_profile(profile, true)
+impl DirectoryStore for MemoryStore {
+    async fn insert_profile(&self, profile: &ServerProfile) -> Result<ServerProfile> {
+        let mut inner = self.lock()?;
+        if inner.profiles.contains_key(&profile.id) {
+            return Err(duplicate_profile(&profile.name));
+        }
+        inner.check_name(profile)?;
+        if profile.default_for_new_mailboxes {
+            inner.clear_other_defaults(&profile.id);
+        }
+        let mut stored = profile.clone();
+        stored.version = inner.next_version();
+        inner.profiles.insert(stored.id.clone(), stored.clone());
+        Ok(stored)
     }
 
-    async fn update_profile(&self, profile: &ServerProfile) -> Result<()> {
-        self.inner.lock().await.put_profile(profile, false)
+    async fn update_profile(&self, profile: &ServerProfile) -> Result<ServerProfile> {
+        let mut inner = self.lock()?;
+        let Some(current) = inner.profiles.get(&profile.id) else {
+            return Err(Error::not_found("server profile", &profile.id));
+        };
+        if current.version != profile.version {
+            return Err(stale("server profile", &profile.name, profile.version));
+        }
+        inner.check_name(profile)?;
+        let count = inner.count(&profile.id);
+        if count > profile.mailbox_capacity {
+            return Err(capacity_below_count(count));
+        }
+        if profile.default_for_new_mailboxes {
+            inner.clear_other_defaults(&profile.id);
+        }
+        let mut stored = profile.clone();
+        stored.version = inner.next_version();
+        inner.profiles.insert(stored.id.clone(), stored.clone());
+        Ok(stored)
     }
 
     async fn get_profile(&self, id: &ProfileId) -> Result<Option<ServerProfile>> {
-        Ok(self.inner.lock().await.profiles.get(id).cloned())
+        Ok(self.lock()?.profiles.get(id).cloned())
     }
 
     async fn list_profiles(&self) -> Result<Vec<ServerProfile>> {
-        let mut all: Vec<_> = self.inner.lock().await.profiles.values().cloned().collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut all: Vec<_> = self.lock()?.profiles.values().cloned().collect();
+        all.sort_by_key(|p| profile_name_key(&p.name));
         Ok(all)
     }
 
     async fn delete_profile(&self, id: &ProfileId) -> Result<()> {
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.lock()?;
         let Some(profile) = inner.profiles.get(id) else {
             return Err(Error::not_found("server profile", id));
         };
@@ -115,27 +192,38 @@ impl Store for MemoryStore {
             return Err(profile_in_use(&profile.name, count));
         }
         inner.profiles.remove(id);
+        inner.profile_tests.remove(id);
         Ok(())
     }
 
-    async fn insert_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<()> {
-        let mut inner = self.inner.lock().await;
+    async fn insert_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<Mailbox> {
+        let mut inner = self.lock()?;
         if inner.mailboxes.contains_key(&mailbox.id)
             || inner.mailboxes.values().any(|m| m.email == mailbox.email)
         {
             return Err(duplicate_mailbox(&mailbox.email));
         }
+        inner.ensure_profile(mailbox)?;
         inner.check_capacity(mailbox, capacity)?;
-        inner.mailboxes.insert(mailbox.id.clone(), mailbox.clone());
-        Ok(())
+        let mut stored = mailbox.clone();
+        stored.version = inner.next_version();
+        let mut state = MailboxState::new(stored.id.clone());
+        state.version = inner.next_version();
+        inner.states.insert(stored.id.clone(), state);
+        inner.mailboxes.insert(stored.id.clone(), stored.clone());
+        Ok(stored)
     }
 
-    async fn update_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<()> {
-        let mut inner = self.inner.lock().await;
+    async fn update_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<Mailbox> {
+        let mut inner = self.lock()?;
         let Some(old) = inner.mailboxes.get(&mailbox.id) else {
             return Err(Error::not_found("mailbox", &mailbox.id));
         };
+        if old.version != mailbox.version {
+            return Err(stale("mailbox", &mailbox.email, mailbox.version));
+        }
         if old.profile_id != mailbox.profile_id {
+            inner.ensure_profile(mailbox)?;
             inner.check_capacity(mailbox, capacity)?;
         }
         if inner
@@ -145,19 +233,19 @@ impl Store for MemoryStore {
         {
             return Err(duplicate_mailbox(&mailbox.email));
         }
-        inner.mailboxes.insert(mailbox.id.clone(), mailbox.clone());
-        Ok(())
+        let mut stored = mailbox.clone();
+        stored.version = inner.next_version();
+        inner.mailboxes.insert(stored.id.clone(), stored.clone());
+        Ok(stored)
     }
 
     async fn get_mailbox(&self, id: &MailboxId) -> Result<Option<Mailbox>> {
-        Ok(self.inner.lock().await.mailboxes.get(id).cloned())
+        Ok(self.lock()?.mailboxes.get(id).cloned())
     }
 
     async fn find_mailbox_by_email(&self, email: &str) -> Result<Option<Mailbox>> {
         Ok(self
-            .inner
-            .lock()
-            .await
+            .lock()?
             .mailboxes
             .values()
             .find(|m| m.email == email)
@@ -165,7 +253,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_mailboxes(&self, profile: Option<&ProfileId>) -> Result<Vec<Mailbox>> {
-        let inner = self.inner.lock().await;
+        let inner = self.lock()?;
         let mut all: Vec<_> = inner
             .mailboxes
             .values()
@@ -177,111 +265,292 @@ impl Store for MemoryStore {
     }
 
     async fn count_mailboxes(&self, profile: &ProfileId) -> Result<u32> {
-        Ok(self.inner.lock().await.count(profile))
+        Ok(self.lock()?.count(profile))
     }
 
     async fn delete_mailbox(&self, id: &MailboxId) -> Result<()> {
-        let mut inner = self.inner.lock().await;
-        match inner.mailboxes.remove(id) {
-            Some(_) => {
-                inner.pending.retain(|_, p| &p.mailbox_id != id);
-                inner.tokens.remove(id);
-                inner.leases.remove(id);
-                Ok(())
+        let mut inner = self.lock()?;
+        if inner.mailboxes.remove(id).is_none() {
+            return Err(Error::not_found("mailbox", id));
+        }
+        inner.states.remove(id);
+        inner.alerts.remove(id);
+        inner.pending.retain(|_, p| &p.mailbox_id != id);
+        inner.grants.remove(id);
+        inner.leases.retain(|(m, _), _| m != id);
+        inner.cursors.remove(id);
+        inner.records.remove(id);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn get_state(&self, mailbox: &MailboxId) -> Result<Option<MailboxState>> {
+        Ok(self.lock()?.states.get(mailbox).cloned())
+    }
+
+    async fn commit(&self, commit: &Commit<'_>) -> Result<CommitOutcome> {
+        let mut inner = self.lock()?;
+        let id = commit.mailbox_id;
+        let Some(current) = inner.states.get(id) else {
+            return Err(Error::not_found("mailbox", id));
+        };
+        if current.version != commit.expected_state_version {
+            return Ok(CommitOutcome::StateConflict);
+        }
+        let stored_grant = inner.grants.get(id).map(|g| g.version);
+        let grant_ok = match &commit.grant {
+            GrantChange::Keep => true,
+            GrantChange::Put { expected, .. } => stored_grant == *expected,
+            GrantChange::Delete { expected } => expected.is_none() || stored_grant == *expected,
+        };
+        if !grant_ok {
+            return Ok(CommitOutcome::GrantConflict);
+        }
+        let mut state_version = current.version;
+        if let Some(next) = commit.state {
+            state_version = inner.next_version();
+            let mut next = next.clone();
+            next.version = state_version;
+            inner.states.insert(id.clone(), next);
+        }
+        match &commit.grant {
+            GrantChange::Keep => {}
+            GrantChange::Put { grant, .. } => {
+                let version = inner.next_version();
+                let mut g = (*grant).clone();
+                g.mailbox_id = id.clone();
+                g.version = version;
+                inner.grants.insert(id.clone(), g);
             }
-            None => Err(Error::not_found("mailbox", id)),
+            GrantChange::Delete { .. } => {
+                inner.grants.remove(id);
+            }
         }
+        match &commit.pending {
+            PendingChange::Keep => {}
+            PendingChange::Put(p) => {
+                inner.pending.retain(|_, old| &old.mailbox_id != id);
+                inner.pending.insert(state_key(&p.state), (*p).clone());
+            }
+            PendingChange::Delete => inner.pending.retain(|_, old| &old.mailbox_id != id),
+        }
+        if !commit.alerts.is_empty() {
+            let wall = inner.alerts.entry(id.clone()).or_default();
+            wall.extend(commit.alerts.iter().cloned());
+            while wall.len() > MAX_ALERTS {
+                wall.pop_front();
+            }
+        }
+        Ok(CommitOutcome::Committed {
+            state_version,
+            grant_version: inner.grants.get(id).map(|g| g.version),
+        })
     }
 
-    async fn put_pending_authorization(&self, pending: &PendingAuthorization) -> Result<()> {
-        let mut inner = self.inner.lock().await;
-        if !inner.mailboxes.contains_key(&pending.mailbox_id) {
-            return Err(Error::not_found("mailbox", &pending.mailbox_id));
+    async fn alerts(&self, mailbox: &MailboxId, limit: usize) -> Result<Vec<Alert>> {
+        let inner = self.lock()?;
+        let wall = inner.alerts.get(mailbox);
+        let all: Vec<Alert> = wall
+            .map(|w| w.iter().cloned().collect())
+            .unwrap_or_default();
+        let skip = all.len().saturating_sub(limit);
+        Ok(all.into_iter().skip(skip).collect())
+    }
+
+    async fn put_profile_test(&self, profile: &ProfileId, result: &LastTestResult) -> Result<()> {
+        let mut inner = self.lock()?;
+        if !inner.profiles.contains_key(profile) {
+            return Err(Error::not_found("server profile", profile));
         }
-        inner
-            .pending
-            .retain(|_, p| p.mailbox_id != pending.mailbox_id);
-        inner
-            .pending
-            .insert(state_key(&pending.state), pending.clone());
+        inner.profile_tests.insert(profile.clone(), result.clone());
         Ok(())
     }
 
-    async fn take_pending_authorization(
+    async fn get_profile_test(&self, profile: &ProfileId) -> Result<Option<LastTestResult>> {
+        Ok(self.lock()?.profile_tests.get(profile).cloned())
+    }
+}
+
+#[async_trait]
+impl GrantStore for MemoryStore {
+    async fn take_pending(&self, state: &Secret) -> Result<Option<PendingAuthorization>> {
+        Ok(self.lock()?.pending.remove(&state_key(state)))
+    }
+
+    async fn get_grant(&self, mailbox: &MailboxId) -> Result<Option<Grant>> {
+        Ok(self.lock()?.grants.get(mailbox).cloned())
+    }
+
+    async fn put_grant(
         &self,
-        state: &Secret,
-    ) -> Result<Option<PendingAuthorization>> {
-        Ok(self.inner.lock().await.pending.remove(&state_key(state)))
-    }
-
-    async fn delete_pending_authorization(&self, mailbox: &MailboxId) -> Result<()> {
-        self.inner
-            .lock()
-            .await
-            .pending
-            .retain(|_, p| &p.mailbox_id != mailbox);
-        Ok(())
-    }
-
-    async fn get_tokens(&self, mailbox: &MailboxId) -> Result<Option<TokenRecord>> {
-        Ok(self.inner.lock().await.tokens.get(mailbox).cloned())
-    }
-
-    async fn put_tokens(
-        &self,
-        tokens: &TokenRecord,
-        expected_version: Option<u64>,
-    ) -> Result<Option<u64>> {
-        let mut inner = self.inner.lock().await;
-        if !inner.mailboxes.contains_key(&tokens.mailbox_id) {
-            return Err(Error::not_found("mailbox", &tokens.mailbox_id));
-        }
-        let current = inner.tokens.get(&tokens.mailbox_id).map(|t| t.version);
-        if let Some(expected) = expected_version
-            && current != Some(expected)
-        {
+        grant: &Grant,
+        expected: i64,
+        fence: Option<&LeaseRecord>,
+    ) -> Result<Option<i64>> {
+        let mut inner = self.lock()?;
+        let id = &grant.mailbox_id;
+        if inner.grants.get(id).map(|g| g.version) != Some(expected) {
             return Ok(None);
         }
-        let version = current.unwrap_or(0) + 1;
-        let mut record = tokens.clone();
-        record.version = version;
-        inner.tokens.insert(tokens.mailbox_id.clone(), record);
+        if let Some(lease) = fence {
+            let current = inner.leases.get(&(id.clone(), lease.kind));
+            if current.map(|l| l.fence) != Some(lease.fence) {
+                return Ok(None);
+            }
+        }
+        let version = inner.next_version();
+        let mut stored = grant.clone();
+        stored.version = version;
+        inner.grants.insert(id.clone(), stored);
         Ok(Some(version))
     }
 
-    async fn delete_tokens(&self, mailbox: &MailboxId) -> Result<()> {
-        self.inner.lock().await.tokens.remove(mailbox);
-        Ok(())
+    async fn grant_held(&self, issuer: &str, client_id: &str, account: &str) -> Result<bool> {
+        Ok(self.lock()?.grants.values().any(|g| {
+            g.issuer == issuer
+                && g.client_id == client_id
+                && g.account.eq_ignore_ascii_case(account)
+        }))
     }
+}
 
-    async fn try_acquire_refresh_lease(
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn acquire_lease(
         &self,
         mailbox: &MailboxId,
+        kind: LeaseKind,
         owner: &str,
-        expires_at: OffsetDateTime,
-    ) -> Result<bool> {
-        let mut inner = self.inner.lock().await;
-        let now = OffsetDateTime::now_utc();
-        match inner.leases.get(mailbox) {
-            Some((holder, until)) if holder != owner && *until > now => Ok(false),
-            _ => {
-                inner
-                    .leases
-                    .insert(mailbox.clone(), (owner.to_owned(), expires_at));
-                Ok(true)
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Option<LeaseRecord>> {
+        let mut inner = self.lock()?;
+        if !inner.mailboxes.contains_key(mailbox) {
+            return Err(Error::not_found("mailbox", mailbox));
+        }
+        let key = (mailbox.clone(), kind);
+        if let Some(current) = inner.leases.get(&key)
+            && current.expires_at > now
+        {
+            return Ok(None);
+        }
+        let record = LeaseRecord {
+            mailbox_id: mailbox.clone(),
+            kind,
+            owner: owner.to_owned(),
+            fence: inner.next_version(),
+            expires_at: until,
+        };
+        inner.leases.insert(key, record.clone());
+        Ok(Some(record))
+    }
+
+    async fn renew_lease(
+        &self,
+        lease: &LeaseRecord,
+        until: Timestamp,
+    ) -> Result<Option<LeaseRecord>> {
+        let mut inner = self.lock()?;
+        let key = (lease.mailbox_id.clone(), lease.kind);
+        match inner.leases.get_mut(&key) {
+            Some(current) if current.fence == lease.fence => {
+                current.expires_at = until;
+                Ok(Some(current.clone()))
             }
+            _ => Ok(None),
         }
     }
 
-    async fn release_refresh_lease(&self, mailbox: &MailboxId, owner: &str) -> Result<()> {
-        let mut inner = self.inner.lock().await;
+    async fn release_lease(&self, lease: &LeaseRecord) -> Result<()> {
+        let mut inner = self.lock()?;
+        let key = (lease.mailbox_id.clone(), lease.kind);
         if inner
             .leases
-            .get(mailbox)
-            .is_some_and(|(holder, _)| holder == owner)
+            .get(&key)
+            .is_some_and(|l| l.fence == lease.fence)
         {
-            inner.leases.remove(mailbox);
+            inner.leases.remove(&key);
         }
         Ok(())
+    }
+
+    async fn list_leases(&self) -> Result<Vec<LeaseRecord>> {
+        Ok(self.lock()?.leases.values().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl SyncStore for MemoryStore {
+    async fn get_cursor(&self, mailbox: &MailboxId) -> Result<Option<SyncCursor>> {
+        Ok(self.lock()?.cursors.get(mailbox).cloned())
+    }
+
+    async fn list_cursors(&self) -> Result<Vec<SyncCursor>> {
+        Ok(self.lock()?.cursors.values().cloned().collect())
+    }
+
+    async fn commit_sync(
+        &self,
+        cursor: &SyncCursor,
+        expected: i64,
+        messages: &[MessageRecord],
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>> {
+        let mut inner = self.lock()?;
+        let id = &cursor.mailbox_id;
+        if !inner.mailboxes.contains_key(id) {
+            return Err(Error::not_found("mailbox", id));
+        }
+        let current = inner.cursors.get(id).map_or(0, |c| c.version);
+        let held = inner.leases.get(&(id.clone(), fence.kind)).map(|l| l.fence);
+        if current != expected || held != Some(fence.fence) {
+            return Ok(None);
+        }
+        let version = inner.next_version();
+        let mut stored = cursor.clone();
+        stored.version = version;
+        inner.cursors.insert(id.clone(), stored);
+        let records = inner.records.entry(id.clone()).or_default();
+        for m in messages {
+            records.entry(m.key.clone()).or_insert_with(|| m.clone());
+        }
+        Ok(Some(version))
+    }
+
+    async fn recorded_keys(
+        &self,
+        mailbox: &MailboxId,
+        keys: &[String],
+    ) -> Result<std::collections::HashSet<String>> {
+        let inner = self.lock()?;
+        let Some(records) = inner.records.get(mailbox) else {
+            return Ok(Default::default());
+        };
+        Ok(keys
+            .iter()
+            .filter(|k| records.contains_key(*k))
+            .cloned()
+            .collect())
+    }
+
+    async fn recorded_uidls(
+        &self,
+        mailbox: &MailboxId,
+    ) -> Result<std::collections::HashSet<String>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .records
+            .get(mailbox)
+            .map(|r| r.values().filter_map(|m| m.uidl.clone()).collect())
+            .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn close(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
     }
 }

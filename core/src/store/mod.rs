@@ -1,36 +1,67 @@
-//! Persistence of profiles and mailboxes (and, later, tokens and cursors).
+//! Persistence, as four cohesive traits that every store implements:
 //!
-//! [`Store`] is the seam: the library ships an in-memory store for tests
-//! ([`MemoryStore`]) and the embedded default, a SQLite file
-//! ([`SqliteStore`]). Invariants that must hold under concurrency are the
-//! store's job, inside one transaction: unique profile names and mailbox
-//! addresses, at most one default profile, a profile's mailbox capacity, and
-//! no deleting a profile that still has mailboxes.
+//! * [`DirectoryStore`]: the admin's configuration — profiles and
+//!   mailboxes, with their invariants (unique names and addresses, one
+//!   default profile, a profile's mailbox capacity, no deleting a profile in
+//!   use) kept inside one transaction;
+//! * [`StateStore`]: each mailbox's runtime state
+//!   ([`crate::lifecycle::MailboxState`]), its alerts, and the profiles'
+//!   last test results;
+//! * [`GrantStore`]: pending consents and OAuth grants (tokens sealed at
+//!   rest);
+//! * [`LeaseStore`]: leases that give one holder at a time a mailbox's
+//!   refresh or its sync work;
+//! * [`SyncStore`]: each mailbox's incoming cursor and the recorded outcome
+//!   of every message taken in, written together.
 //!
-//! Records cross the trait as model types. Their secret fields are skipped
-//! by serde; a store persists them separately, sealed with its [`SealKey`].
+//! [`Store`] is all five together. The library ships [`MemoryStore`], the
+//! embedded default [`SqliteStore`], and [`PostgresStore`] for many
+//! workers sharing one database; one conformance suite
+//! (`mailsync::store::conformance`, feature `test-support`) runs against
+//! each.
+//!
+//! # Versions
+//!
+//! Every record two actors can change carries a version taken from one
+//! store-wide sequence, so versions only grow and are never reused, even
+//! after a delete. Writes compare and swap: a write based on a stale
+//! version changes nothing and reports `conflict` (or `None`, where the
+//! caller decides). Leases carry a fencing token from the same sequence;
+//! grant writes made under a lease are refused once another holder has
+//! taken it.
 
-pub mod memory;
-pub mod seal;
-pub mod sqlite;
+mod legacy;
+pub(crate) mod memory;
+pub(crate) mod postgres;
+pub(crate) mod seal;
+pub(crate) mod sqlite;
+
+#[cfg(feature = "test-support")]
+pub mod conformance;
 
 pub use memory::MemoryStore;
+pub use postgres::{PostgresConfig, PostgresStore};
 pub use seal::SealKey;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::model::{Authentication, Mailbox, MailboxId, ProfileId, Secret, ServerProfile};
-use time::OffsetDateTime;
+use crate::lifecycle::MailboxState;
+use crate::model::{
+    Alert, Authentication, LastTestResult, Mailbox, MailboxId, ProfileId, Secret, ServerProfile,
+    Timestamp,
+};
+use crate::sync::{MessageRecord, SyncCursor};
 
 /// A consent request waiting for its redirect (RFC 6749 §4.1.1 `state`,
-/// RFC 7636 `code_verifier`).
+/// RFC 7636 `code_verifier`), bound to the issuer and client it was made
+/// for.
 ///
-/// Stored by [`Store::put_pending_authorization`] so that the callback may
-/// reach another process or arrive after a restart. The store keys it by
-/// [`state_key`] (a SHA-256 of the state), so the state itself is never an
-/// index value; `state` and `pkce_verifier` are sealed at rest.
+/// Stored so that the callback may reach another process or arrive after a
+/// restart. Stores key it by [`state_key`] (a SHA-256 of the state), so the
+/// state itself is never an index value; `state` and `pkce_verifier` are
+/// sealed at rest.
 #[derive(Debug, Clone)]
 pub struct PendingAuthorization {
     /// The random, single-use `state` sent with the consent URL.
@@ -41,20 +72,31 @@ pub struct PendingAuthorization {
     pub pkce_verifier: Secret,
     /// The exact redirect URI the consent URL carried (the code exchange must repeat it).
     pub redirect_uri: String,
+    /// The issuer the consent was sent to.
+    pub issuer: String,
+    /// The OAuth client it was made for.
+    pub client_id: String,
     /// When the consent URL was issued.
-    pub created_at: OffsetDateTime,
+    pub created_at: Timestamp,
     /// After this instant the callback is refused with `state_invalid`.
-    pub expires_at: OffsetDateTime,
+    pub expires_at: Timestamp,
 }
 
-/// A mailbox's OAuth token set as stored (secrets sealed at rest).
-///
-/// `version` increases by one on every write; writers that refresh use it for
-/// compare-and-swap ([`Store::put_tokens`]).
+/// A mailbox's OAuth grant as stored: its tokens (sealed at rest) and what
+/// issued them. The issuer, client, token endpoint and account are part of
+/// the sealed values' associated data, so a grant cannot be moved to
+/// another issuer by editing the database; the library uses a grant only
+/// with the issuer and client it names.
 #[derive(Debug, Clone)]
-pub struct TokenRecord {
+pub struct Grant {
     /// The mailbox.
     pub mailbox_id: MailboxId,
+    /// The issuer that granted it (normalized: no trailing `/`).
+    pub issuer: String,
+    /// The OAuth client it was granted to.
+    pub client_id: String,
+    /// Where it is refreshed; fixed at consent.
+    pub token_endpoint: String,
     /// The account (email) that consented.
     pub account: String,
     /// The access token (RFC 6749 §1.4).
@@ -62,13 +104,116 @@ pub struct TokenRecord {
     /// The refresh token (RFC 6749 §1.5), if the provider issued one.
     pub refresh_token: Option<Secret>,
     /// When the access token expires, if the provider said.
-    pub expires_at: Option<OffsetDateTime>,
+    pub expires_at: Option<Timestamp>,
     /// The scopes granted (RFC 6749 §3.3).
     pub scopes: Vec<String>,
     /// When these tokens were obtained (consent or last refresh).
-    pub obtained_at: OffsetDateTime,
-    /// Write counter for compare-and-swap; ignored on input, set by the store.
-    pub version: u64,
+    pub obtained_at: Timestamp,
+    /// Write version; set by the store, only grows.
+    pub version: i64,
+}
+
+/// What a lease is for.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseKind {
+    /// Refreshing the mailbox's access token.
+    Refresh,
+    /// Syncing the mailbox.
+    Sync,
+}
+
+impl LeaseKind {
+    /// `"refresh"` or `"sync"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LeaseKind::Refresh => "refresh",
+            LeaseKind::Sync => "sync",
+        }
+    }
+}
+
+/// A lease as stored: who holds what until when, with its fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The mailbox.
+    pub mailbox_id: MailboxId,
+    /// What for.
+    pub kind: LeaseKind,
+    /// The holder.
+    pub owner: String,
+    /// Fencing token: taken from the version sequence at acquisition, so a
+    /// later holder always has a larger one.
+    pub fence: i64,
+    /// Until when it is held, unless renewed.
+    pub expires_at: Timestamp,
+}
+
+/// A change to a mailbox's grant, made in the same transaction as a state
+/// change ([`StateStore::commit`]).
+#[derive(Debug, Clone)]
+pub enum GrantChange<'a> {
+    /// Leave the grant as it is.
+    Keep,
+    /// Store this grant. `expected`: the version the stored grant must have
+    /// (`None`: there must be none).
+    Put {
+        /// The grant.
+        grant: &'a Grant,
+        /// The stored grant's version, or `None` for "no grant stored".
+        expected: Option<i64>,
+    },
+    /// Delete the grant if its version is `expected` (`None`: whatever is stored).
+    Delete {
+        /// The version to delete.
+        expected: Option<i64>,
+    },
+}
+
+/// A change to a mailbox's pending consent, made in a commit.
+#[derive(Debug, Clone)]
+pub enum PendingChange<'a> {
+    /// Leave it.
+    Keep,
+    /// Store this one, replacing any other of the mailbox (its state stops working).
+    Put(&'a PendingAuthorization),
+    /// Delete the mailbox's pending consent.
+    Delete,
+}
+
+/// One unit of work on a mailbox's runtime records, applied atomically.
+#[derive(Debug, Clone)]
+pub struct Commit<'a> {
+    /// The mailbox.
+    pub mailbox_id: &'a MailboxId,
+    /// The state's version the change is based on.
+    pub expected_state_version: i64,
+    /// The new state (`None`: unchanged).
+    pub state: Option<&'a MailboxState>,
+    /// The grant change.
+    pub grant: GrantChange<'a>,
+    /// The pending consent change.
+    pub pending: PendingChange<'a>,
+    /// Alerts to add (the oldest beyond [`crate::model::mailbox::MAX_ALERTS`] are dropped).
+    pub alerts: &'a [Alert],
+}
+
+/// How a [`StateStore::commit`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Everything was written; the state's version now.
+    Committed {
+        /// The state's version after the commit.
+        state_version: i64,
+        /// The grant's version after the commit, if one is stored.
+        grant_version: Option<i64>,
+    },
+    /// The state moved on since `expected_state_version`; nothing was written.
+    StateConflict,
+    /// The grant is not at the expected version; nothing was written.
+    GrantConflict,
 }
 
 /// The lookup key of a pending authorization: lowercase hex SHA-256 of the
@@ -79,15 +224,19 @@ pub fn state_key(state: &Secret) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Storage for the directory. Implementations must be safe to share between
-/// tasks and keep the invariants listed in the module docs atomically.
+/// Profiles and mailboxes: the admin's configuration.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Inserts a profile. Fails with `already_exists` on a duplicate name. If
-    /// the profile is the default, any other default is cleared atomically.
-    async fn insert_profile(&self, profile: &ServerProfile) -> Result<()>;
-    /// Replaces a profile (same default rule). `not_found` if it is gone.
-    async fn update_profile(&self, profile: &ServerProfile) -> Result<()>;
+pub trait DirectoryStore: Send + Sync {
+    /// Inserts a profile; returns it with its version. `already_exists` on
+    /// a duplicate name (compared by [`crate::model::profile_name_key`]).
+    /// If it is the default, any other default is cleared atomically.
+    async fn insert_profile(&self, profile: &ServerProfile) -> Result<ServerProfile>;
+    /// Replaces a profile whose stored version is `profile.version`;
+    /// returns it with its new version. `conflict` if the version moved on,
+    /// `not_found` if it is gone, `validation` if its capacity is below the
+    /// mailboxes it holds (counted in the same transaction). The default
+    /// rule applies as on insert.
+    async fn update_profile(&self, profile: &ServerProfile) -> Result<ServerProfile>;
     /// A profile by id.
     async fn get_profile(&self, id: &ProfileId) -> Result<Option<ServerProfile>>;
     /// All profiles, ordered by name.
@@ -95,12 +244,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a profile; `profile_in_use` while mailboxes reference it.
     async fn delete_profile(&self, id: &ProfileId) -> Result<()>;
 
-    /// Inserts a mailbox. `already_exists` on a duplicate address; when it has
-    /// a profile and `capacity` is given, `capacity_exceeded` if the profile
-    /// already holds that many mailboxes (checked in the same transaction).
-    async fn insert_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<()>;
-    /// Replaces a mailbox; the capacity rule applies when its profile changed.
-    async fn update_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<()>;
+    /// Inserts a mailbox and its initial state; returns it with its
+    /// version. `already_exists` on a duplicate address; with a profile and
+    /// `capacity`, `capacity_exceeded` if the profile is full (checked in
+    /// the same transaction).
+    async fn insert_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<Mailbox>;
+    /// Replaces a mailbox whose stored version is `mailbox.version`
+    /// (`conflict` otherwise); the capacity rule applies when its profile
+    /// changed.
+    async fn update_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<Mailbox>;
     /// A mailbox by id.
     async fn get_mailbox(&self, id: &MailboxId) -> Result<Option<Mailbox>>;
     /// A mailbox by (lower-cased) address.
@@ -109,51 +261,116 @@ pub trait Store: Send + Sync + 'static {
     async fn list_mailboxes(&self, profile: Option<&ProfileId>) -> Result<Vec<Mailbox>>;
     /// How many mailboxes a profile holds.
     async fn count_mailboxes(&self, profile: &ProfileId) -> Result<u32>;
-    /// Deletes a mailbox. `not_found` if it is gone. Its pending
-    /// authorization, tokens and refresh lease go with it.
+    /// Deletes a mailbox with everything of it (state, alerts, grant,
+    /// pending consent, leases). `not_found` if it is gone.
     async fn delete_mailbox(&self, id: &MailboxId) -> Result<()>;
+}
 
-    // ---------------------------------------------------------------- OAuth
+/// Runtime state: mailbox states, alerts, profile test results.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// A mailbox's state (`None` if the mailbox does not exist).
+    async fn get_state(&self, mailbox: &MailboxId) -> Result<Option<MailboxState>>;
+    /// Applies a [`Commit`] atomically, or nothing at all.
+    async fn commit(&self, commit: &Commit<'_>) -> Result<CommitOutcome>;
+    /// A mailbox's alerts, oldest first (at most the last `limit`).
+    async fn alerts(&self, mailbox: &MailboxId, limit: usize) -> Result<Vec<Alert>>;
+    /// Records a profile's last test result.
+    async fn put_profile_test(&self, profile: &ProfileId, result: &LastTestResult) -> Result<()>;
+    /// A profile's last test result.
+    async fn get_profile_test(&self, profile: &ProfileId) -> Result<Option<LastTestResult>>;
+}
 
-    /// Stores a pending authorization, replacing any previous one for the
-    /// same mailbox (its state stops working).
-    async fn put_pending_authorization(&self, pending: &PendingAuthorization) -> Result<()>;
-    /// Removes and returns the pending authorization whose state is `state`,
-    /// atomically: of two concurrent callers with the same state at most one
-    /// gets it. Expired entries are returned too (the caller refuses them).
-    async fn take_pending_authorization(
+/// Pending consents and grants.
+#[async_trait]
+pub trait GrantStore: Send + Sync {
+    /// Removes and returns the pending authorization whose state is
+    /// `state`, atomically: of two concurrent callers with the same state at
+    /// most one gets it. Expired entries are returned too (the caller
+    /// refuses them).
+    async fn take_pending(&self, state: &Secret) -> Result<Option<PendingAuthorization>>;
+    /// A mailbox's grant.
+    async fn get_grant(&self, mailbox: &MailboxId) -> Result<Option<Grant>>;
+    /// Replaces a grant whose stored version is `expected` (a refresh).
+    /// With `fence`, also requires that lease to be the mailbox's current
+    /// one, so a holder whose lease was taken over cannot write. Returns
+    /// the new version, or `None` when a check failed (nothing written).
+    async fn put_grant(
         &self,
-        state: &Secret,
-    ) -> Result<Option<PendingAuthorization>>;
-    /// Removes the mailbox's pending authorization, if any.
-    async fn delete_pending_authorization(&self, mailbox: &MailboxId) -> Result<()>;
+        grant: &Grant,
+        expected: i64,
+        fence: Option<&LeaseRecord>,
+    ) -> Result<Option<i64>>;
+    /// Whether any mailbox holds a grant of `account` from `issuer` for
+    /// `client_id`.
+    async fn grant_held(&self, issuer: &str, client_id: &str, account: &str) -> Result<bool>;
+}
 
-    /// The mailbox's token set.
-    async fn get_tokens(&self, mailbox: &MailboxId) -> Result<Option<TokenRecord>>;
-    /// Writes a token set with compare-and-swap. With `expected_version:
-    /// Some(v)` the write happens only if the stored set has version `v`;
-    /// with `None` it replaces whatever is stored. Returns the new version,
-    /// or `None` when the comparison failed (nothing written).
-    async fn put_tokens(
-        &self,
-        tokens: &TokenRecord,
-        expected_version: Option<u64>,
-    ) -> Result<Option<u64>>;
-    /// Deletes the mailbox's token set (no error if there is none).
-    async fn delete_tokens(&self, mailbox: &MailboxId) -> Result<()>;
-
-    /// Takes the mailbox's refresh lease for `owner` until `expires_at`, if it
-    /// is free, expired or already held by `owner`. Returns whether `owner`
-    /// holds it now. This is the cross-process single-flight for refreshes.
-    async fn try_acquire_refresh_lease(
+/// Leases: one holder at a time, with fencing.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Takes the lease for `owner` until `until` if it is free or expired
+    /// at `now`; a new acquisition gets a new fencing token. `None` when
+    /// someone else holds it.
+    async fn acquire_lease(
         &self,
         mailbox: &MailboxId,
+        kind: LeaseKind,
         owner: &str,
-        expires_at: OffsetDateTime,
-    ) -> Result<bool>;
-    /// Releases the lease if `owner` holds it.
-    async fn release_refresh_lease(&self, mailbox: &MailboxId, owner: &str) -> Result<()>;
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Option<LeaseRecord>>;
+    /// Extends a lease its holder still holds (same fencing token). `None`
+    /// when it was lost (taken over, or released).
+    async fn renew_lease(
+        &self,
+        lease: &LeaseRecord,
+        until: Timestamp,
+    ) -> Result<Option<LeaseRecord>>;
+    /// Releases a lease if it is still this one.
+    async fn release_lease(&self, lease: &LeaseRecord) -> Result<()>;
+    /// Every lease, held or expired, for operators.
+    async fn list_leases(&self) -> Result<Vec<LeaseRecord>>;
+}
 
+/// Incoming sync: cursors and per-message outcomes.
+#[async_trait]
+pub trait SyncStore: Send + Sync {
+    /// The mailbox's cursor; `None` before its first cycle.
+    async fn get_cursor(&self, mailbox: &MailboxId) -> Result<Option<SyncCursor>>;
+    /// Every cursor.
+    async fn list_cursors(&self) -> Result<Vec<SyncCursor>>;
+    /// Writes `cursor` and records `messages` in one transaction, if the
+    /// stored cursor's version is `expected` (0: none stored yet) and
+    /// `fence` is still the mailbox's sync lease. Returns the new version,
+    /// or `None` (nothing written) when either is stale. Recording a key
+    /// again keeps the first record.
+    async fn commit_sync(
+        &self,
+        cursor: &SyncCursor,
+        expected: i64,
+        messages: &[MessageRecord],
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>>;
+    /// The keys among `keys` that have a recorded outcome.
+    async fn recorded_keys(
+        &self,
+        mailbox: &MailboxId,
+        keys: &[String],
+    ) -> Result<std::collections::HashSet<String>>;
+    /// Every POP3 UIDL with a recorded outcome (the POP3 cursor).
+    async fn recorded_uidls(
+        &self,
+        mailbox: &MailboxId,
+    ) -> Result<std::collections::HashSet<String>>;
+}
+
+/// Everything a store does. Implementations must be safe to share between
+/// tasks and keep each trait's guarantees atomically.
+#[async_trait]
+pub trait Store:
+    DirectoryStore + StateStore + GrantStore + LeaseStore + SyncStore + 'static
+{
     /// Flushes and releases resources (e.g. checkpoints SQLite's WAL).
     /// Further calls fail. The default does nothing.
     async fn close(&self) {}
@@ -166,7 +383,7 @@ pub(crate) fn profile_secret(profile: &ServerProfile) -> Option<&Secret> {
             app.client_secret.as_ref()
         }
         Authentication::CredentialsInProfile { password, .. } => password.as_ref(),
-        Authentication::CredentialsPerMailbox => None,
+        Authentication::CredentialsPerMailbox {} => None,
     }
 }
 
@@ -177,7 +394,7 @@ pub(crate) fn set_profile_secret(profile: &mut ServerProfile, secret: Secret) {
             app.client_secret = Some(secret)
         }
         Authentication::CredentialsInProfile { password, .. } => *password = Some(secret),
-        Authentication::CredentialsPerMailbox => {}
+        Authentication::CredentialsPerMailbox {} => {}
     }
 }
 
@@ -196,6 +413,37 @@ pub(crate) fn set_mailbox_secret(mailbox: &mut Mailbox, secret: Secret) {
     }
 }
 
+/// The plaintext of the `key_check` row that tells, before anything is
+/// written, whether a database was created with the key it is opened with.
+pub(crate) const KEY_CHECK: &[u8] = b"mailsync key check v1";
+
+/// The associated data of the `key_check` row.
+pub(crate) const KEY_CHECK_CONTEXT: &str = "meta:key_check";
+
+/// The associated data a profile's sealed secret is bound to.
+pub(crate) fn profile_context(id: &ProfileId) -> String {
+    format!("profile:{id}:secret")
+}
+
+/// The associated data a mailbox's sealed password is bound to.
+pub(crate) fn mailbox_context(id: &MailboxId) -> String {
+    format!("mailbox:{id}:password")
+}
+
+/// The associated data a pending consent's sealed state and verifier are
+/// bound to.
+pub(crate) fn pending_context(mailbox: &str, key: &str, issuer: &str, client_id: &str) -> String {
+    format!("oauth_pending:{mailbox}:{key}:{issuer}|{client_id}")
+}
+
+/// The associated data a grant's sealed tokens are bound to.
+pub(crate) fn grant_context(grant: &Grant, which: &str) -> String {
+    format!(
+        "grant:{}:{which}:{}|{}|{}|{}",
+        grant.mailbox_id, grant.issuer, grant.client_id, grant.token_endpoint, grant.account
+    )
+}
+
 pub(crate) fn capacity_error(profile: &ProfileId, name: &str, count: u32, capacity: u32) -> Error {
     Error::new(
         ErrorCode::CapacityExceeded,
@@ -203,6 +451,13 @@ pub(crate) fn capacity_error(profile: &ProfileId, name: &str, count: u32, capaci
             "server profile '{name}' ({profile}) already holds {count} of {capacity} mailboxes; \
              create another profile with the same OAuth client or allow spill-over"
         ),
+    )
+}
+
+pub(crate) fn capacity_below_count(count: u32) -> Error {
+    Error::validation(
+        "mailbox_capacity",
+        format!("the profile holds {count} mailboxes; move some before lowering the capacity"),
     )
 }
 
@@ -224,6 +479,15 @@ pub(crate) fn profile_in_use(name: &str, count: u32) -> Error {
     Error::new(
         ErrorCode::ProfileInUse,
         format!("server profile '{name}' still has {count} mailbox(es); move or delete them first"),
+    )
+}
+
+pub(crate) fn stale(kind: &str, id: impl std::fmt::Display, expected: i64) -> Error {
+    Error::new(
+        ErrorCode::Conflict,
+        format!(
+            "{kind} {id} was changed by someone else since version {expected}; reload it and apply the change again"
+        ),
     )
 }
 

@@ -69,34 +69,11 @@ impl SealKey {
     }
 
     /// Reads the key file, or creates it with a new random key and mode 0600
-    /// when it does not exist. Never overwrites an existing file.
+    /// when it does not exist or is empty. Never overwrites a key; processes
+    /// that call it at the same moment take turns (an advisory lock on the
+    /// file) and all get the same key.
     pub fn load_or_create(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        if path.exists() {
-            return SealKey::from_file(path);
-        }
-        let key = SealKey::generate()?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let write = options.open(path).and_then(|mut file| {
-            use std::io::Write;
-            file.write_all(key.0.as_ref())?;
-            file.sync_all()
-        });
-        match write {
-            Ok(()) => Ok(key),
-            // Another process created it first: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => SealKey::from_file(path),
-            Err(e) => Err(Error::new(
-                ErrorCode::Store,
-                format!("cannot create key file {}: {e}", path.display()),
-            )),
-        }
+        Ok(lock_key_file(path.as_ref(), || Ok(()))?.key)
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
@@ -167,6 +144,77 @@ impl SealKey {
         })?;
         Ok(Secret::new(text))
     }
+}
+
+/// A key file held under an exclusive advisory lock until dropped, with its
+/// key. Opening a database with its default key file happens under this
+/// lock, so processes that create the same database take turns.
+pub(crate) struct LockedKeyFile {
+    /// The key in the file.
+    pub key: SealKey,
+    /// Whether this call wrote the key (the file had none).
+    pub created: bool,
+    _file: std::fs::File,
+}
+
+/// Opens (creating if missing, mode 0600) and locks the key file at `path`.
+/// If it holds no key yet, `may_create` decides whether one may be made; when
+/// it refuses, a file this call created is removed again.
+pub(crate) fn lock_key_file(
+    path: &Path,
+    may_create: impl FnOnce() -> Result<()>,
+) -> Result<LockedKeyFile> {
+    use std::io::{Read, Write};
+    let io_error = |what: &str, e: std::io::Error| {
+        Error::new(
+            ErrorCode::Store,
+            format!("cannot {what} key file {}: {e}", path.display()),
+        )
+    };
+    let existed = path.exists();
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| io_error("open", e))?;
+    file.lock().map_err(|e| io_error("lock", e))?;
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.read_to_end(&mut bytes)
+        .map_err(|e| io_error("read", e))?;
+    if bytes.is_empty() {
+        if let Err(e) = may_create() {
+            if !existed {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        let key = SealKey::generate()?;
+        file.write_all(key.0.as_ref())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io_error("write", e))?;
+        return Ok(LockedKeyFile {
+            key,
+            created: true,
+            _file: file,
+        });
+    }
+    let key = SealKey::from_bytes(&bytes).map_err(|_| {
+        Error::new(
+            ErrorCode::Store,
+            format!(
+                "key file {} must hold exactly {KEY_LEN} bytes",
+                path.display()
+            ),
+        )
+    })?;
+    Ok(LockedKeyFile {
+        key,
+        created: false,
+        _file: file,
+    })
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The embedded default store: one SQLite file (WAL mode) through sqlx.
 //!
-//! Several processes may open the same file; writes that check an invariant
-//! run in `BEGIN IMMEDIATE` transactions, so two writers cannot both see room
-//! for the 100th mailbox. Secrets are sealed with the store's [`SealKey`]; a
-//! `key_check` row detects a wrong key at open time, before anything is
-//! written.
+//! Several processes may open the same file. Every write that checks
+//! something (an invariant, a version, a fencing token) runs in a
+//! `BEGIN IMMEDIATE` transaction, so two writers cannot both see room for
+//! the 100th mailbox or both base a change on one version. Secrets are
+//! sealed with the store's [`SealKey`]; a `key_check` row detects a wrong
+//! key at open time, before anything is written.
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -15,13 +16,20 @@ use std::time::Duration;
 
 use super::seal::SealKey;
 use super::{
-    PendingAuthorization, Store, TokenRecord, capacity_error, duplicate_mailbox, duplicate_profile,
-    from_json, mailbox_secret, profile_in_use, profile_secret, set_mailbox_secret,
-    set_profile_secret, state_key, to_json,
+    Commit, CommitOutcome, DirectoryStore, Grant, GrantChange, GrantStore, LeaseKind, LeaseRecord,
+    LeaseStore, PendingAuthorization, PendingChange, StateStore, Store, SyncStore,
+    capacity_below_count, capacity_error, duplicate_mailbox, duplicate_profile, from_json,
+    grant_context, mailbox_secret, profile_in_use, profile_secret, set_mailbox_secret,
+    set_profile_secret, stale, state_key, to_json,
 };
 use crate::error::{Error, ErrorCode, Result};
-use crate::model::{Mailbox, MailboxId, ProfileId, Secret, ServerProfile};
-use time::OffsetDateTime;
+use crate::lifecycle::MailboxState;
+use crate::model::mailbox::MAX_ALERTS;
+use crate::model::{
+    Alert, LastTestResult, Mailbox, MailboxId, ProfileId, Secret, ServerProfile, Timestamp,
+    profile_name_key,
+};
+use crate::sync::{MessageRecord, SyncCursor};
 
 const KEY_CHECK: &[u8] = b"mailsync key check v1";
 
@@ -41,6 +49,8 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+type Tx<'a> = Transaction<'a, Sqlite>;
+
 fn profile_context(id: &ProfileId) -> String {
     format!("profile:{id}:secret")
 }
@@ -49,29 +59,62 @@ fn mailbox_context(id: &MailboxId) -> String {
     format!("mailbox:{id}:password")
 }
 
-fn pending_context(mailbox: &str, key: &str) -> String {
-    format!("oauth_pending:{mailbox}:{key}")
-}
-
-fn token_context(mailbox: &MailboxId, which: &str) -> String {
-    format!("oauth_tokens:{mailbox}:{which}")
-}
-
-fn from_unix(field: &str, seconds: i64) -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| {
-        Error::new(
-            ErrorCode::Store,
-            format!("corrupt record: {field} out of range"),
-        )
-    })
-}
-
-fn unix_millis(at: OffsetDateTime) -> i64 {
-    (at.unix_timestamp_nanos() / 1_000_000) as i64
+fn pending_context(mailbox: &str, key: &str, issuer: &str, client_id: &str) -> String {
+    format!("oauth_pending:{mailbox}:{key}:{issuer}|{client_id}")
 }
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn kind_from(text: &str) -> Result<LeaseKind> {
+    match text {
+        "refresh" => Ok(LeaseKind::Refresh),
+        "sync" => Ok(LeaseKind::Sync),
+        other => Err(Error::new(
+            ErrorCode::Store,
+            format!("corrupt record: unknown lease kind '{other}'"),
+        )),
+    }
+}
+
+fn lease_from(row: &sqlx::sqlite::SqliteRow) -> Result<LeaseRecord> {
+    Ok(LeaseRecord {
+        mailbox_id: MailboxId::parse(row.get("mailbox_id"))?,
+        kind: kind_from(row.get("kind"))?,
+        owner: row.get("owner"),
+        fence: row.get::<i64, _>("fence"),
+        expires_at: Timestamp::from_unix_millis(row.get("expires_at")),
+    })
+}
+/// Fills `profiles.name_key` where it is missing or stale (rows written
+/// before the column existed).
+async fn derive_name_keys(tx: &mut Tx<'_>) -> Result<()> {
+    let rows = sqlx::query("SELECT id, name, name_key FROM profiles")
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in rows {
+        let name: String = row.get("name");
+        let stored: Option<String> = row.get("name_key");
+        let key = profile_name_key(&name);
+        if stored.as_deref() != Some(key.as_str()) {
+            sqlx::query("UPDATE profiles SET name_key = ? WHERE id = ?")
+                .bind(key)
+                .bind(row.get::<String, _>("id"))
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The next value of the store-wide version sequence, inside `tx`.
+async fn next_version(tx: &mut Tx<'_>) -> Result<i64> {
+    let value: i64 =
+        sqlx::query_scalar("UPDATE version_seq SET value = value + 1 WHERE id = 1 RETURNING value")
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(value)
 }
 
 impl SqliteStore {
@@ -87,26 +130,56 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::Store,
-                    format!("cannot open database {}: {e}", path.display()),
-                )
-            })?;
+        // Turning a new file into WAL mode does not wait for a busy lock the
+        // way statements do: another process creating the same file makes
+        // the first connection fail with SQLITE_BUSY, so retry that (bounded).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut backoff = Duration::from_millis(5);
+        let pool = loop {
+            match SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => break pool,
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("5") && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorCode::Store,
+                        format!("cannot open database {}: {e}", path.display()),
+                    ));
+                }
+            }
+        };
         let store = SqliteStore { pool, key, path };
-        if let Err(e) = store.check_key_before_migrating().await {
+        if let Err(e) = store.prepare().await {
             store.pool.close().await;
             return Err(e);
         }
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&store.pool)
-            .await?;
-        store.ensure_key_check().await?;
         Ok(store)
+    }
+
+    /// Checks the key, migrates and upgrades, all in one `BEGIN IMMEDIATE`
+    /// transaction: processes that open a new file at the same moment take
+    /// turns instead of racing each other's migrations.
+    async fn prepare(&self) -> Result<()> {
+        let mut tx = self.immediate().await?;
+        self.check_key_before_migrating(&mut tx).await?;
+        // `run_direct` on the connection rather than `run`: `run`'s
+        // `Acquire` bound makes this future not `Send` (sqlx's own workaround).
+        sqlx::migrate!("./migrations/sqlite")
+            .run_direct(None, &mut *tx, false)
+            .await?;
+        self.ensure_key_check(&mut tx).await?;
+        derive_name_keys(&mut tx).await?;
+        self.upgrade_runtime_records(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The database file.
@@ -115,18 +188,18 @@ impl SqliteStore {
     }
 
     /// On an existing database, verifies the key before any migration runs.
-    async fn check_key_before_migrating(&self) -> Result<()> {
+    async fn check_key_before_migrating(&self, tx: &mut Tx<'_>) -> Result<()> {
         let has_meta: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut **tx)
         .await?;
         if has_meta.is_none() {
             return Ok(());
         }
         let sealed: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT value FROM meta WHERE key = 'key_check'")
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut **tx)
                 .await?;
         if let Some(sealed) = sealed {
             self.key.open("meta:key_check", &sealed).map_err(|_| {
@@ -142,16 +215,103 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn ensure_key_check(&self) -> Result<()> {
+    async fn ensure_key_check(&self, tx: &mut Tx<'_>) -> Result<()> {
         let sealed = self.key.seal("meta:key_check", KEY_CHECK)?;
         sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('key_check', ?)")
             .bind(sealed)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await?;
         Ok(())
     }
 
-    async fn immediate(&self) -> Result<Transaction<'_, Sqlite>> {
+    /// Databases written before runtime state had its own tables keep it
+    /// inside each mailbox's JSON and the tokens in `oauth_tokens`. Moves
+    /// both over once (re-sealing the tokens, bound to what issued them),
+    /// within the opening transaction.
+    async fn upgrade_runtime_records(&self, tx: &mut Tx<'_>) -> Result<()> {
+        let legacy: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'oauth_tokens'",
+        )
+        .fetch_optional(&mut **tx)
+        .await?;
+        if legacy.is_none() {
+            return Ok(());
+        }
+        let mailboxes = sqlx::query(
+            "SELECT m.id, m.data, m.profile_id FROM mailboxes m \
+             LEFT JOIN mailbox_state s ON s.mailbox_id = m.id WHERE s.mailbox_id IS NULL",
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in mailboxes {
+            let id = MailboxId::parse(row.get("id"))?;
+            let data: String = row.get("data");
+            let state = super::legacy::state_from_mailbox_json(&id, &data);
+            let version = next_version(tx).await?;
+            sqlx::query("INSERT INTO mailbox_state (mailbox_id, version, data) VALUES (?, ?, ?)")
+                .bind(id.as_str())
+                .bind(version)
+                .bind(to_json(&state)?)
+                .execute(&mut **tx)
+                .await?;
+            for alert in super::legacy::alerts_from_mailbox_json(&data) {
+                sqlx::query("INSERT INTO alerts (mailbox_id, data) VALUES (?, ?)")
+                    .bind(id.as_str())
+                    .bind(to_json(&alert)?)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        let tokens = sqlx::query(
+            "SELECT t.mailbox_id, t.account, t.scopes, t.expires_at, t.obtained_at, t.access_token, \
+             t.refresh_token, p.data AS profile FROM oauth_tokens t \
+             JOIN mailboxes m ON m.id = t.mailbox_id LEFT JOIN profiles p ON p.id = m.profile_id",
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in tokens {
+            let mailbox = MailboxId::parse(row.get("mailbox_id"))?;
+            let profile: Option<String> = row.get("profile");
+            let Some(binding) = profile
+                .and_then(|p| from_json::<ServerProfile>(&p).ok())
+                .and_then(|p| super::legacy::binding_of(&p))
+            else {
+                // No OAuth profile any more: the tokens cannot be bound; drop them.
+                continue;
+            };
+            let old = |which: &str| format!("oauth_tokens:{mailbox}:{which}");
+            let access: Vec<u8> = row.get("access_token");
+            let refresh: Option<Vec<u8>> = row.get("refresh_token");
+            let seconds = |v: i64| Timestamp::from_unix_millis(v.saturating_mul(1000));
+            let grant = Grant {
+                mailbox_id: mailbox.clone(),
+                issuer: binding.0,
+                client_id: binding.1,
+                token_endpoint: binding.2,
+                account: row.get::<String, _>("account").to_ascii_lowercase(),
+                access_token: self.key.open_secret(&old("access"), &access)?,
+                refresh_token: refresh
+                    .map(|r| self.key.open_secret(&old("refresh"), &r))
+                    .transpose()?,
+                expires_at: row.get::<Option<i64>, _>("expires_at").map(seconds),
+                scopes: row
+                    .get::<String, _>("scopes")
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+                obtained_at: seconds(row.get("obtained_at")),
+                version: 0,
+            };
+            let version = next_version(tx).await?;
+            self.insert_grant(tx, &grant, version).await?;
+        }
+        sqlx::query("DROP TABLE oauth_tokens")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn immediate(&self) -> Result<Tx<'_>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
@@ -162,8 +322,10 @@ impl SqliteStore {
         Ok((to_json(profile)?, secret))
     }
 
-    fn open_profile(&self, data: &str, secret: Option<Vec<u8>>) -> Result<ServerProfile> {
-        let mut profile: ServerProfile = from_json(data)?;
+    fn open_profile(&self, row: &sqlx::sqlite::SqliteRow) -> Result<ServerProfile> {
+        let mut profile: ServerProfile = from_json(row.get("data"))?;
+        profile.version = row.get::<i64, _>("version");
+        let secret: Option<Vec<u8>> = row.get("secret");
         if let Some(sealed) = secret {
             let secret = self
                 .key
@@ -180,8 +342,10 @@ impl SqliteStore {
         Ok((to_json(mailbox)?, secret))
     }
 
-    fn open_mailbox(&self, data: &str, secret: Option<Vec<u8>>) -> Result<Mailbox> {
-        let mut mailbox: Mailbox = from_json(data)?;
+    fn open_mailbox(&self, row: &sqlx::sqlite::SqliteRow) -> Result<Mailbox> {
+        let mut mailbox: Mailbox = from_json(row.get("data"))?;
+        mailbox.version = row.get::<i64, _>("version");
+        let secret: Option<Vec<u8>> = row.get("secret");
         if let Some(sealed) = secret {
             let secret = self
                 .key
@@ -191,117 +355,242 @@ impl SqliteStore {
         Ok(mailbox)
     }
 
-    async fn put_profile(&self, profile: &ServerProfile, insert: bool) -> Result<()> {
-        let (data, secret) = self.seal_profile(profile)?;
-        let mut tx = self.immediate().await?;
-        if profile.default_for_new_mailboxes {
-            // Clear the flag in the other rows' JSON too, so reads agree.
-            let others =
-                sqlx::query("SELECT id, data FROM profiles WHERE is_default = 1 AND id <> ?")
-                    .bind(profile.id.as_str())
-                    .fetch_all(&mut *tx)
-                    .await?;
-            for row in others {
-                let id: String = row.get("id");
-                let mut other: ServerProfile = from_json(row.get("data"))?;
-                other.default_for_new_mailboxes = false;
-                sqlx::query("UPDATE profiles SET is_default = 0, data = ? WHERE id = ?")
-                    .bind(to_json(&other)?)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        let result = if insert {
-            sqlx::query(
-                "INSERT INTO profiles (id, name, is_default, data, secret) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(profile.id.as_str())
-            .bind(&profile.name)
-            .bind(profile.default_for_new_mailboxes)
-            .bind(&data)
-            .bind(secret)
-            .execute(&mut *tx)
-            .await
-        } else {
-            sqlx::query(
-                "UPDATE profiles SET name = ?, is_default = ?, data = ?, secret = ? WHERE id = ?",
-            )
-            .bind(&profile.name)
-            .bind(profile.default_for_new_mailboxes)
-            .bind(&data)
-            .bind(secret)
-            .bind(profile.id.as_str())
-            .execute(&mut *tx)
-            .await
+    fn open_grant(&self, row: &sqlx::sqlite::SqliteRow) -> Result<Grant> {
+        let mut grant = Grant {
+            mailbox_id: MailboxId::parse(row.get("mailbox_id"))?,
+            issuer: row.get("issuer"),
+            client_id: row.get("client_id"),
+            token_endpoint: row.get("token_endpoint"),
+            account: row.get("account"),
+            access_token: Secret::new(""),
+            refresh_token: None,
+            expires_at: row
+                .get::<Option<i64>, _>("expires_at")
+                .map(Timestamp::from_unix_millis),
+            scopes: row
+                .get::<String, _>("scopes")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            obtained_at: Timestamp::from_unix_millis(row.get("obtained_at")),
+            version: row.get::<i64, _>("version"),
         };
-        match result {
-            Err(e) if is_unique_violation(&e) => Err(duplicate_profile(&profile.name)),
-            Err(e) => Err(e.into()),
-            Ok(done) if !insert && done.rows_affected() == 0 => {
-                Err(Error::not_found("server profile", &profile.id))
-            }
-            Ok(_) => {
-                tx.commit().await?;
-                Ok(())
-            }
+        let access: Vec<u8> = row.get("access_token");
+        let refresh: Option<Vec<u8>> = row.get("refresh_token");
+        grant.access_token = self
+            .key
+            .open_secret(&grant_context(&grant, "access"), &access)?;
+        grant.refresh_token = refresh
+            .map(|r| self.key.open_secret(&grant_context(&grant, "refresh"), &r))
+            .transpose()?;
+        Ok(grant)
+    }
+
+    /// Inserts or replaces a grant row (inside `tx`) with `version`.
+    async fn insert_grant(&self, tx: &mut Tx<'_>, grant: &Grant, version: i64) -> Result<()> {
+        let access = self
+            .key
+            .seal_secret(&grant_context(grant, "access"), &grant.access_token)?;
+        let refresh = grant
+            .refresh_token
+            .as_ref()
+            .map(|r| self.key.seal_secret(&grant_context(grant, "refresh"), r))
+            .transpose()?;
+        sqlx::query(
+            "INSERT INTO grants (mailbox_id, version, issuer, client_id, token_endpoint, account, scopes, \
+             expires_at, obtained_at, access_token, refresh_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(mailbox_id) DO UPDATE SET version = excluded.version, issuer = excluded.issuer, \
+             client_id = excluded.client_id, token_endpoint = excluded.token_endpoint, \
+             account = excluded.account, scopes = excluded.scopes, expires_at = excluded.expires_at, \
+             obtained_at = excluded.obtained_at, access_token = excluded.access_token, \
+             refresh_token = excluded.refresh_token",
+        )
+        .bind(grant.mailbox_id.as_str())
+        .bind(version)
+        .bind(&grant.issuer)
+        .bind(&grant.client_id)
+        .bind(&grant.token_endpoint)
+        .bind(&grant.account)
+        .bind(grant.scopes.join(" "))
+        .bind(grant.expires_at.map(Timestamp::unix_millis))
+        .bind(grant.obtained_at.unix_millis())
+        .bind(access)
+        .bind(refresh)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_other_defaults(&self, tx: &mut Tx<'_>, keep: &ProfileId) -> Result<()> {
+        let others = sqlx::query("SELECT id, data FROM profiles WHERE is_default = 1 AND id <> ?")
+            .bind(keep.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+        for row in others {
+            let id: String = row.get("id");
+            let mut other: ServerProfile = from_json(row.get("data"))?;
+            other.default_for_new_mailboxes = false;
+            let version = next_version(tx).await?;
+            sqlx::query("UPDATE profiles SET is_default = 0, data = ?, version = ? WHERE id = ?")
+                .bind(to_json(&other)?)
+                .bind(version)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
         }
+        Ok(())
+    }
+
+    async fn check_name(tx: &mut Tx<'_>, profile: &ServerProfile) -> Result<()> {
+        let clash: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM profiles WHERE name_key = ? AND id <> ?")
+                .bind(profile_name_key(&profile.name))
+                .bind(profile.id.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+        if clash.is_some() {
+            return Err(duplicate_profile(&profile.name));
+        }
+        Ok(())
+    }
+
+    async fn count(tx: &mut Tx<'_>, profile: &ProfileId) -> Result<u32> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE profile_id = ?")
+            .bind(profile.as_str())
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok(count as u32)
     }
 
     async fn check_capacity(
-        tx: &mut Transaction<'_, Sqlite>,
+        tx: &mut Tx<'_>,
         mailbox: &Mailbox,
         capacity: Option<u32>,
     ) -> Result<()> {
-        let (Some(profile_id), Some(capacity)) = (&mailbox.profile_id, capacity) else {
+        let Some(profile_id) = &mailbox.profile_id else {
             return Ok(());
         };
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE profile_id = ?")
+        let name: Option<String> = sqlx::query_scalar("SELECT name FROM profiles WHERE id = ?")
             .bind(profile_id.as_str())
-            .fetch_one(&mut **tx)
+            .fetch_optional(&mut **tx)
             .await?;
-        if count >= i64::from(capacity) {
-            let name: Option<String> = sqlx::query_scalar("SELECT name FROM profiles WHERE id = ?")
-                .bind(profile_id.as_str())
-                .fetch_optional(&mut **tx)
-                .await?;
-            return Err(capacity_error(
-                profile_id,
-                name.as_deref().unwrap_or("?"),
-                count as u32,
-                capacity,
-            ));
+        let Some(name) = name else {
+            return Err(Error::not_found("server profile", profile_id));
+        };
+        let Some(capacity) = capacity else {
+            return Ok(());
+        };
+        let count = Self::count(tx, profile_id).await?;
+        if count >= capacity {
+            return Err(capacity_error(profile_id, &name, count, capacity));
         }
         Ok(())
+    }
+
+    async fn state_row(tx: &mut Tx<'_>, mailbox: &MailboxId) -> Result<Option<(i64, String)>> {
+        let row = sqlx::query("SELECT version, data FROM mailbox_state WHERE mailbox_id = ?")
+            .bind(mailbox.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(row.map(|r| (r.get::<i64, _>("version"), r.get("data"))))
     }
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn insert_profile(&self, profile: &ServerProfile) -> Result<()> {
-        self.put_profile(profile, true).await
+impl DirectoryStore for SqliteStore {
+    async fn insert_profile(&self, profile: &ServerProfile) -> Result<ServerProfile> {
+        let (data, secret) = self.seal_profile(profile)?;
+        let mut tx = self.immediate().await?;
+        Self::check_name(&mut tx, profile).await?;
+        if profile.default_for_new_mailboxes {
+            self.clear_other_defaults(&mut tx, &profile.id).await?;
+        }
+        let version = next_version(&mut tx).await?;
+        let result = sqlx::query(
+            "INSERT INTO profiles (id, name, name_key, is_default, data, secret, version) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(profile.id.as_str())
+        .bind(&profile.name)
+        .bind(profile_name_key(&profile.name))
+        .bind(profile.default_for_new_mailboxes)
+        .bind(&data)
+        .bind(secret)
+        .bind(version)
+        .execute(&mut *tx)
+        .await;
+        match result {
+            Err(e) if is_unique_violation(&e) => Err(duplicate_profile(&profile.name)),
+            Err(e) => Err(e.into()),
+            Ok(_) => {
+                tx.commit().await?;
+                let mut stored = profile.clone();
+                stored.version = version;
+                Ok(stored)
+            }
+        }
     }
 
-    async fn update_profile(&self, profile: &ServerProfile) -> Result<()> {
-        self.put_profile(profile, false).await
+    async fn update_profile(&self, profile: &ServerProfile) -> Result<ServerProfile> {
+        let (data, secret) = self.seal_profile(profile)?;
+        let mut tx = self.immediate().await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM profiles WHERE id = ?")
+            .bind(profile.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        match current {
+            None => return Err(Error::not_found("server profile", &profile.id)),
+            Some(v) if v != profile.version => {
+                return Err(stale("server profile", &profile.name, profile.version));
+            }
+            Some(_) => {}
+        }
+        Self::check_name(&mut tx, profile).await?;
+        let count = Self::count(&mut tx, &profile.id).await?;
+        if count > profile.mailbox_capacity {
+            return Err(capacity_below_count(count));
+        }
+        if profile.default_for_new_mailboxes {
+            self.clear_other_defaults(&mut tx, &profile.id).await?;
+        }
+        let version = next_version(&mut tx).await?;
+        let result = sqlx::query(
+            "UPDATE profiles SET name = ?, name_key = ?, is_default = ?, data = ?, secret = ?, version = ? WHERE id = ?",
+        )
+        .bind(&profile.name)
+        .bind(profile_name_key(&profile.name))
+        .bind(profile.default_for_new_mailboxes)
+        .bind(&data)
+        .bind(secret)
+        .bind(version)
+        .bind(profile.id.as_str())
+        .execute(&mut *tx)
+        .await;
+        match result {
+            Err(e) if is_unique_violation(&e) => Err(duplicate_profile(&profile.name)),
+            Err(e) => Err(e.into()),
+            Ok(_) => {
+                tx.commit().await?;
+                let mut stored = profile.clone();
+                stored.version = version;
+                Ok(stored)
+            }
+        }
     }
 
     async fn get_profile(&self, id: &ProfileId) -> Result<Option<ServerProfile>> {
-        let row = sqlx::query("SELECT data, secret FROM profiles WHERE id = ?")
+        let row = sqlx::query("SELECT data, secret, version FROM profiles WHERE id = ?")
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| self.open_profile(r.get("data"), r.get("secret")))
-            .transpose()
+        row.map(|r| self.open_profile(&r)).transpose()
     }
 
     async fn list_profiles(&self) -> Result<Vec<ServerProfile>> {
-        let rows = sqlx::query("SELECT data, secret FROM profiles ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter()
-            .map(|r| self.open_profile(r.get("data"), r.get("secret")))
-            .collect()
+        let rows =
+            sqlx::query("SELECT data, secret, version FROM profiles ORDER BY name_key, name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| self.open_profile(r)).collect()
     }
 
     async fn delete_profile(&self, id: &ProfileId) -> Result<()> {
@@ -313,12 +602,9 @@ impl Store for SqliteStore {
         let Some(name) = name else {
             return Err(Error::not_found("server profile", id));
         };
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailboxes WHERE profile_id = ?")
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+        let count = Self::count(&mut tx, id).await?;
         if count > 0 {
-            return Err(profile_in_use(&name, count as u32));
+            return Err(profile_in_use(&name, count));
         }
         sqlx::query("DELETE FROM profiles WHERE id = ?")
             .bind(id.as_str())
@@ -328,51 +614,68 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn insert_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<()> {
+    async fn insert_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<Mailbox> {
         let (data, secret) = self.seal_mailbox(mailbox)?;
         let mut tx = self.immediate().await?;
         Self::check_capacity(&mut tx, mailbox, capacity).await?;
+        let version = next_version(&mut tx).await?;
         let result = sqlx::query(
-            "INSERT INTO mailboxes (id, email, profile_id, data, secret) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO mailboxes (id, email, profile_id, data, secret, version) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(mailbox.id.as_str())
         .bind(&mailbox.email)
         .bind(mailbox.profile_id.as_ref().map(ProfileId::as_str))
         .bind(&data)
         .bind(secret)
+        .bind(version)
         .execute(&mut *tx)
         .await;
         match result {
-            Err(e) if is_unique_violation(&e) => Err(duplicate_mailbox(&mailbox.email)),
-            Err(e) => Err(e.into()),
-            Ok(_) => {
-                tx.commit().await?;
-                Ok(())
-            }
+            Err(e) if is_unique_violation(&e) => return Err(duplicate_mailbox(&mailbox.email)),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
         }
+        let state_version = next_version(&mut tx).await?;
+        let mut state = MailboxState::new(mailbox.id.clone());
+        state.version = state_version;
+        sqlx::query("INSERT INTO mailbox_state (mailbox_id, version, data) VALUES (?, ?, ?)")
+            .bind(mailbox.id.as_str())
+            .bind(state_version)
+            .bind(to_json(&state)?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut stored = mailbox.clone();
+        stored.version = version;
+        Ok(stored)
     }
 
-    async fn update_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<()> {
+    async fn update_mailbox(&self, mailbox: &Mailbox, capacity: Option<u32>) -> Result<Mailbox> {
         let (data, secret) = self.seal_mailbox(mailbox)?;
         let mut tx = self.immediate().await?;
-        let old_profile: Option<Option<String>> =
-            sqlx::query_scalar("SELECT profile_id FROM mailboxes WHERE id = ?")
-                .bind(mailbox.id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(old_profile) = old_profile else {
+        let old = sqlx::query("SELECT profile_id, version FROM mailboxes WHERE id = ?")
+            .bind(mailbox.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(old) = old else {
             return Err(Error::not_found("mailbox", &mailbox.id));
         };
+        if old.get::<i64, _>("version") != mailbox.version {
+            return Err(stale("mailbox", &mailbox.email, mailbox.version));
+        }
+        let old_profile: Option<String> = old.get("profile_id");
         if old_profile.as_deref() != mailbox.profile_id.as_ref().map(ProfileId::as_str) {
             Self::check_capacity(&mut tx, mailbox, capacity).await?;
         }
+        let version = next_version(&mut tx).await?;
         let result = sqlx::query(
-            "UPDATE mailboxes SET email = ?, profile_id = ?, data = ?, secret = ? WHERE id = ?",
+            "UPDATE mailboxes SET email = ?, profile_id = ?, data = ?, secret = ?, version = ? WHERE id = ?",
         )
         .bind(&mailbox.email)
         .bind(mailbox.profile_id.as_ref().map(ProfileId::as_str))
         .bind(&data)
         .bind(secret)
+        .bind(version)
         .bind(mailbox.id.as_str())
         .execute(&mut *tx)
         .await;
@@ -381,48 +684,44 @@ impl Store for SqliteStore {
             Err(e) => Err(e.into()),
             Ok(_) => {
                 tx.commit().await?;
-                Ok(())
+                let mut stored = mailbox.clone();
+                stored.version = version;
+                Ok(stored)
             }
         }
     }
 
     async fn get_mailbox(&self, id: &MailboxId) -> Result<Option<Mailbox>> {
-        let row = sqlx::query("SELECT data, secret FROM mailboxes WHERE id = ?")
+        let row = sqlx::query("SELECT data, secret, version FROM mailboxes WHERE id = ?")
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| self.open_mailbox(r.get("data"), r.get("secret")))
-            .transpose()
+        row.map(|r| self.open_mailbox(&r)).transpose()
     }
 
     async fn find_mailbox_by_email(&self, email: &str) -> Result<Option<Mailbox>> {
-        let row = sqlx::query("SELECT data, secret FROM mailboxes WHERE email = ?")
+        let row = sqlx::query("SELECT data, secret, version FROM mailboxes WHERE email = ?")
             .bind(email)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| self.open_mailbox(r.get("data"), r.get("secret")))
-            .transpose()
+        row.map(|r| self.open_mailbox(&r)).transpose()
     }
 
     async fn list_mailboxes(&self, profile: Option<&ProfileId>) -> Result<Vec<Mailbox>> {
         let rows = match profile {
-            Some(p) => {
-                sqlx::query(
-                    "SELECT data, secret FROM mailboxes WHERE profile_id = ? ORDER BY email",
-                )
-                .bind(p.as_str())
-                .fetch_all(&self.pool)
-                .await?
-            }
+            Some(p) => sqlx::query(
+                "SELECT data, secret, version FROM mailboxes WHERE profile_id = ? ORDER BY email",
+            )
+            .bind(p.as_str())
+            .fetch_all(&self.pool)
+            .await?,
             None => {
-                sqlx::query("SELECT data, secret FROM mailboxes ORDER BY email")
+                sqlx::query("SELECT data, secret, version FROM mailboxes ORDER BY email")
                     .fetch_all(&self.pool)
                     .await?
             }
         };
-        rows.into_iter()
-            .map(|r| self.open_mailbox(r.get("data"), r.get("secret")))
-            .collect()
+        rows.iter().map(|r| self.open_mailbox(r)).collect()
     }
 
     async fn count_mailboxes(&self, profile: &ProfileId) -> Result<u32> {
@@ -433,11 +732,8 @@ impl Store for SqliteStore {
         Ok(count as u32)
     }
 
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-
     async fn delete_mailbox(&self, id: &MailboxId) -> Result<()> {
+        // Everything of the mailbox goes with it (ON DELETE CASCADE).
         let done = sqlx::query("DELETE FROM mailboxes WHERE id = ?")
             .bind(id.as_str())
             .execute(&self.pool)
@@ -447,65 +743,213 @@ impl Store for SqliteStore {
         }
         Ok(())
     }
+}
 
-    async fn put_pending_authorization(&self, pending: &PendingAuthorization) -> Result<()> {
-        let key = state_key(&pending.state);
-        let mailbox = pending.mailbox_id.as_str();
-        let both = Secret::new(format!(
-            "{}\n{}",
-            pending.state.expose(),
-            pending.pkce_verifier.expose()
-        ));
-        let sealed = self
-            .key
-            .seal_secret(&pending_context(mailbox, &key), &both)?;
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn get_state(&self, mailbox: &MailboxId) -> Result<Option<MailboxState>> {
+        let row = sqlx::query(
+            "SELECT m.id, s.version, s.data FROM mailboxes m \
+             LEFT JOIN mailbox_state s ON s.mailbox_id = m.id WHERE m.id = ?",
+        )
+        .bind(mailbox.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let data: Option<String> = row.get("data");
+        match data {
+            Some(data) => {
+                let mut state: MailboxState = from_json(&data)?;
+                state.version = row.get::<i64, _>("version");
+                Ok(Some(state))
+            }
+            None => Ok(Some(MailboxState::new(mailbox.clone()))),
+        }
+    }
+
+    async fn commit(&self, commit: &Commit<'_>) -> Result<CommitOutcome> {
+        let id = commit.mailbox_id;
         let mut tx = self.immediate().await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM mailboxes WHERE id = ?")
-            .bind(mailbox)
+            .bind(id.as_str())
             .fetch_optional(&mut *tx)
             .await?;
         if exists.is_none() {
-            return Err(Error::not_found("mailbox", mailbox));
+            return Err(Error::not_found("mailbox", id));
         }
-        sqlx::query("DELETE FROM oauth_pending WHERE mailbox_id = ?")
-            .bind(mailbox)
+        let stored = Self::state_row(&mut tx, id).await?;
+        let current_version = stored.as_ref().map(|(v, _)| *v).unwrap_or(0);
+        if current_version != commit.expected_state_version {
+            return Ok(CommitOutcome::StateConflict);
+        }
+        let stored_grant: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM grants WHERE mailbox_id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let grant_ok = match &commit.grant {
+            GrantChange::Keep => true,
+            GrantChange::Put { expected, .. } => stored_grant == *expected,
+            GrantChange::Delete { expected } => expected.is_none() || stored_grant == *expected,
+        };
+        if !grant_ok {
+            return Ok(CommitOutcome::GrantConflict);
+        }
+        let mut state_version = current_version;
+        if let Some(next) = commit.state {
+            state_version = next_version(&mut tx).await?;
+            let mut next = next.clone();
+            next.version = state_version;
+            sqlx::query(
+                "INSERT INTO mailbox_state (mailbox_id, version, data) VALUES (?, ?, ?) \
+                 ON CONFLICT(mailbox_id) DO UPDATE SET version = excluded.version, data = excluded.data",
+            )
+            .bind(id.as_str())
+            .bind(state_version)
+            .bind(to_json(&next)?)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO oauth_pending (state_key, mailbox_id, sealed, redirect_uri, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&key)
-        .bind(mailbox)
-        .bind(sealed)
-        .bind(&pending.redirect_uri)
-        .bind(pending.created_at.unix_timestamp())
-        .bind(pending.expires_at.unix_timestamp())
-        .execute(&mut *tx)
-        .await?;
+        }
+        let mut grant_version = stored_grant;
+        match &commit.grant {
+            GrantChange::Keep => {}
+            GrantChange::Put { grant, .. } => {
+                let version = next_version(&mut tx).await?;
+                let mut g = (*grant).clone();
+                g.mailbox_id = id.clone();
+                self.insert_grant(&mut tx, &g, version).await?;
+                grant_version = Some(version);
+            }
+            GrantChange::Delete { .. } => {
+                sqlx::query("DELETE FROM grants WHERE mailbox_id = ?")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                grant_version = None;
+            }
+        }
+        match &commit.pending {
+            PendingChange::Keep => {}
+            PendingChange::Delete => {
+                sqlx::query("DELETE FROM oauth_pending WHERE mailbox_id = ?")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            PendingChange::Put(pending) => {
+                let key = state_key(&pending.state);
+                let both = Secret::new(format!(
+                    "{}\n{}",
+                    pending.state.expose(),
+                    pending.pkce_verifier.expose()
+                ));
+                let sealed = self.key.seal_secret(
+                    &pending_context(id.as_str(), &key, &pending.issuer, &pending.client_id),
+                    &both,
+                )?;
+                sqlx::query("DELETE FROM oauth_pending WHERE mailbox_id = ?")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO oauth_pending (state_key, mailbox_id, sealed, redirect_uri, created_at, \
+                     expires_at, issuer, client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&key)
+                .bind(id.as_str())
+                .bind(sealed)
+                .bind(&pending.redirect_uri)
+                .bind(pending.created_at.unix_millis())
+                .bind(pending.expires_at.unix_millis())
+                .bind(&pending.issuer)
+                .bind(&pending.client_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if !commit.alerts.is_empty() {
+            for alert in commit.alerts {
+                sqlx::query("INSERT INTO alerts (mailbox_id, data) VALUES (?, ?)")
+                    .bind(id.as_str())
+                    .bind(to_json(alert)?)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "DELETE FROM alerts WHERE mailbox_id = ? AND id NOT IN \
+                 (SELECT id FROM alerts WHERE mailbox_id = ? ORDER BY id DESC LIMIT ?)",
+            )
+            .bind(id.as_str())
+            .bind(id.as_str())
+            .bind(MAX_ALERTS as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
+        Ok(CommitOutcome::Committed {
+            state_version,
+            grant_version,
+        })
+    }
+
+    async fn alerts(&self, mailbox: &MailboxId, limit: usize) -> Result<Vec<Alert>> {
+        let rows = sqlx::query(
+            "SELECT data FROM (SELECT id, data FROM alerts WHERE mailbox_id = ? ORDER BY id DESC LIMIT ?) \
+             ORDER BY id",
+        )
+        .bind(mailbox.as_str())
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| from_json(r.get("data"))).collect()
+    }
+
+    async fn put_profile_test(&self, profile: &ProfileId, result: &LastTestResult) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO profile_tests (profile_id, data) SELECT id, ? FROM profiles WHERE id = ? \
+             ON CONFLICT(profile_id) DO UPDATE SET data = excluded.data",
+        )
+        .bind(to_json(result)?)
+        .bind(profile.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found("server profile", profile));
+        }
         Ok(())
     }
 
-    async fn take_pending_authorization(
-        &self,
-        state: &Secret,
-    ) -> Result<Option<PendingAuthorization>> {
+    async fn get_profile_test(&self, profile: &ProfileId) -> Result<Option<LastTestResult>> {
+        let data: Option<String> =
+            sqlx::query_scalar("SELECT data FROM profile_tests WHERE profile_id = ?")
+                .bind(profile.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        data.map(|d| from_json(&d)).transpose()
+    }
+}
+
+#[async_trait]
+impl GrantStore for SqliteStore {
+    async fn take_pending(&self, state: &Secret) -> Result<Option<PendingAuthorization>> {
         let key = state_key(state);
         // One statement: of two concurrent takers only one gets the row.
         let row = sqlx::query(
             "DELETE FROM oauth_pending WHERE state_key = ? \
-             RETURNING mailbox_id, sealed, redirect_uri, created_at, expires_at",
+             RETURNING mailbox_id, sealed, redirect_uri, created_at, expires_at, issuer, client_id",
         )
         .bind(&key)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let mailbox: String = row.get("mailbox_id");
+        let issuer: String = row.get("issuer");
+        let client_id: String = row.get("client_id");
         let sealed: Vec<u8> = row.get("sealed");
-        let both = self
-            .key
-            .open_secret(&pending_context(&mailbox, &key), &sealed)?;
+        let both = self.key.open_secret(
+            &pending_context(&mailbox, &key, &issuer, &client_id),
+            &sealed,
+        )?;
         let (state, verifier) = both
             .expose()
             .split_once('\n')
@@ -515,63 +959,79 @@ impl Store for SqliteStore {
             mailbox_id: MailboxId::parse(&mailbox)?,
             pkce_verifier: Secret::new(verifier),
             redirect_uri: row.get("redirect_uri"),
-            created_at: from_unix("created_at", row.get("created_at"))?,
-            expires_at: from_unix("expires_at", row.get("expires_at"))?,
+            issuer,
+            client_id,
+            created_at: Timestamp::from_unix_millis(row.get("created_at")),
+            expires_at: Timestamp::from_unix_millis(row.get("expires_at")),
         }))
     }
 
-    async fn delete_pending_authorization(&self, mailbox: &MailboxId) -> Result<()> {
-        sqlx::query("DELETE FROM oauth_pending WHERE mailbox_id = ?")
-            .bind(mailbox.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn get_tokens(&self, mailbox: &MailboxId) -> Result<Option<TokenRecord>> {
+    async fn get_grant(&self, mailbox: &MailboxId) -> Result<Option<Grant>> {
         let row = sqlx::query(
-            "SELECT version, account, scopes, expires_at, obtained_at, access_token, refresh_token \
-             FROM oauth_tokens WHERE mailbox_id = ?",
+            "SELECT mailbox_id, version, issuer, client_id, token_endpoint, account, scopes, expires_at, \
+             obtained_at, access_token, refresh_token FROM grants WHERE mailbox_id = ?",
         )
         .bind(mailbox.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let access: Vec<u8> = row.get("access_token");
-        let refresh: Option<Vec<u8>> = row.get("refresh_token");
-        let scopes: String = row.get("scopes");
-        let expires_at: Option<i64> = row.get("expires_at");
-        let version: i64 = row.get("version");
-        Ok(Some(TokenRecord {
-            mailbox_id: mailbox.clone(),
-            account: row.get("account"),
-            access_token: self
-                .key
-                .open_secret(&token_context(mailbox, "access"), &access)?,
-            refresh_token: refresh
-                .map(|r| self.key.open_secret(&token_context(mailbox, "refresh"), &r))
-                .transpose()?,
-            expires_at: expires_at.map(|e| from_unix("expires_at", e)).transpose()?,
-            scopes: scopes.split_whitespace().map(str::to_owned).collect(),
-            obtained_at: from_unix("obtained_at", row.get("obtained_at"))?,
-            version: version as u64,
-        }))
+        row.map(|r| self.open_grant(&r)).transpose()
     }
 
-    async fn put_tokens(
+    async fn put_grant(
         &self,
-        tokens: &TokenRecord,
-        expected_version: Option<u64>,
-    ) -> Result<Option<u64>> {
-        let mailbox = &tokens.mailbox_id;
-        let access = self
-            .key
-            .seal_secret(&token_context(mailbox, "access"), &tokens.access_token)?;
-        let refresh = tokens
-            .refresh_token
-            .as_ref()
-            .map(|r| self.key.seal_secret(&token_context(mailbox, "refresh"), r))
-            .transpose()?;
+        grant: &Grant,
+        expected: i64,
+        fence: Option<&LeaseRecord>,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.immediate().await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM grants WHERE mailbox_id = ?")
+                .bind(grant.mailbox_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current != Some(expected) {
+            return Ok(None);
+        }
+        if let Some(lease) = fence {
+            let held: Option<i64> =
+                sqlx::query_scalar("SELECT fence FROM leases WHERE mailbox_id = ? AND kind = ?")
+                    .bind(lease.mailbox_id.as_str())
+                    .bind(lease.kind.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if held != Some(lease.fence) {
+                return Ok(None);
+            }
+        }
+        let version = next_version(&mut tx).await?;
+        self.insert_grant(&mut tx, grant, version).await?;
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
+    async fn grant_held(&self, issuer: &str, client_id: &str, account: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM grants WHERE issuer = ? AND client_id = ? AND account = ? LIMIT 1",
+        )
+        .bind(issuer)
+        .bind(client_id)
+        .bind(account.to_ascii_lowercase())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+}
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    async fn acquire_lease(
+        &self,
+        mailbox: &MailboxId,
+        kind: LeaseKind,
+        owner: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Option<LeaseRecord>> {
         let mut tx = self.immediate().await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM mailboxes WHERE id = ?")
             .bind(mailbox.as_str())
@@ -580,73 +1040,203 @@ impl Store for SqliteStore {
         if exists.is_none() {
             return Err(Error::not_found("mailbox", mailbox));
         }
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM oauth_tokens WHERE mailbox_id = ?")
+        let held: Option<i64> =
+            sqlx::query_scalar("SELECT expires_at FROM leases WHERE mailbox_id = ? AND kind = ?")
                 .bind(mailbox.as_str())
+                .bind(kind.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-        if let Some(expected) = expected_version
-            && current != Some(expected as i64)
-        {
+        if held.is_some_and(|expires| expires > now.unix_millis()) {
             return Ok(None);
         }
-        let version = current.unwrap_or(0) + 1;
+        let fence = next_version(&mut tx).await?;
         sqlx::query(
-            "INSERT INTO oauth_tokens (mailbox_id, version, account, scopes, expires_at, obtained_at, access_token, refresh_token) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT(mailbox_id) DO UPDATE SET version = excluded.version, account = excluded.account, \
-             scopes = excluded.scopes, expires_at = excluded.expires_at, obtained_at = excluded.obtained_at, \
-             access_token = excluded.access_token, refresh_token = excluded.refresh_token",
+            "INSERT INTO leases (mailbox_id, kind, owner, fence, expires_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT(mailbox_id, kind) DO UPDATE SET owner = excluded.owner, fence = excluded.fence, \
+             expires_at = excluded.expires_at",
         )
         .bind(mailbox.as_str())
-        .bind(version)
-        .bind(&tokens.account)
-        .bind(tokens.scopes.join(" "))
-        .bind(tokens.expires_at.map(OffsetDateTime::unix_timestamp))
-        .bind(tokens.obtained_at.unix_timestamp())
-        .bind(access)
-        .bind(refresh)
+        .bind(kind.as_str())
+        .bind(owner)
+        .bind(fence)
+        .bind(until.unix_millis())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(version as u64))
+        Ok(Some(LeaseRecord {
+            mailbox_id: mailbox.clone(),
+            kind,
+            owner: owner.to_owned(),
+            fence,
+            expires_at: until,
+        }))
     }
 
-    async fn delete_tokens(&self, mailbox: &MailboxId) -> Result<()> {
-        sqlx::query("DELETE FROM oauth_tokens WHERE mailbox_id = ?")
-            .bind(mailbox.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn try_acquire_refresh_lease(
+    async fn renew_lease(
         &self,
-        mailbox: &MailboxId,
-        owner: &str,
-        expires_at: OffsetDateTime,
-    ) -> Result<bool> {
-        // One statement: insert, or take over an expired lease / renew our own.
+        lease: &LeaseRecord,
+        until: Timestamp,
+    ) -> Result<Option<LeaseRecord>> {
         let done = sqlx::query(
-            "INSERT INTO oauth_refresh_leases (mailbox_id, owner, expires_at) VALUES (?, ?, ?) \
-             ON CONFLICT(mailbox_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at \
-             WHERE oauth_refresh_leases.owner = excluded.owner OR oauth_refresh_leases.expires_at <= ?",
+            "UPDATE leases SET expires_at = ? WHERE mailbox_id = ? AND kind = ? AND fence = ?",
         )
-        .bind(mailbox.as_str())
-        .bind(owner)
-        .bind(unix_millis(expires_at))
-        .bind(unix_millis(OffsetDateTime::now_utc()))
+        .bind(until.unix_millis())
+        .bind(lease.mailbox_id.as_str())
+        .bind(lease.kind.as_str())
+        .bind(lease.fence)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            let mut renewed = lease.clone();
+            renewed.expires_at = until;
+            Ok(Some(renewed))
+        } else {
+            Ok(None)
+        }
     }
 
-    async fn release_refresh_lease(&self, mailbox: &MailboxId, owner: &str) -> Result<()> {
-        sqlx::query("DELETE FROM oauth_refresh_leases WHERE mailbox_id = ? AND owner = ?")
-            .bind(mailbox.as_str())
-            .bind(owner)
+    async fn release_lease(&self, lease: &LeaseRecord) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE mailbox_id = ? AND kind = ? AND fence = ?")
+            .bind(lease.mailbox_id.as_str())
+            .bind(lease.kind.as_str())
+            .bind(lease.fence)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn list_leases(&self) -> Result<Vec<LeaseRecord>> {
+        let rows = sqlx::query(
+            "SELECT mailbox_id, kind, owner, fence, expires_at FROM leases ORDER BY mailbox_id, kind",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(lease_from).collect()
+    }
+}
+
+fn cursor_from(row: &sqlx::sqlite::SqliteRow) -> Result<SyncCursor> {
+    let mut cursor: SyncCursor = from_json(row.get("data"))?;
+    cursor.version = row.get("version");
+    Ok(cursor)
+}
+
+#[async_trait]
+impl SyncStore for SqliteStore {
+    async fn get_cursor(&self, mailbox: &MailboxId) -> Result<Option<SyncCursor>> {
+        let row = sqlx::query("SELECT version, data FROM sync_cursors WHERE mailbox_id = ?")
+            .bind(mailbox.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(cursor_from).transpose()
+    }
+
+    async fn list_cursors(&self) -> Result<Vec<SyncCursor>> {
+        let rows = sqlx::query("SELECT version, data FROM sync_cursors ORDER BY mailbox_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(cursor_from).collect()
+    }
+
+    async fn commit_sync(
+        &self,
+        cursor: &SyncCursor,
+        expected: i64,
+        messages: &[MessageRecord],
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>> {
+        let id = cursor.mailbox_id.as_str();
+        let mut tx = self.immediate().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM mailboxes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(Error::not_found("mailbox", &cursor.mailbox_id));
+        }
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM sync_cursors WHERE mailbox_id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let held: Option<i64> =
+            sqlx::query_scalar("SELECT fence FROM leases WHERE mailbox_id = ? AND kind = ?")
+                .bind(id)
+                .bind(fence.kind.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.unwrap_or(0) != expected || held != Some(fence.fence) {
+            return Ok(None);
+        }
+        let version = next_version(&mut tx).await?;
+        sqlx::query(
+            "INSERT INTO sync_cursors (mailbox_id, version, data) VALUES (?, ?, ?) \
+             ON CONFLICT(mailbox_id) DO UPDATE SET version = excluded.version, data = excluded.data",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(to_json(cursor)?)
+        .execute(&mut *tx)
+        .await?;
+        for m in messages {
+            let outcome = serde_json::to_value(m.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            sqlx::query(
+                "INSERT OR IGNORE INTO sync_messages (mailbox_id, message_key, uid, uidl, outcome) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(&m.key)
+            .bind(m.uid.map(i64::from))
+            .bind(m.uidl.as_deref())
+            .bind(outcome)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
+    async fn recorded_keys(
+        &self,
+        mailbox: &MailboxId,
+        keys: &[String],
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut found = std::collections::HashSet::new();
+        for chunk in keys.chunks(400) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT message_key FROM sync_messages WHERE mailbox_id = ? AND message_key IN ({marks})"
+            );
+            let mut query =
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).bind(mailbox.as_str());
+            for k in chunk {
+                query = query.bind(k);
+            }
+            found.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(found)
+    }
+
+    async fn recorded_uidls(
+        &self,
+        mailbox: &MailboxId,
+    ) -> Result<std::collections::HashSet<String>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT uidl FROM sync_messages WHERE mailbox_id = ? AND uidl IS NOT NULL",
+        )
+        .bind(mailbox.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn close(&self) {
+        self.pool.close().await;
     }
 }

@@ -5,17 +5,23 @@ Called by tests/stack/up, tests/stack/down and tests/stack/bin/restart-provider.
 See docs/testing.md.
 """
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STACK_SRC = os.path.dirname(HERE)
@@ -23,7 +29,7 @@ PROVIDER_DIR = os.path.join(STACK_SRC, "provider")
 POSTFIX_MASTER = "/usr/lib/postfix/sbin/master"
 PG_BIN = os.environ.get("MAILSYNC_PG_BIN", "/usr/lib/postgresql/15/bin")
 DOMAIN = "example.test"
-SERVICES = ("provider", "dovecot", "postfix", "postgres")
+SERVICES = ("provider", "provider2", "dovecot", "postfix", "postgres")
 WEB_REDIRECTS = [
     "http://127.0.0.1:8765/_grid/cmds/dlg_gmailoauth.aspx",
     "http://localhost:8765/_grid/cmds/dlg_gmailoauth.aspx",
@@ -34,9 +40,14 @@ ACCOUNTS = [
     ("bob", "Bob", False),
     ("carol", "Carol", False),
     ("dave", "Dave", True),
+] + [
+    # for the sync engine's tests (e.g. many mailboxes syncing at once); append only: an
+    # account's index gives its Google-dialect `sub`
+    (f"sync{i:02d}", f"Sync {i:02d}", False) for i in range(1, 21)
 ]
 PORT_ENV = {
     "provider": "MAILSYNC_STACK_PROVIDER_PORT",
+    "provider2": "MAILSYNC_STACK_PROVIDER2_PORT",
     "imap_tls": "MAILSYNC_STACK_IMAP_TLS_PORT",
     "imap_plain": "MAILSYNC_STACK_IMAP_PLAIN_PORT",
     "pop3_tls": "MAILSYNC_STACK_POP3_TLS_PORT",
@@ -45,6 +56,40 @@ PORT_ENV = {
     "smtp_tls": "MAILSYNC_STACK_SMTP_TLS_PORT",
     "postgres": "MAILSYNC_STACK_POSTGRES_PORT",
 }
+# Extra clients of the Google-like provider, each with a fixed token behaviour, so tests need
+# not restart the shared provider: name -> (access token TTL in s, or None for the stack's
+# --token-ttl; rotate refresh tokens on every use, or None for --rotate-refresh-tokens).
+# "web" is the historical client (oauth.client_id) and follows the command-line knobs.
+GOOGLE_CLIENTS = {
+    "web": (None, None),
+    "short": (5, False),
+    "rotating": (3600, True),
+    "short_rotating": (5, True),
+}
+# The generic (non-Google-dialect) provider: RFC 8414 metadata only, generic endpoint paths,
+# scope "mail", refresh tokens only with offline_access, no email in the id_token.
+GENERIC_MAIL_SCOPE = "mail"
+GENERIC_SCOPES = ["openid", "offline_access", "email", GENERIC_MAIL_SCOPE]
+GENERIC_ROUTES = {
+    "authorization": "/oauth2/authorize",
+    "token": "/oauth2/token",
+    "userinfo": "/oauth2/userinfo",
+    "introspection": "/oauth2/introspect",
+    "revocation": "/oauth2/revoke",
+    "jwks": "/oauth2/jwks",
+}
+GENERIC_TTL = 3600
+# Version of what `up` generates (accounts, configs). Bump it when a running stack must be
+# restarted to pick a change up: `up` restarts a stack whose stack.json has an older one.
+# 2: the sync01..sync20 accounts, stack.json dovecot_conf.
+STACK_LAYOUT = 2
+
+# Where the state goes when the checkout is not reachable by the service users (see
+# resolve_state_dir); tests/stack/run then is a symlink to it.
+SERVICE_USERS = ("postgres", "mail", "postfix", "dovecot")
+DEFAULT_STATE = os.path.join(STACK_SRC, "run")
+EXTERNAL_PREFIX = "/var/tmp/mailsync-stack-"
+MARKER = ".mailsync-stack.json"
 
 
 T0 = time.monotonic()
@@ -61,10 +106,10 @@ def timing(msg):
 
 
 class Paths:
-    def __init__(self):
-        default = os.path.join(STACK_SRC, "run")
-        self.state = os.path.abspath(os.environ.get("MAILSYNC_STACK_DIR") or default)
+    def __init__(self, state):
+        self.state = os.path.abspath(state)
         s = self.state
+        self.marker = os.path.join(s, MARKER)
         self.logs = os.path.join(s, "logs")
         self.pids = os.path.join(s, "pids")
         self.tls = os.path.join(s, "tls")
@@ -75,6 +120,7 @@ class Paths:
         self.secrets = os.path.join(s, "secrets.json")
         self.stack_json = os.path.join(s, "stack.json")
         self.provider_json = os.path.join(s, "provider.json")
+        self.provider2_json = os.path.join(s, "provider2.json")
         self.dovecot_dir = os.path.join(s, "dovecot")
         self.dovecot_base = os.path.join(s, "dovecot", "run")
         self.dovecot_conf = os.path.join(s, "dovecot", "dovecot.conf")
@@ -90,6 +136,212 @@ class Paths:
 
     def pidfile(self, name):
         return os.path.join(self.pids, f"{name}.pid")
+
+    def provider_json_of(self, name):
+        return self.provider2_json if name == "provider2" else self.provider_json
+
+
+# ----------------------------------------------------------------- where the state lives
+#
+# PostgreSQL runs as `postgres`, Dovecot's mail processes as `mail`, its auth process as
+# `dovecot`, Postfix's daemons as `postfix`: each must be able to traverse every ancestor of
+# its part of the state dir. A checkout under a 0700 directory (/root, a `mktemp -d` dir) is
+# not reachable for them. Then, unless MAILSYNC_STACK_DIR says otherwise, the state goes to a
+# root-owned directory of the stack's own, /var/tmp/mailsync-stack-<hash of the checkout
+# path>, and tests/stack/run becomes a symlink to it, so every consumer that reads
+# tests/stack/run/stack.json (bin/*, the Rust harness, the binding suites, scripts/*) finds it.
+
+
+def checkout_id():
+    return os.path.realpath(STACK_SRC)
+
+
+def external_state_dir():
+    return EXTERNAL_PREFIX + hashlib.sha256(checkout_id().encode()).hexdigest()[:12]
+
+
+def _others_can_traverse(path):
+    cur = os.path.realpath(path)
+    while True:
+        if not os.stat(cur).st_mode & stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            return True
+        cur = parent
+
+
+def unreachable_users(path):
+    """The service users that cannot traverse into the existing directory `path`."""
+    if _others_can_traverse(path):
+        return []  # fast path: o+x on every ancestor
+    bad = []
+    for user in SERVICE_USERS:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            continue  # not installed (yet): nothing of it runs
+        r = subprocess.run(["runuser", "-u", user, "--", "test", "-x", path],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        if r.returncode != 0:
+            bad.append(user)
+    return bad
+
+
+def _existing_ancestor(path):
+    while not os.path.isdir(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def read_marker(state):
+    try:
+        with open(os.path.join(state, MARKER)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_marker(state):
+    m = read_marker(state)
+    if m and m.get("checkout") == checkout_id():
+        return
+    write(os.path.join(state, MARKER), json.dumps(
+        {"checkout": checkout_id(), "note": "state of the mailsync test stack (tests/stack/up)"},
+        indent=2) + "\n", 0o644)
+
+
+def ensure_external_dir(path):
+    """Create / validate the stack's own state dir outside the checkout."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.mkdir(path, 0o755)
+        st = os.lstat(path)
+    # /var/tmp is world-writable: only a real directory that root owns and only root can
+    # write is acceptable (never follow a symlink planted there)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise SystemExit(f"[stack] refusing to use {path}: not a directory owned and writable "
+                         "only by root (remove it, or set MAILSYNC_STACK_DIR)")
+    if stat.S_IMODE(st.st_mode) != 0o755:
+        os.chmod(path, 0o755)
+    m = read_marker(path)
+    if m and m.get("checkout") != checkout_id():
+        raise SystemExit(f"[stack] {path} belongs to the checkout {m.get('checkout')}, not "
+                         f"{checkout_id()} (set MAILSYNC_STACK_DIR to choose another state dir)")
+    write_marker(path)
+    bad = unreachable_users(path)
+    if bad:
+        raise SystemExit(f"[stack] {path} is not reachable by {', '.join(bad)} either; "
+                         "set MAILSYNC_STACK_DIR to a directory they can traverse")
+    return path
+
+
+def point_default_state_to(target):
+    tmp = DEFAULT_STATE + ".new-link"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, DEFAULT_STATE)
+
+
+# files of an unreachable tests/stack/run that need not (or must not) be carried over
+_DISPOSABLE = {".harness.lock", ".stack.lock", "stack.json", "pids", MARKER}
+
+
+def migrate_state(src, dst):
+    """Move an (unusable) state dir's contents into dst, keeping owners and modes."""
+    old = Paths(src)
+    if any(read_pid(old, n) for n in SERVICES):
+        cmd_down(old)
+    for name in sorted(os.listdir(src)):
+        s_, d_ = os.path.join(src, name), os.path.join(dst, name)
+        if name in _DISPOSABLE:
+            if os.path.isdir(s_) and not os.path.islink(s_):
+                shutil.rmtree(s_)
+            else:
+                os.unlink(s_)
+            continue
+        if os.path.lexists(d_):
+            raise SystemExit(f"[stack] cannot move {s_} to {d_}: it exists; remove one of them")
+        try:
+            os.rename(s_, d_)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            run(["cp", "-a", "--", s_, d_])
+            if os.path.isdir(s_) and not os.path.islink(s_):
+                shutil.rmtree(s_)
+            else:
+                os.unlink(s_)
+    os.rmdir(src)
+
+
+def resolve_state_dir(for_up):
+    """The state dir to use. Only `up` (for_up) creates / relocates anything."""
+    env = os.environ.get("MAILSYNC_STACK_DIR")
+    if env:
+        state = os.path.abspath(env)
+        if for_up:
+            bad = unreachable_users(_existing_ancestor(state))
+            if bad:
+                raise SystemExit(
+                    f"[stack] MAILSYNC_STACK_DIR={state} is not reachable by {', '.join(bad)} "
+                    "(a parent directory lacks o+x): choose another directory, or unset "
+                    "MAILSYNC_STACK_DIR and let tests/stack/up place the state itself")
+        return state
+    link = DEFAULT_STATE
+    if not for_up:
+        return os.path.realpath(link)  # follows tests/stack/run -> /var/tmp/... if it is one
+    ours = external_state_dir()
+    if os.path.islink(link):
+        target = os.path.abspath(os.path.join(STACK_SRC, os.readlink(link)))
+        if target == ours:
+            return ensure_external_dir(ours)  # recreated if /var/tmp was cleaned
+        if not target.startswith(EXTERNAL_PREFIX):
+            # a pointer somebody set up by hand: respect it, if the services can use it
+            if os.path.isdir(target):
+                bad = unreachable_users(target)
+                if bad:
+                    raise SystemExit(f"[stack] {link} -> {target} is not reachable by "
+                                     f"{', '.join(bad)}")
+                return os.path.realpath(target)
+            raise SystemExit(f"[stack] {link} -> {target}: no such directory")
+        # the state dir of another checkout (copied with its symlink) or of an old path
+        log(f"{link} pointed to {target}, which is not this checkout's; re-pointing it")
+        os.unlink(link)
+    reachable = not unreachable_users(STACK_SRC)
+    if os.path.isdir(link) and not os.path.islink(link):
+        if reachable:
+            return link
+        ensure_external_dir(ours)
+        log(f"{link} is not reachable by the service users; moving the state to {ours}")
+        migrate_state(link, ours)
+        point_default_state_to(ours)
+        return ours
+    if reachable:
+        return link
+    ensure_external_dir(ours)
+    point_default_state_to(ours)
+    log(f"the checkout is not reachable by the service users ({STACK_SRC}); "
+        f"state dir: {ours} ({link} points to it)")
+    return ours
+
+
+def lock_path():
+    """A lock file that does not move when tests/stack/run is relocated."""
+    env = os.environ.get("MAILSYNC_STACK_DIR")
+    if env:
+        os.makedirs(env, exist_ok=True)
+        return os.path.join(os.path.abspath(env), ".stack.lock")
+    return os.path.join(STACK_SRC, ".stack.lock")
+
+
+def take_lock():
+    f = open(lock_path(), "a")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
 
 
 # ----------------------------------------------------------------- helpers
@@ -137,7 +389,8 @@ def pid_alive(pid, expect=None):
     return True
 
 
-EXPECT = {"provider": "server.mjs", "dovecot": "dovecot", "postfix": "master", "postgres": "postgres"}
+EXPECT = {"provider": "provider.json", "provider2": "provider2.json", "dovecot": "dovecot",
+          "postfix": "master", "postgres": "postgres"}
 
 
 def read_pid(paths, name):
@@ -209,30 +462,52 @@ def ensure_tls(p):
 
 
 def ensure_secrets(p):
+    """secrets.json: generated once per state dir; keys added by newer versions are filled in."""
+    sec = {}
     if os.path.exists(p.secrets):
         with open(p.secrets) as f:
-            return json.load(f)
+            sec = json.load(f)
+    before = json.dumps(sec, sort_keys=True)
     tok = lambda: secrets.token_hex(12)  # noqa: E731 - URL-safe (used inside a URL)
-    sec = {
-        "web_client_id": "mailsync-web-" + secrets.token_hex(4) + ".apps.example.test",
-        "web_client_secret": "GOCSPX-" + tok(),
+    sec.setdefault("web_client_id", "mailsync-web-" + secrets.token_hex(4) + ".apps.example.test")
+    sec.setdefault("web_client_secret", "GOCSPX-" + tok())
+    sec.setdefault("introspection_client_id", "dovecot-introspection")
+    sec.setdefault("introspection_client_secret", tok())
+    sec.setdefault("postgres_password", tok())
+    passwords = sec.setdefault("accounts", {})
+    for name, _, _ in ACCOUNTS:  # accounts added by newer versions get a password too
+        passwords.setdefault(name, tok())
+    clients = sec.setdefault("clients", {})
+    for name in GOOGLE_CLIENTS:
+        if name == "web":
+            continue
+        slug = name.replace("_", "-")
+        clients.setdefault(name, {
+            "client_id": f"mailsync-{slug}-" + secrets.token_hex(4) + ".apps.example.test",
+            "client_secret": "GOCSPX-" + tok(),
+        })
+    sec.setdefault("generic", {
+        "client_id": str(uuid.uuid4()),
+        "client_secret": secrets.token_urlsafe(24),
         "introspection_client_id": "dovecot-introspection",
         "introspection_client_secret": tok(),
-        "postgres_password": tok(),
-        "accounts": {name: tok() for name, _, _ in ACCOUNTS},
-    }
-    write(p.secrets, json.dumps(sec, indent=2) + "\n", 0o600)
+    })
+    if json.dumps(sec, sort_keys=True) != before:
+        write(p.secrets, json.dumps(sec, indent=2) + "\n", 0o600)
     return sec
 
 
-def accounts(sec):
+def accounts(sec, dialect="google"):
     out = []
     for i, (name, display, disabled) in enumerate(ACCOUNTS):
+        email = f"{name}@{DOMAIN}"
         a = {
-            "email": f"{name}@{DOMAIN}",
+            "email": email,
             "password": sec["accounts"][name],
             "name": display,
-            "sub": str(100000000000000000000 + i + 1),
+            # Google: a numeric string; the generic provider: a UUID (stable per address)
+            "sub": (str(100000000000000000000 + i + 1) if dialect == "google"
+                    else str(uuid.uuid5(uuid.NAMESPACE_URL, f"mailsync-stack:{email}"))),
         }
         if disabled:
             a["imap_pop_disabled"] = True
@@ -240,11 +515,36 @@ def accounts(sec):
     return out
 
 
+def google_clients(sec, ttl, rotate):
+    """name -> {client_id, client_secret, access_token_ttl, rotate_refresh_tokens}."""
+    out = {}
+    for name, (c_ttl, c_rotate) in GOOGLE_CLIENTS.items():
+        if name == "web":
+            cid, csec = sec["web_client_id"], sec["web_client_secret"]
+        else:
+            cid, csec = sec["clients"][name]["client_id"], sec["clients"][name]["client_secret"]
+        out[name] = {
+            "client_id": cid,
+            "client_secret": csec,
+            "access_token_ttl": ttl if c_ttl is None else c_ttl,
+            "rotate_refresh_tokens": rotate if c_rotate is None else c_rotate,
+        }
+    return out
+
+
 # ----------------------------------------------------------------- configs
 
 
 def provider_config(p, sec, ports, ttl, rotate):
+    """provider.json: the Google-like provider. The web client follows `ttl` / `rotate`."""
+    extra = [
+        {"name": name, "client_id": c["client_id"], "client_secret": c["client_secret"],
+         "redirect_uris": WEB_REDIRECTS, "access_token_ttl": c["access_token_ttl"],
+         "rotate_refresh_tokens": c["rotate_refresh_tokens"]}
+        for name, c in google_clients(sec, ttl, rotate).items() if name != "web"
+    ]
     return {
+        "dialect": "google",
         "port": ports["provider"],
         "access_token_ttl": ttl,
         "rotate_refresh_tokens": rotate,
@@ -254,11 +554,37 @@ def provider_config(p, sec, ports, ttl, rotate):
             "client_secret": sec["web_client_secret"],
             "redirect_uris": WEB_REDIRECTS,
         },
+        "extra_clients": extra,
         "introspection_client": {
             "client_id": sec["introspection_client_id"],
             "client_secret": sec["introspection_client_secret"],
         },
         "accounts": accounts(sec),
+    }
+
+
+def provider2_config(p, sec, ports, ttl=GENERIC_TTL, rotate=False):
+    """provider2.json: the generic (non-Google-dialect) provider."""
+    g = sec["generic"]
+    return {
+        "dialect": "generic",
+        "port": ports["provider2"],
+        "access_token_ttl": ttl,
+        "rotate_refresh_tokens": rotate,
+        "pkce_required": os.environ.get("MAILSYNC_STACK_PKCE_REQUIRED") == "1",
+        "routes": GENERIC_ROUTES,
+        "scopes": GENERIC_SCOPES,
+        "web_client": {
+            "client_id": g["client_id"],
+            "client_secret": g["client_secret"],
+            "redirect_uris": WEB_REDIRECTS,
+        },
+        "extra_clients": [],
+        "introspection_client": {
+            "client_id": g["introspection_client_id"],
+            "client_secret": g["introspection_client_secret"],
+        },
+        "accounts": accounts(sec, "generic"),
     }
 
 
@@ -294,6 +620,19 @@ active_attribute = active
 active_value = true
 scope = https://mail.google.com/
 openid_configuration_url = http://127.0.0.1:{issuer_port}/.well-known/openid-configuration
+timeout_msecs = 5000
+""", 0o640, "dovecot")
+    # the generic provider (provider2): its own introspection client, its own mail scope, and
+    # no openid_configuration_url (it has no OpenID discovery document)
+    g = sec["generic"]
+    write(os.path.join(p.dovecot_dir, "oauth2-generic.conf"), f"""\
+introspection_mode = post
+introspection_url = http://{g['introspection_client_id']}:{g['introspection_client_secret']}@127.0.0.1:{ports['provider2']}{GENERIC_ROUTES['introspection']}
+force_introspection = yes
+username_attribute = email
+active_attribute = active
+active_value = true
+scope = {GENERIC_MAIL_SCOPE}
 timeout_msecs = 5000
 """, 0o640, "dovecot")
     conf = f"""\
@@ -351,11 +690,23 @@ namespace inbox {{
   }}
 }}
 
-# 1. bearer tokens, validated by the provider's introspection endpoint
+# 1. bearer tokens of the generic provider (provider2), validated by its introspection
+# endpoint. A refusal continues (result_failure = continue) with 1b.
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {os.path.join(p.dovecot_dir, 'oauth2-generic.conf')}
+  result_success = continue-ok
+}}
+# 1b. bearer tokens of the Google-like provider; skipped when 1 accepted the token. It comes
+# last so that a refused token's challenge names its openid-configuration (Dovecot takes the
+# URL from the last oauth2 passdb). An internal failure (provider down, injected 503) of the
+# passdb that owns the token still ends as a temporary failure.
 passdb {{
   driver = oauth2
   mechanisms = xoauth2 oauthbearer
   args = {os.path.join(p.dovecot_dir, 'oauth2.conf')}
+  skip = authenticated
   result_success = continue-ok
 }}
 # 2. the accounts' passwords (PLAIN / LOGIN)
@@ -519,12 +870,13 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 # ----------------------------------------------------------------- start / stop
 
 
-def start_provider(p, log_mode="a"):
-    logf = open(os.path.join(p.logs, "provider.log"), log_mode)
-    proc = subprocess.Popen(["node", os.path.join(PROVIDER_DIR, "server.mjs"), p.provider_json],
+def start_provider(p, name="provider"):
+    """name: "provider" (Google-like, provider.json) or "provider2" (generic, provider2.json)."""
+    logf = open(os.path.join(p.logs, f"{name}.log"), "a")
+    proc = subprocess.Popen(["node", os.path.join(PROVIDER_DIR, "server.mjs"), p.provider_json_of(name)],
                             cwd=PROVIDER_DIR, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                             start_new_session=True)
-    write(p.pidfile("provider"), f"{proc.pid}\n")
+    write(p.pidfile(name), f"{proc.pid}\n")
     return proc.pid
 
 
@@ -650,26 +1002,41 @@ def running_state(p):
     return all(alive.values()), alive
 
 
-def cmd_down(p):
-    if not os.path.isdir(p.pids):
-        log("stack is not running")
-        return 0
-    stopped = []
-    # stop the mail servers before the provider and the database
-    for name in ("postfix", "dovecot", "provider", "postgres"):
-        pid = read_pid(p, name)
-        if stop_pid(name, pid):
-            stopped.append(f"{name}({pid})")
+def cmd_down(p, purge=False):
+    if os.path.isdir(p.pids):
+        stopped = []
+        # stop the mail servers before the providers and the database
+        for name in ("postfix", "dovecot", "provider", "provider2", "postgres"):
+            pid = read_pid(p, name)
+            if stop_pid(name, pid):
+                stopped.append(f"{name}({pid})")
+            try:
+                os.unlink(p.pidfile(name))
+            except FileNotFoundError:
+                pass
         try:
-            os.unlink(p.pidfile(name))
+            os.unlink(p.stack_json)
         except FileNotFoundError:
             pass
-    try:
-        os.unlink(p.stack_json)
-    except FileNotFoundError:
-        pass
-    log("stopped " + (", ".join(stopped) if stopped else "nothing (already down)"))
+        log("stopped " + (", ".join(stopped) if stopped else "nothing (already down)"))
+    else:
+        log("stack is not running")
+    if purge:
+        purge_state(p)
     return 0
+
+
+def purge_state(p):
+    """down --purge: delete the state dir (and the tests/stack/run symlink to it)."""
+    link = DEFAULT_STATE
+    if os.path.isdir(p.state):
+        # only ever delete something that is recognisably a stack state dir
+        if not (os.path.exists(p.marker) or os.path.exists(p.secrets)):
+            raise SystemExit(f"[stack] not purging {p.state}: it does not look like a stack state dir")
+        shutil.rmtree(p.state)
+        log(f"deleted {p.state}")
+    if os.path.islink(link) and os.path.realpath(link) == os.path.realpath(p.state):
+        os.unlink(link)
 
 
 def pick_ports():
@@ -688,8 +1055,12 @@ def pick_ports():
 
 def stack_description(p, sec, ports, ttl, pids, rotate):
     issuer = f"http://127.0.0.1:{ports['provider']}"
+    issuer2 = f"http://127.0.0.1:{ports['provider2']}"
+    g = sec["generic"]
     pg_pw = sec["postgres_password"]
+    r = GENERIC_ROUTES
     return {
+        "layout": STACK_LAYOUT,
         "state_dir": p.state,
         "logs_dir": p.logs,
         "ca_cert": p.ca_cert,
@@ -711,15 +1082,46 @@ def stack_description(p, sec, ports, ttl, pids, rotate):
             "scopes": ["openid", "email", "profile", "https://mail.google.com/"],
             "access_token_ttl": ttl,
             "rotate_refresh_tokens": rotate,
+            "clients": google_clients(sec, ttl, rotate),
             "introspection_client_id": sec["introspection_client_id"],
             "introspection_client_secret": sec["introspection_client_secret"],
             "stats_url": f"{issuer}/__stats",
             "fail_url": f"{issuer}/__fail",
         },
+        "oauth2_generic": {
+            "issuer": issuer2,
+            "metadata_url": f"{issuer2}/.well-known/oauth-authorization-server",
+            "discovery_url": None,
+            "authorization_endpoint": issuer2 + r["authorization"],
+            "token_endpoint": issuer2 + r["token"],
+            "revocation_endpoint": issuer2 + r["revocation"],
+            "userinfo_endpoint": issuer2 + r["userinfo"],
+            "introspection_endpoint": issuer2 + r["introspection"],
+            "jwks_uri": issuer2 + r["jwks"],
+            "client_id": g["client_id"],
+            "client_secret": g["client_secret"],
+            "token_endpoint_auth_method": "client_secret_post",
+            "redirect_uris": WEB_REDIRECTS,
+            "loopback_redirects_any_port": True,
+            "mail_scope": GENERIC_MAIL_SCOPE,
+            "scopes": GENERIC_SCOPES,
+            "default_scope": " ".join(GENERIC_SCOPES),
+            "refresh_token_requires_offline_access": True,
+            "id_token_has_email": False,
+            "access_token_ttl": GENERIC_TTL,
+            "rotate_refresh_tokens": False,
+            "clients": {"web": {"client_id": g["client_id"], "client_secret": g["client_secret"],
+                                "access_token_ttl": GENERIC_TTL, "rotate_refresh_tokens": False}},
+            "introspection_client_id": g["introspection_client_id"],
+            "introspection_client_secret": g["introspection_client_secret"],
+            "stats_url": f"{issuer2}/__stats",
+            "fail_url": f"{issuer2}/__fail",
+        },
         "imap": {"host": "127.0.0.1", "tls_port": ports["imap_tls"], "plain_port": ports["imap_plain"]},
         "pop3": {"host": "127.0.0.1", "tls_port": ports["pop3_tls"], "plain_port": ports["pop3_plain"]},
         "smtp": {"host": "127.0.0.1", "starttls_port": ports["smtp_starttls"], "tls_port": ports["smtp_tls"]},
         "lmtp_socket": p.lmtp_socket,
+        "dovecot_conf": p.dovecot_conf,
         "postgres": {
             "host": "127.0.0.1",
             "port": ports["postgres"],
@@ -735,24 +1137,47 @@ def stack_description(p, sec, ports, ttl, pids, rotate):
     }
 
 
-def wait_provider(issuer):
+def provider_ready_url(name, port):
+    # provider2 (generic) has no OpenID discovery document, only RFC 8414 metadata
+    path = "/.well-known/oauth-authorization-server" if name == "provider2" else "/.well-known/openid-configuration"
+    return f"http://127.0.0.1:{port}{path}"
+
+
+def wait_provider(name, port):
+    url = provider_ready_url(name, port)
+
     def ok():
-        with urllib.request.urlopen(f"{issuer}/.well-known/openid-configuration", timeout=2) as r:
+        with urllib.request.urlopen(url, timeout=2) as r:
             return r.status == 200
-    wait_until("provider", ok, timeout=20)
+    wait_until(name, ok, timeout=20)
 
 
 def cmd_up(p, ttl, rotate):
     t0 = time.monotonic()
     all_alive, alive = running_state(p)
+    desc = None
     if all_alive and os.path.exists(p.stack_json):
+        with open(p.stack_json) as f:
+            desc = json.load(f)
+        if desc.get("layout", 1) < STACK_LAYOUT:
+            # started by an older version of this script (e.g. without accounts added since)
+            log(f"the running stack has layout {desc.get('layout', 1)}, this checkout's is "
+                f"{STACK_LAYOUT}; restarting it (all tokens become invalid)")
+            cmd_down(p)
+            desc = None
+    if desc is not None:
         # A test that died while it had shortened the token lifetime (or
         # turned on rotation) must not leak that into the next run.
-        with open(p.stack_json) as f:
-            oauth = json.load(f)["oauth"]
+        oauth = desc["oauth"]
         if oauth.get("access_token_ttl") != ttl or oauth.get("rotate_refresh_tokens", False) != rotate:
             log(f"provider runs with other token settings; restarting it (ttl {ttl}s, rotate {rotate})")
             rc = cmd_restart_provider(p, ttl, rotate)
+            if rc != 0:
+                return rc
+        generic = desc.get("oauth2_generic", {})
+        if generic.get("access_token_ttl") != GENERIC_TTL or generic.get("rotate_refresh_tokens", False):
+            log(f"provider2 runs with other token settings; restarting it (ttl {GENERIC_TTL}s)")
+            rc = cmd_restart_provider(p, GENERIC_TTL, False, "provider2")
             if rc != 0:
                 return rc
         print(f"stack already running ({p.stack_json})")
@@ -762,27 +1187,30 @@ def cmd_up(p, ttl, rotate):
         cmd_down(p)
     for d in (p.state, p.logs, p.pids, p.dovecot_dir, p.dovecot_base, p.mail):
         os.makedirs(d, exist_ok=True)
-    shutil.chown(p.mail, "mail", "mail")
-    # postgres (a non-root user) must be able to traverse to its directory
+    # the services (non-root users) must be able to traverse to their directories
     os.chmod(p.state, 0o755)
+    write_marker(p.state)
+    shutil.chown(p.mail, "mail", "mail")
     ensure_tls(p)
     sec = ensure_secrets(p)
     ports = pick_ports()
     write(p.provider_json, json.dumps(provider_config(p, sec, ports, ttl, rotate), indent=2) + "\n", 0o600)
+    write(p.provider2_json, json.dumps(provider2_config(p, sec, ports), indent=2) + "\n", 0o600)
     dovecot_config(p, sec, ports)
     postfix_config(p, ports)
     os.makedirs(p.pg_root, exist_ok=True)
 
     pids = {}
     try:
-        pids["provider"] = start_provider(p)
-        timing("provider spawned")
+        pids["provider"] = start_provider(p, "provider")
+        pids["provider2"] = start_provider(p, "provider2")
+        timing("providers spawned")
         pids["postgres"] = start_postgres(p, sec, ports["postgres"])
         timing("postgres started")
         pids["dovecot"] = start_dovecot(p)
-        issuer = f"http://127.0.0.1:{ports['provider']}"
-        wait_provider(issuer)
-        timing("provider answers")
+        wait_provider("provider", ports["provider"])
+        wait_provider("provider2", ports["provider2"])
+        timing("providers answer")
         ctx = ssl.create_default_context(cafile=p.ca_cert)
         wait_until("dovecot imap", lambda: tcp_banner(ports["imap_plain"], b"* OK"))
         wait_until("dovecot imaps", lambda: tcp_banner(ports["imap_tls"], b"* OK", ctx))
@@ -808,14 +1236,16 @@ def cmd_up(p, ttl, rotate):
     return 0
 
 
-def cmd_restart_provider(p, ttl, rotate):
+def cmd_restart_provider(p, ttl, rotate, name="provider"):
+    """Restart one provider (all its tokens die) with new web-client token settings."""
     try:
         with open(p.stack_json) as f:
             desc = json.load(f)
     except FileNotFoundError:
         log("stack is not running (no stack.json); run tests/stack/up")
         return 1
-    with open(p.provider_json) as f:
+    cfg_path = p.provider_json_of(name)
+    with open(cfg_path) as f:
         pcfg = json.load(f)
     if ttl is None:
         ttl = pcfg["access_token_ttl"]
@@ -823,25 +1253,32 @@ def cmd_restart_provider(p, ttl, rotate):
         rotate = pcfg.get("rotate_refresh_tokens", False)
     pcfg["access_token_ttl"] = ttl
     pcfg["rotate_refresh_tokens"] = rotate
-    write(p.provider_json, json.dumps(pcfg, indent=2) + "\n", 0o600)
-    stop_pid("provider", read_pid(p, "provider"))
-    pid = start_provider(p)
+    write(cfg_path, json.dumps(pcfg, indent=2) + "\n", 0o600)
+    stop_pid(name, read_pid(p, name))
+    pid = start_provider(p, name)
     try:
-        wait_provider(desc["oauth"]["issuer"])
+        wait_provider(name, pcfg["port"])
     except RuntimeError as e:
         log(str(e))
         return 1
-    desc["oauth"]["access_token_ttl"] = ttl
-    desc["oauth"]["rotate_refresh_tokens"] = rotate
-    desc["pids"]["provider"] = pid
+    section = desc["oauth2_generic"] if name == "provider2" else desc["oauth"]
+    section["access_token_ttl"] = ttl
+    section["rotate_refresh_tokens"] = rotate
+    web = section.get("clients", {}).get("web")
+    if web is not None:
+        web["access_token_ttl"] = ttl
+        web["rotate_refresh_tokens"] = rotate
+    desc["pids"][name] = pid
     write(p.stack_json, json.dumps(desc, indent=2) + "\n", 0o644)
-    log(f"provider restarted (pid {pid}, access token ttl {ttl}s, rotate refresh tokens {rotate})")
+    log(f"{name} restarted (pid {pid}, access token ttl {ttl}s, rotate refresh tokens {rotate})")
     return 0
 
 
 def parse_args(argv):
     ttl = None
     rotate = None
+    provider = "provider"
+    purge = False
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -857,28 +1294,50 @@ def parse_args(argv):
         elif a == "--no-rotate-refresh-tokens":
             rotate = False
             i += 1
+        elif a in ("--provider", "--provider=google", "--provider=generic"):
+            v = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            if v not in ("google", "generic"):
+                raise SystemExit("--provider takes google or generic")
+            provider = "provider2" if v == "generic" else "provider"
+            i += 1 if "=" in a else 2
+        elif a == "--purge":
+            purge = True
+            i += 1
         else:
             raise SystemExit(f"unknown argument {a}")
-    return ttl, rotate
+    return ttl, rotate, provider, purge
+
+
+USAGE = """usage: stack.py up [--token-ttl N] [--rotate-refresh-tokens]
+       stack.py down [--purge]
+       stack.py restart-provider [--provider google|generic] [--token-ttl N] [--[no-]rotate-refresh-tokens]"""
 
 
 def main():
     if len(sys.argv) < 2:
-        raise SystemExit("usage: stack.py up|down|restart-provider [--token-ttl N] [--rotate-refresh-tokens]")
+        raise SystemExit(USAGE)
     cmd = sys.argv[1]
-    p = Paths()
-    ttl, rotate = parse_args(sys.argv[2:])
-    if cmd == "up":
-        if ttl is None:
-            ttl = int(os.environ.get("MAILSYNC_TOKEN_TTL", "3600"))
-        if rotate is None:
-            rotate = os.environ.get("MAILSYNC_ROTATE_REFRESH") == "1"
-        return cmd_up(p, ttl, rotate)
-    if cmd == "down":
-        return cmd_down(p)
-    if cmd == "restart-provider":
-        return cmd_restart_provider(p, ttl, rotate)
-    raise SystemExit(f"unknown command {cmd}")
+    ttl, rotate, provider, purge = parse_args(sys.argv[2:])
+    if cmd not in ("up", "down", "restart-provider"):
+        raise SystemExit(f"unknown command {cmd}\n{USAGE}")
+    if purge and cmd != "down":
+        raise SystemExit("--purge is an option of down")
+    if provider != "provider" and cmd != "restart-provider":
+        raise SystemExit("--provider is an option of restart-provider")
+    lock = take_lock()  # one up / down / restart at a time per state dir
+    try:
+        p = Paths(resolve_state_dir(for_up=(cmd == "up")))
+        if cmd == "up":
+            if ttl is None:
+                ttl = int(os.environ.get("MAILSYNC_TOKEN_TTL", "3600"))
+            if rotate is None:
+                rotate = os.environ.get("MAILSYNC_ROTATE_REFRESH") == "1"
+            return cmd_up(p, ttl, rotate)
+        if cmd == "down":
+            return cmd_down(p, purge)
+        return cmd_restart_provider(p, ttl, rotate, provider)
+    finally:
+        lock.close()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,33 @@ STACK_SRC = os.path.dirname(HERE)
 
 
 def state_dir():
+    """$MAILSYNC_STACK_DIR or tests/stack/run (a directory, or a symlink that tests/stack/up
+    made to the state dir outside a checkout the service users cannot reach)."""
     return os.path.abspath(os.environ.get("MAILSYNC_STACK_DIR") or os.path.join(STACK_SRC, "run"))
+
+
+PROVIDERS = ("google", "generic")
+
+
+def provider_section(stack, provider="google"):
+    """stack.json's section of a provider: "google" -> oauth, "generic" -> oauth2_generic."""
+    if provider == "google":
+        return stack["oauth"]
+    if provider == "generic":
+        if "oauth2_generic" not in stack:
+            die("stack.json has no oauth2_generic section: restart the stack (tests/stack/down; tests/stack/up)")
+        return stack["oauth2_generic"]
+    die(f"unknown provider {provider!r} (google or generic)")
+
+
+def client_credentials(stack, provider="google", client="web"):
+    """(client_id, client_secret) of a named client of a provider."""
+    o = provider_section(stack, provider)
+    clients = o.get("clients") or {"web": {"client_id": o["client_id"], "client_secret": o["client_secret"]}}
+    if client not in clients:
+        die(f"unknown client {client!r} of the {provider} provider (known: {', '.join(sorted(clients))})")
+    c = clients[client]
+    return c["client_id"], c["client_secret"]
 
 
 def load_stack():
@@ -149,18 +175,31 @@ def account(stack, email):
     die(f"unknown test account {email}")
 
 
-def token(stack, email, scope=None, uncheck=()):
-    o = stack["oauth"]
+def token(stack, email, scope=None, uncheck=(), client="web", provider="google", prompt="consent"):
+    """Consent + code exchange for a test account; returns the token response's fields.
+
+    google: Google-style authorization request (access_type=offline, include_granted_scopes);
+    default scope "openid email profile https://mail.google.com/".
+    generic: a plain OAuth/OIDC request; default scope "openid email offline_access mail"
+    (a refresh token is only issued with offline_access, which needs prompt=consent)."""
+    o = provider_section(stack, provider)
+    client_id, client_secret = client_credentials(stack, provider, client)
     acct = account(stack, email)
-    scope = scope or "openid email profile https://mail.google.com/"
+    if scope is None:
+        scope = o.get("default_scope") or ("openid email profile https://mail.google.com/"
+                                           if provider == "google" else "openid email offline_access mail")
     redirect_uri = o["redirect_uris"][0]
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(16)
     q = {
-        "client_id": o["client_id"], "redirect_uri": redirect_uri, "response_type": "code",
+        "client_id": client_id, "redirect_uri": redirect_uri, "response_type": "code",
         "scope": scope, "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
-        "access_type": "offline", "prompt": "consent", "login_hint": email, "include_granted_scopes": "true",
+        "login_hint": email,
     }
+    if prompt:
+        q["prompt"] = prompt
+    if provider == "google":
+        q.update({"access_type": "offline", "include_granted_scopes": "true"})
     loc = consent(o["authorization_endpoint"] + "?" + urllib.parse.urlencode(q), email, acct["password"],
                   uncheck=uncheck)
     params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(loc).query))
@@ -170,7 +209,7 @@ def token(stack, email, scope=None, uncheck=()):
         die(f"token: no code in redirect: error={params.get('error')}")
     status, body = post_form(o["token_endpoint"], {
         "grant_type": "authorization_code", "code": params["code"], "redirect_uri": redirect_uri,
-        "client_id": o["client_id"], "client_secret": o["client_secret"], "code_verifier": verifier,
+        "client_id": client_id, "client_secret": client_secret, "code_verifier": verifier,
     })
     if status != 200:
         die(f"token: token endpoint answered {status}: {body}")

@@ -1,7 +1,8 @@
 // Hand-written (not generated): the fields every MailsyncException subclass
-// carries, readable on the sealed base class. The `when` is exhaustive over
-// the sealed hierarchy, so a new error code in Rust that is not added here
-// fails the Kotlin compile (and so bindings-uniffi/test.sh).
+// carries, readable on the sealed base class, and the snake_case string of
+// an ErrorCode. The `when` is exhaustive over the sealed hierarchy, so a new
+// error code in Rust that is not added here fails the Kotlin compile (and so
+// bindings-uniffi/test.sh).
 package com.mailsync
 
 /** The fields every [MailsyncException] carries, whatever its subclass. */
@@ -53,11 +54,20 @@ val MailsyncException.info: MailsyncErrorInfo
         is MailsyncException.SendDeferred -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
         is MailsyncException.SendRejected -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
         is MailsyncException.InsecureConnection -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
+        is MailsyncException.GrantMismatch -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
+        is MailsyncException.HostNotAllowed -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
+        is MailsyncException.Conflict -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
+        is MailsyncException.SinkFailed -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
+        is MailsyncException.NotEnabled -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
+        is MailsyncException.MessageTooLarge -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
         is MailsyncException.Internal -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
     }
 
 /** Stable snake_case code (e.g. `capacity_exceeded`). */
 val MailsyncException.code: String get() = info.code
+
+/** The code as the [ErrorCode] enum (what events and diagnoses carry). */
+val MailsyncException.errorCode: ErrorCode get() = ErrorCode.valueOf(info.code.uppercase())
 
 /** What went wrong, for people. */
 val MailsyncException.detail: String get() = info.detail
@@ -70,3 +80,6 @@ val MailsyncException.transient: Boolean get() = info.transient
 
 /** What the user or admin should do next. */
 val MailsyncException.nextAction: String get() = info.nextAction
+
+/** The stable snake_case string of the code (`ErrorCode.CAPACITY_EXCEEDED.code == "capacity_exceeded"`). */
+val ErrorCode.code: String get() = name.lowercase()

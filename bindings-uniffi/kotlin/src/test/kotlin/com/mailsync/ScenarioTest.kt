@@ -1,217 +1,252 @@
 package com.mailsync
 
+import com.mailsync.api.MailSync
+import com.mailsync.api.SealKey
+import com.mailsync.api.StoreLocation
+import com.mailsync.api.appEnsureMayConnect
+import com.mailsync.api.appForEnvironment
+import com.mailsync.api.appWarnings
+import com.mailsync.api.appWithAudience
+import com.mailsync.api.appWithTestUsers
+import com.mailsync.api.defaultOptions
+import com.mailsync.api.genericProfile
+import com.mailsync.api.googleApp
+import com.mailsync.api.profileUsePop3
+import com.mailsync.api.profileUseSmtpTls465
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertFalse
-import org.junit.jupiter.api.Assertions.assertNotNull
+import org.junit.jupiter.api.Assertions.assertNotEquals
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
-import org.junit.jupiter.api.assertThrows
 import org.junit.jupiter.api.io.TempDir
 import java.nio.file.Files
 import java.nio.file.Path
 import java.nio.file.attribute.PosixFilePermission
 
-/** The four-language scenario (Rust, Python, Node and this JUnit suite). */
+/** The four-language scenario (Rust, Python, Node and this JUnit suite), plus the directory rules and secrets. */
 class ScenarioTest {
-    private val clientId = "1234-abc.apps.googleusercontent.com"
-    private val secret = "GOCSPX-super-secret-value-42"
-    private val env = "https://contoso.crm.example.com"
+    private fun sqlite(path: Path, key: SealKey? = null) = StoreLocation.Sqlite(path.toString(), key)
+
+    private fun ServerProfile.app(): OAuthApp = (authentication as Authentication.GmailOAuth).app
 
     @Test
-    fun scenario(@TempDir dir: Path) = runBlocking {
-        val db = dir.resolve("mailsync.db").toString()
+    fun scenario(@TempDir dir: Path): Unit = runBlocking {
+        val db = dir.resolve("mailsync.db")
         var profileId = ""
 
-        MailSync.openSqlite(db).use { sync ->
+        MailSync.open(sqlite(db), defaultOptions()).use { sync ->
+            val d = sync.directory()
             // The key file is created next to the database, mode 0600.
             val key = dir.resolve("mailsync.db.key")
             assertTrue(Files.exists(key))
-            assertEquals(
-                setOf(PosixFilePermission.OWNER_READ, PosixFilePermission.OWNER_WRITE),
-                Files.getPosixFilePermissions(key),
-            )
+            assertEquals(setOf(PosixFilePermission.OWNER_READ, PosixFilePermission.OWNER_WRITE), Files.getPosixFilePermissions(key))
 
-            val app = OAuthApp.google(clientId, secret).forEnvironment(env)
-            assertEquals("$env/_grid/cmds/dlg_gmailoauth.aspx", app.redirectUri())
-            assertEquals(listOf(env), app.javascriptOrigins())
-            assertTrue(app.hasClientSecret())
+            val app = app()
+            assertEquals(listOf(REDIRECT), app.redirectUris)
+            assertEquals(listOf(ENV), app.javascriptOrigins)
+            assertTrue("example.com" in app.consentScreen.authorizedDomains, "${app.consentScreen}")
 
-            val profile = sync.createProfile(ServerProfile.gmail("Gmail - sales", app).defaultForNewMailboxes())
-            profileId = profile.id()
-            assertEquals(ServerType.GMAIL, profile.serverType())
-            assertEquals(IncomingEndpoint(IncomingProtocol.IMAP, "imap.gmail.com", 993, Security.TLS), profile.incoming())
-            assertEquals(Endpoint("smtp.gmail.com", 587, Security.START_TLS), profile.outgoing())
-            assertEquals("$env/_grid/cmds/dlg_gmailoauth.aspx", profile.oauthApp()!!.redirectUri())
-            assertEquals(AuthenticationKind.GMAIL_O_AUTH, profile.authentication().kind())
-            assertTrue(profile.isDefaultForNewMailboxes())
-            assertEquals(100L, profile.mailboxCapacity())
-            assertTrue(profile.hasClientSecret())
+            val profile = d.createProfile(gmail("Gmail - sales", default = true))
+            profileId = profile.id
+            assertEquals(ServerType.GMAIL, profile.serverType)
+            assertEquals(IncomingEndpoint(IncomingProtocol.IMAP, Endpoint("imap.gmail.com", 993u, Security.TLS)), profile.incoming)
+            assertEquals(Endpoint("smtp.gmail.com", 587u, Security.START_TLS), profile.outgoing)
+            assertEquals(listOf(REDIRECT), profile.app().redirectUris)
+            assertTrue(profile.defaultForNewMailboxes)
+            assertEquals(100u, profile.mailboxCapacity)
+            assertTrue(profile.version > 0)
+            // The client secret is kept in Rust: equal to the one given, never readable.
+            assertEquals(SecretValue(SECRET), profile.app().clientSecret)
+            assertFalse(profile.app().clientSecret!!.isReadable())
+            assertEquals("********", profile.app().clientSecret!!.expose())
 
             // 100 mailboxes land on the default profile; the 101st is refused.
             for (i in 0 until 100) {
-                val mailbox = sync.createMailbox(MailboxSpec.user("user%03d@example.com".format(i)))
-                assertEquals(profileId, mailbox.profileId())
+                assertEquals(profileId, d.createMailbox(user("user%03d@example.com".format(i))).profileId)
             }
-            val full = assertThrows<MailsyncException.CapacityExceeded> {
-                runBlocking { sync.createMailbox(MailboxSpec.user("user100@example.com")) }
-            }
+            val full = fails<MailsyncException.CapacityExceeded> { d.createMailbox(user("user100@example.com")) }
             assertEquals("capacity_exceeded", full.code)
             assertFalse(full.transient)
             assertNull(full.field)
             assertTrue(full.detail.contains("100"), full.detail)
             assertTrue(full.nextAction.isNotEmpty())
-            assertEquals(100, sync.listMailboxes(profileId).size)
+            assertEquals(100, d.listMailboxes(profileId).size)
+            assertEquals(100u, d.mailboxCount(profileId))
 
             // An http:// redirect URI is a validation error naming the field.
-            val viaEnvironment = assertThrows<MailsyncException.Validation> {
-                OAuthApp.google(clientId, secret).forEnvironment("http://contoso.crm.example.com")
+            val viaEnvironment = fails<MailsyncException.Validation> {
+                appForEnvironment(googleApp(CLIENT_ID, SECRET), "http://contoso.crm.example.com", null)
             }
-            assertEquals("validation", viaEnvironment.code)
             assertEquals("environment_url", viaEnvironment.field)
-            val viaCreate = assertThrows<MailsyncException.Validation> {
-                runBlocking {
-                    sync.createProfile(
-                        ServerProfile.gmail("Gmail - http", app.withRedirectUri("http://contoso.crm.example.com/cb")),
-                    )
-                }
+            val viaCreate = fails<MailsyncException.Validation> {
+                d.createProfile(gmail("Gmail - http").apply { app().redirectUris = listOf("http://contoso.crm.example.com/cb") })
             }
-            assertEquals("redirect_uris[1]", viaCreate.field)
-            assertFalse(viaCreate.toString().contains(secret))
+            assertEquals("redirect_uris[0]", viaCreate.field)
+            assertFalse(viaCreate.toString().contains(SECRET))
 
-            // The secret is absent from toString and JSON of the app and the profile.
-            for (text in listOf(app.toString(), app.toJson(), profile.toString(), profile.toJson(),
-                    profile.authentication().toString(), profile.oauthApp()!!.toString())) {
-                assertFalse(text.contains(secret), text)
+            // The secret is absent from every rendering of the app and the profile.
+            val texts = listOf(app.toString(), profile.toString(), profile.authentication.toString(), profile.app().toString(),
+                app.clientSecret.toString(), viaCreate.toString(), viaCreate.detail)
+            for (text in texts) {
+                assertFalse(text.contains(SECRET), text)
                 assertFalse(text.contains("super-secret"), text)
             }
-            assertTrue(profile.toString().contains("REDACTED"))
-            assertTrue(profile.toJson().contains(clientId))
+            assertTrue(profile.toString().contains("clientSecret=********"), profile.toString())
+            assertTrue(profile.toString().contains(CLIENT_ID) && profile.toString().contains("Gmail - sales"))
+            sync.closeStore()
         }
 
         // Reopen: a new object on the same file finds everything.
-        MailSync.openSqlite(db).use { again ->
-            val profile = again.findProfile("gmail - SALES")
-            assertEquals(profileId, profile.id())
-            assertTrue(profile.isDefaultForNewMailboxes())
-            assertEquals(profileId, again.defaultProfile()?.id())
-            assertTrue(profile.hasClientSecret(), "the sealed client secret survives the reopen")
-            assertFalse(profile.toString().contains(secret))
-            assertEquals("$env/_grid/cmds/dlg_gmailoauth.aspx", profile.oauthApp()!!.redirectUri())
+        MailSync.open(sqlite(db), defaultOptions()).use { again ->
+            val d = again.directory()
+            val profile = d.findProfile("gmail - SALES")
+            assertEquals(profileId, profile.id)
+            assertTrue(profile.defaultForNewMailboxes)
+            assertEquals(profileId, d.defaultProfile()?.id)
+            assertEquals(SecretValue(SECRET), profile.app().clientSecret, "the sealed client secret survives the reopen")
+            assertFalse(profile.toString().contains(SECRET))
+            assertEquals(listOf(REDIRECT), profile.app().redirectUris)
 
-            val mailboxes = again.listMailboxes(null)
-            assertEquals(100, mailboxes.size)
-            assertEquals("user000@example.com", mailboxes.first().email())
-            assertEquals("user099@example.com", mailboxes.last().email())
-            val one = again.findMailbox("USER042@example.com")
-            assertEquals(profileId, one.profileId())
-            assertEquals(Owner.User("user042@example.com"), one.owner())
-            assertEquals(ConnectionState.NotConnected, one.connection())
-            assertEquals(TestStatus.NotRun, one.incomingTest())
-            assertNotNull(again.getMailbox(one.id()))
+            val mailboxes = d.listMailboxes(null)
+            assertEquals((0 until 100).map { "user%03d@example.com".format(it) }, mailboxes.map { it.email })
+            val one = d.findMailbox("USER042@example.com")
+            assertEquals(profileId, one.profileId)
+            assertEquals(Owner.User("user042@example.com"), one.owner)
+            assertEquals(one, d.getMailbox(one.id))
+            val state = d.state(one.id)
+            assertEquals(GrantStatus.NotConnected, state.grant)
+            assertNull(state.pendingConsent)
+            assertEquals(DirectionState(DirectionStatus.NotTested, TestStatus.NotRun), state.incoming)
+            assertEquals(DirectionState(DirectionStatus.NotTested, TestStatus.NotRun), state.outgoing)
+            assertEquals(MailboxStatus(one, state, emptyList()), d.status(one.id))
 
             // Still full after the reopen.
-            val full = assertThrows<MailsyncException.CapacityExceeded> {
-                runBlocking { again.createMailbox(MailboxSpec.user("late@example.com")) }
-            }
-            assertEquals("capacity_exceeded", full.code)
+            assertEquals("capacity_exceeded", fails<MailsyncException.CapacityExceeded> { d.createMailbox(user("late@example.com")) }.code)
+            again.closeStore()
         }
     }
 
     @Test
-    fun hostSuppliedKeyMustMatch(@TempDir dir: Path) = runBlocking {
-        val db = dir.resolve("keyed.db").toString()
-        val key = SealKey.fromBytes(ByteArray(32) { it.toByte() })
+    fun hostSuppliedKeyMustMatch(@TempDir dir: Path): Unit = runBlocking {
+        val db = dir.resolve("keyed.db")
+        val bytes = ByteArray(32) { it.toByte() }
+        val key = SealKey.fromBytes(bytes)
         assertFalse(key.toString().contains("0, 1, 2"))
-        MailSync.openSqliteWithKey(db, key).use { sync ->
-            sync.createProfile(ServerProfile.gmail("keyed", OAuthApp.google(clientId, secret).forEnvironment(env)))
+        MailSync.open(sqlite(db, key), defaultOptions()).use { it.directory().createProfile(gmail("keyed")) }
+        assertFalse(Files.exists(dir.resolve("keyed.db.key")), "a host key writes no key file")
+        MailSync.open(sqlite(db, SealKey.fromBytes(bytes)), defaultOptions()).use { sync ->
+            assertEquals(SecretValue(SECRET), sync.directory().findProfile("keyed").app().clientSecret)
         }
-        MailSync.openSqliteWithKey(db, SealKey.fromBytes(ByteArray(32) { it.toByte() })).use { sync ->
-            assertTrue(sync.findProfile("keyed").hasClientSecret())
+        val keyFile = dir.resolve("host.key")
+        Files.write(keyFile, bytes)
+        MailSync.open(sqlite(db, SealKey.fromFile(keyFile.toString())), defaultOptions()).use { sync ->
+            assertEquals("keyed", sync.directory().findProfile("keyed").name)
         }
-        val wrong = assertThrows<MailsyncException> {
-            runBlocking {
-                MailSync.openSqliteWithKey(db, SealKey.generate()).use { it.findProfile("keyed") }
-            }
+        val wrong = fails<MailsyncException.SealKeyMismatch> {
+            MailSync.open(sqlite(db, SealKey.generate()), defaultOptions()).use { it.directory().findProfile("keyed") }
         }
-        assertEquals("seal_key_mismatch", (wrong as MailsyncException.SealKeyMismatch).code)
+        assertEquals("seal_key_mismatch", wrong.code)
     }
 
     @Test
-    fun updatesAndDirectoryRules() = runBlocking {
-        MailSync.inMemory().use { sync ->
-            val app = OAuthApp.google(clientId, secret).forEnvironment(env)
-                .withAudience(UserType.EXTERNAL, PublishingStatus.TESTING)
-                .withTestUsers(listOf("Alice@Example.com"))
-            assertEquals(listOf("testing_refresh_token_expiry"), app.warnings().map { it.code })
-            assertEquals(listOf("alice@example.com"), app.consentScreen().testUsers)
-            val a = sync.createProfile(ServerProfile.gmail("A", app).defaultForNewMailboxes())
-            val b = sync.createProfile(ServerProfile.gmail("B", app).withMailboxCapacity(1))
+    fun updatesAndDirectoryRules(): Unit = runBlocking {
+        memory().use { sync ->
+            val d = sync.directory()
+            val testing = appWithTestUsers(appWithAudience(app(), UserType.EXTERNAL, PublishingStatus.TESTING), listOf("Alice@Example.com"))
+            assertEquals(listOf("testing_refresh_token_expiry"), appWarnings(testing).map { it.code })
+            assertEquals(listOf("alice@example.com"), testing.consentScreen.testUsers)
+            appEnsureMayConnect(testing, "alice@example.com")
+            fails<MailsyncException.NotATestUser> { appEnsureMayConnect(testing, "bob@example.com") }
+            val a = d.createProfile(com.mailsync.api.gmailProfile("A", testing).apply { defaultForNewMailboxes = true })
+            val b = d.createProfile(profileUseSmtpTls465(profileUsePop3(gmail("B"))).apply { mailboxCapacity = 1u })
+            assertEquals(IncomingEndpoint(IncomingProtocol.POP3, Endpoint("pop.gmail.com", 995u, Security.TLS)), b.incoming)
+            assertEquals(Endpoint("smtp.gmail.com", 465u, Security.TLS), b.outgoing)
+            assertEquals("already_exists", fails<MailsyncException.AlreadyExists> { d.createProfile(gmail("a")) }.code)
 
-            val notTester = assertThrows<MailsyncException.NotATestUser> {
-                runBlocking { sync.createMailbox(MailboxSpec.user("bob@example.com")) }
-            }
-            assertEquals("not_a_test_user", notTester.code)
+            assertEquals("not_a_test_user", fails<MailsyncException.NotATestUser> { d.createMailbox(user("bob@example.com")) }.code)
+            val alice = d.createMailbox(user("alice@example.com").apply { name = "Alice" })
+            assertEquals(a.id, alice.profileId)
+            assertEquals("Alice", alice.name)
+            assertEquals("already_exists", fails<MailsyncException.AlreadyExists> { d.createMailbox(user("ALICE@example.com")) }.code)
 
-            val alice = sync.createMailbox(MailboxSpec.user("alice@example.com").withName("Alice"))
-            assertEquals(a.id(), alice.profileId())
-            assertEquals("Alice", alice.name())
-            val dup = assertThrows<MailsyncException.AlreadyExists> {
-                runBlocking { sync.createMailbox(MailboxSpec.user("ALICE@example.com")) }
-            }
-            assertEquals("already_exists", dup.code)
+            val moved = d.moveMailbox(alice.id, b.id)
+            assertEquals(b.id, moved.profileId)
+            val renamed = d.updateMailbox(moved.copy(name = "Alice A.", incomingDelivery = IncomingDelivery.NONE))
+            assertEquals("Alice A.", d.getMailbox(alice.id).name)
+            assertEquals(IncomingDelivery.NONE, renamed.incomingDelivery)
+            assertTrue(renamed.version > moved.version)
+            // Updates compare versions: a stale copy is a conflict, nothing is written.
+            assertEquals("conflict", fails<MailsyncException.Conflict> { d.updateMailbox(moved.copy(name = "stale")) }.code)
+            assertEquals("Alice A.", d.getMailbox(alice.id).name)
 
-            val moved = sync.assignProfile(alice.id(), b.id())
-            assertEquals(b.id(), moved.profileId())
-            val renamed = sync.updateMailbox(moved.withName("Alice A.").withIncomingEnabled(false))
-            assertEquals("Alice A.", sync.getMailbox(alice.id()).name())
-            assertFalse(renamed.incomingEnabled())
+            assertEquals("profile_in_use", fails<MailsyncException.ProfileInUse> { d.deleteProfile(b.id) }.code)
+            d.deleteMailbox(alice.id)
+            d.deleteProfile(b.id)
+            assertEquals(listOf("A"), d.listProfiles().map { it.name })
 
-            val inUse = assertThrows<MailsyncException.ProfileInUse> {
-                runBlocking { sync.deleteProfile(b.id()) }
-            }
-            assertEquals("profile_in_use", inUse.code)
-            sync.deleteMailbox(alice.id())
-            sync.deleteProfile(b.id())
-            assertEquals(listOf("A"), sync.listProfiles().map { it.name() })
+            // Nested records are copies: change one, assign it back.
+            val current = d.getProfile(a.id)
+            val updated = d.updateProfile(current.copy(name = "A2", processing = current.processing.copy(connectionTimeoutSecs = 30u)))
+            assertEquals(30.toUShort(), d.getProfile(a.id).processing.connectionTimeoutSecs)
+            assertEquals("A2", d.findProfile(a.id).name)
+            assertEquals(SecretValue(SECRET), updated.app().clientSecret, "the secret read back and written back is kept")
+            assertEquals("conflict", fails<MailsyncException.Conflict> { d.updateProfile(current.copy(name = "stale")) }.code)
 
-            val processing = a.processing().copy(connectionTimeoutSecs = 30)
-            val updated = sync.updateProfile(a.withProcessing(processing).withName("A2").useSmtpTls465())
-            assertEquals(30, sync.getProfile(a.id()).processing().connectionTimeoutSecs)
-            assertEquals(Endpoint("smtp.gmail.com", 465, Security.TLS), updated.outgoing())
-            assertEquals("A2", sync.findProfile(a.id()).name())
-
-            val c = sync.createProfile(ServerProfile.gmail("C", app))
-            assertEquals(c.id(), sync.setDefaultProfile(c.id()).id())
-            assertFalse(sync.getProfile(a.id()).isDefaultForNewMailboxes())
+            val c = d.createProfile(gmail("C"))
+            assertEquals(c.id, d.setDefaultProfile(c.id).id)
+            assertFalse(d.getProfile(a.id).defaultForNewMailboxes)
         }
     }
 
     @Test
-    fun genericProfileWithPasswordsNeverShowsThem() = runBlocking {
+    fun recordsHoldingSecretsNeverShowThem(): Unit = runBlocking {
         val password = "pw-hunter2-do-not-print"
-        MailSync.inMemory().use { sync ->
-            val auth = Authentication.credentialsInProfile("mailer", password)
-            assertTrue(auth.hasPassword())
-            assertEquals("mailer", auth.username())
-            val profile = sync.createProfile(
-                ServerProfile.generic(
+        memory().use { sync ->
+            val d = sync.directory()
+            val auth = Authentication.CredentialsInProfile("mailer", SecretValue(password))
+            val profile = d.createProfile(
+                genericProfile(
                     "Local",
-                    IncomingEndpoint(IncomingProtocol.IMAP, "127.0.0.1", 1143, Security.PLAINTEXT),
-                    Endpoint("127.0.0.1", 1587, Security.PLAINTEXT),
+                    IncomingEndpoint(IncomingProtocol.IMAP, Endpoint("127.0.0.1", 1143u, Security.PLAINTEXT)),
+                    Endpoint("127.0.0.1", 1587u, Security.PLAINTEXT),
                     auth,
-                ).withAllowPlaintextOnLoopback(true),
+                ).apply { allowPlaintextOnLoopback = true },
             )
-            assertEquals(ServerType.IMAP_SMTP, profile.serverType())
-            assertFalse(profile.hasClientSecret())
-            val spec = MailboxSpec.user("carol@example.com").onProfile(profile.id()).withCredentials("carol", password)
-            val mailbox = sync.createMailbox(spec)
-            assertEquals(MailboxCredentials("carol", true), mailbox.credentials())
-            for (text in listOf(auth.toString(), profile.toString(), profile.toJson(), spec.toString(),
-                    mailbox.toString(), mailbox.toJson(), mailbox.credentials().toString())) {
-                assertFalse(text.contains(password), text)
-            }
+            assertEquals(ServerType.IMAP_SMTP, profile.serverType)
+            val stored = profile.authentication as Authentication.CredentialsInProfile
+            assertEquals("mailer", stored.username)
+            assertEquals(SecretValue(password), stored.password)
+            val spec = user("carol@example.com", profile.id).apply { credentials = MailboxCredentials("carol", SecretValue(password)) }
+            val mailbox = d.createMailbox(spec)
+            assertEquals("carol", mailbox.credentials!!.username)
+            assertEquals(SecretValue(password), mailbox.credentials!!.password)
+            assertNotEquals(SecretValue("other"), mailbox.credentials!!.password)
+            val texts = listOf(auth, stored, profile, spec, mailbox, mailbox.credentials, d.status(mailbox.id), app(), SecretValue(password))
+                .map { it.toString() }
+            for (text in texts) assertFalse(text.contains(password), text)
+            assertTrue(texts.all { it.contains("********") }, "$texts")
+            // A secret the host made reads back to the host; equal secrets are equal records.
+            assertEquals(password, SecretValue(password).expose())
+            assertEquals(spec.copy(), spec)
+            assertEquals(mailbox, d.getMailbox(mailbox.id))
         }
+    }
+
+    @Test
+    fun optionsAreTheCoreDefaultsAndRoundTrip(): Unit = runBlocking {
+        val o = defaultOptions()
+        assertEquals(emptyList<String>(), o.extraRootCertsPem)
+        assertNull(o.googleIssuerOverride)
+        assertEquals(listOf(300u, 30u, 60u, 600u), listOf(o.tokenRefreshSkewSecs, o.httpTimeoutSecs, o.refreshLeaseSecs, o.consentTtlSecs))
+        assertEquals(RetryPolicy(4u, 250u, 4000u), o.refreshRetry)
+        assertEquals(FailurePolicy(10u, 300u), o.failurePolicy)
+        val changed = o.copy(googleIssuerOverride = "http://127.0.0.1:9/", httpTimeoutSecs = 2u, consentTtlSecs = 7u)
+        memory(changed).use { sync -> assertEquals(changed, sync.options()) }
+        val bad = fails<MailsyncException.Validation> { MailSync.open(StoreLocation.Memory, o.copy(googleIssuerOverride = "http://accounts.example.com")) }
+        assertEquals("google_issuer_override", bad.field)
+        val pem = o.copy(extraRootCertsPem = listOf("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"))
+        assertEquals("validation", fails<MailsyncException> { MailSync.open(StoreLocation.Memory, pem) }.code)
     }
 }

@@ -1,7 +1,11 @@
 package com.mailsync
 
-import com.google.gson.JsonObject
-import com.google.gson.JsonParser
+import com.mailsync.api.EventListener
+import com.mailsync.api.MailSync
+import com.mailsync.api.StoreLocation
+import com.mailsync.api.gmailProfile
+import com.mailsync.api.profileUsePop3
+import com.mailsync.api.userMailbox
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertFalse
@@ -10,370 +14,414 @@ import org.junit.jupiter.api.Assertions.assertNotNull
 import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
-import org.junit.jupiter.api.assertThrows
+import org.junit.jupiter.api.Timeout
 import org.junit.jupiter.api.io.TempDir
 import java.nio.file.Files
 import java.nio.file.Path
-import java.nio.file.Paths
-import java.util.concurrent.CopyOnWriteArrayList
+import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
+import java.util.concurrent.atomic.AtomicReference
 
 /**
- * OAuth lifecycle, host event callbacks and Test & Enable against the real
- * local stack (tests/stack: oidc-provider, Dovecot, Postfix). test.sh runs
- * `tests/stack/up` first and passes `mailsync.stack.json` / `mailsync.stack.bin`.
- * Every test opens its own temporary SQLite store.
+ * The OAuth lifecycle, events and Test & Enable against the real local
+ * stack (tests/stack: oidc-provider, Dovecot, Postfix on 127.0.0.1). Every
+ * test opens its own SQLite store, with an IMAP profile (default) and a
+ * POP3 profile, and records every event. The consent pages are walked by
+ * tests/stack/bin/consent. The provider, like Google, revokes every grant
+ * of an account on the client at once (a disconnect, a revocation, a
+ * refused grant): JUnit runs these tests one at a time.
  */
 class StackTest {
-    /** The host callback: collects events (called on a library thread). */
-    class Recorder : MailboxEventListener {
-        val events = CopyOnWriteArrayList<MailboxEvent>()
-        override fun onEvent(event: MailboxEvent) {
-            events.add(event)
+    private class Env(dir: Path) : AutoCloseable {
+        val events = Recorder()
+        val sync: MailSync = runBlocking { MailSync.open(StoreLocation.Sqlite(dir.resolve("mailsync.db").toString(), null), Stack.options()) }
+        val d = sync.directory()
+        val c = sync.connections()
+        val checks = sync.checks()
+        private val subscription = runBlocking { sync.subscribe(null, events) }
+        val imap: ServerProfile = runBlocking {
+            d.createProfile(gmailProfile("Stack IMAP", Stack.app()).apply {
+                defaultForNewMailboxes = true
+                incoming = IncomingEndpoint(IncomingProtocol.IMAP, Endpoint("127.0.0.1", Stack.port("imap", "tls_port").toUShort(), Security.TLS))
+                outgoing = Endpoint("127.0.0.1", Stack.port("smtp", "starttls_port").toUShort(), Security.START_TLS)
+            })
         }
-        fun kinds(): List<MailboxEventKind> = events.map { it.kind }
-    }
-
-    /** A host callback that always throws. */
-    class Thrower : MailboxEventListener {
-        val calls = CopyOnWriteArrayList<MailboxEventKind>()
-        override fun onEvent(event: MailboxEvent) {
-            calls.add(event.kind)
-            throw IllegalStateException("host listener bug")
-        }
-    }
-
-    companion object {
-        private val stackJson: Path = Paths.get(System.getProperty("mailsync.stack.json")
-            ?: error("system property mailsync.stack.json is not set (run bindings-uniffi/test.sh)"))
-        private val bin: Path = Paths.get(System.getProperty("mailsync.stack.bin")
-            ?: error("system property mailsync.stack.bin is not set (run bindings-uniffi/test.sh)"))
-        val stack: JsonObject by lazy { JsonParser.parseString(Files.readString(stackJson)).asJsonObject }
-        val oauth: JsonObject get() = stack.getAsJsonObject("oauth")
-        val issuer: String get() = oauth.get("issuer").asString
-        val caPem: String by lazy { Files.readString(Paths.get(stack.get("ca_cert").asString)) }
-        const val ENV = "http://localhost:8765"
-
-        fun port(service: String, key: String): Int = stack.getAsJsonObject(service).get(key).asInt
-
-        fun password(email: String): String =
-            stack.getAsJsonArray("accounts").map { it.asJsonObject }
-                .first { it.get("email").asString == email }.get("password").asString
-
-        /** Runs a stack helper script; returns its stdout (trimmed), fails on a non-zero exit. */
-        fun helper(vararg args: String): String {
-            val process = ProcessBuilder(listOf(bin.resolve(args[0]).toString()) + args.drop(1))
-                .redirectError(ProcessBuilder.Redirect.INHERIT)
-                .start()
-            val out = process.inputStream.bufferedReader().readText()
-            assertTrue(process.waitFor(60, TimeUnit.SECONDS), "${args[0]} timed out")
-            assertEquals(0, process.exitValue(), "${args[0]} failed: $out")
-            return out.trim()
+        val pop3: ServerProfile = runBlocking {
+            d.createProfile(profileUsePop3(gmailProfile("Stack POP3", Stack.app())).apply {
+                incoming = IncomingEndpoint(IncomingProtocol.POP3, Endpoint("127.0.0.1", Stack.port("pop3", "tls_port").toUShort(), Security.TLS))
+                outgoing = Endpoint("127.0.0.1", Stack.port("smtp", "tls_port").toUShort(), Security.TLS)
+            })
         }
 
-        /** Walks the provider's login + consent pages; returns the redirect URL. */
-        fun consent(url: String, email: String, deny: Boolean = false): String {
-            val args = mutableListOf("consent", url, "--email", email, "--password", password(email))
-            if (deny) args.add("--deny")
-            return helper(*args.toTypedArray())
+        suspend fun mailbox(email: String, profile: ServerProfile = imap): Mailbox =
+            d.createMailbox(userMailbox(email).apply { profileId = profile.id })
+
+        /** connect → consent pages → complete. */
+        suspend fun connected(email: String, profile: ServerProfile = imap): Mailbox {
+            val request = c.connect(mailbox(email, profile).id)
+            return c.complete(Stack.consent(request.url, email)).mailbox
+        }
+
+        suspend fun grant(id: MailboxId): GrantStatus = d.state(id).grant
+
+        suspend fun check(id: MailboxId): TestReport = checks.testAndEnable(id, TestOptions(false))
+
+        override fun close() {
+            subscription.close()
+            runBlocking { sync.closeStore() }
+            sync.close()
         }
     }
 
-    private fun settings(listener: MailboxEventListener? = null): Settings =
-        Settings().withGoogleIssuerOverride(issuer).withExtraRootCertsPem(listOf(caPem)).withEventListener(listener)
-
-    private suspend fun open(dir: Path, listener: MailboxEventListener? = null): MailSync =
-        MailSync.openSqliteWith(dir.resolve("mailsync.db").toString(), settings(listener))
-
-    private fun app(): OAuthApp =
-        OAuthApp.google(oauth.get("client_id").asString, oauth.get("client_secret").asString).forEnvironment(ENV)
-
-    /** IMAP (TLS) + SMTP (STARTTLS) on the stack. */
-    private suspend fun imapProfile(sync: MailSync): ServerProfile = sync.createProfile(
-        ServerProfile.gmail("Stack IMAP", app())
-            .withIncoming(Endpoint("127.0.0.1", port("imap", "tls_port"), Security.TLS))
-            .withOutgoing(Endpoint("127.0.0.1", port("smtp", "starttls_port"), Security.START_TLS)),
-    )
-
-    /** POP3 (TLS) + SMTP (implicit TLS) on the stack. */
-    private suspend fun pop3Profile(sync: MailSync): ServerProfile = sync.createProfile(
-        ServerProfile.gmail("Stack POP3", app()).usePop3().useSmtpTls465()
-            .withIncoming(Endpoint("127.0.0.1", port("pop3", "tls_port"), Security.TLS))
-            .withOutgoing(Endpoint("127.0.0.1", port("smtp", "tls_port"), Security.TLS)),
-    )
-
-    private suspend fun mailbox(sync: MailSync, profile: ServerProfile, email: String): Mailbox =
-        sync.createMailbox(MailboxSpec.user(email).onProfile(profile.id()))
-
-    /** connect → consent helper → completeConnect. */
-    private suspend fun connect(sync: MailSync, mailbox: Mailbox): Mailbox {
-        val request = sync.connect(mailbox.id())
-        return sync.completeConnect(consent(request.url, mailbox.email()))
-    }
-
-    private fun assertDirectionOk(report: DirectionReport?, protocol: String, vararg steps: String) {
+    private fun assertDirectionOk(report: DirectionReport?, protocol: String, server: String, vararg steps: String) {
         assertNotNull(report)
         assertTrue(report!!.success, report.summary)
         assertNull(report.diagnosis)
         assertEquals(protocol, report.protocol)
+        assertEquals(server, report.server)
         val names = report.steps.map { it.step }
+        assertEquals("credentials", names.first())
         for (step in steps) assertTrue(step in names, "$step missing in $names")
         assertTrue(report.steps.all { it.ok }, "${report.steps}")
     }
 
     @Test
-    fun imapLifecycleConnectTokenTestDisconnect(@TempDir dir: Path) = runBlocking {
-        val events = Recorder()
-        open(dir, events).use { sync ->
-            val profile = imapProfile(sync)
-            val box = mailbox(sync, profile, "alice@example.test")
-            assertEquals(ConnectionState.NotConnected, box.connection())
+    fun happyPathConnectCompleteTestAndEnableDisconnect(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val email = "alice@example.test"
+            val box = env.mailbox(email)
+            assertEquals(GrantStatus.NotConnected, env.grant(box.id))
+            // A subscription cancelled now sees only its snapshot, whatever happens next.
+            val cancelled = Recorder(skipSnapshots = false)
+            env.sync.subscribe(box.id, cancelled).use { sub ->
+                cancelled.awaitUntil("the snapshot") { it.size == 1 }
+                sub.cancel()
+            }
 
-            // 1. connect: consent URL on the stack's provider, mailbox awaiting consent.
-            val request = sync.connect(box.id())
-            assertTrue(request.url.startsWith("$issuer/"), request.url)
+            // 1. connect: a consent URL on the stack's provider; the mailbox awaits consent.
+            val request = env.c.connect(box.id)
+            assertTrue(request.url.startsWith(Stack.oauth.get("authorization_endpoint").asString), request.url)
             assertTrue(request.url.contains("code_challenge_method=S256"), request.url)
-            assertEquals(box.id(), request.mailboxId)
-            assertTrue(sync.getMailbox(box.id()).connection() is ConnectionState.AwaitingConsent)
+            assertEquals(box.id, request.mailboxId)
+            assertEquals(request.expiresAt, env.d.state(box.id).pendingConsent?.expiresAt)
 
-            val connected = sync.completeConnect(consent(request.url, "alice@example.test"))
-            val state = connected.connection()
-            assertTrue(state is ConnectionState.Connected, "$state")
-            assertEquals("alice@example.test", (state as ConnectionState.Connected).account)
-            assertEquals(state, sync.getMailbox(box.id()).connection())
-            // The host callback got `connected`, with the mailbox and no secret.
-            assertEquals(listOf(MailboxEventKind.CONNECTED), events.kinds())
-            assertEquals(box.id(), events.events[0].mailboxId)
-            assertEquals("alice@example.test", events.events[0].email)
+            // 2. complete: the owner consented; the CRM hands over the redirect.
+            val redirect = Stack.consent(request.url, email)
+            assertTrue(redirect.startsWith("${Stack.CRM}/_grid/cmds/dlg_gmailoauth.aspx?"), redirect)
+            val status = env.c.complete(redirect)
+            assertEquals(box.id, status.mailbox.id)
+            val grant = status.state.grant
+            assertTrue(grant is GrantStatus.Connected && grant.account == email, "$grant")
+            assertNull(status.state.pendingConsent)
+            assertEquals(grant, env.grant(box.id))
+            env.events.saw(MailboxEventKind.CONNECTED to email)
+            val connected = env.events.of(MailboxEventKind.CONNECTED).single()
+            assertEquals(box.id, connected.mailboxId)
+            assertNull(connected.code)
+            assertEquals(grant, connected.state.grant)
 
-            val info = sync.tokenInfo(box.id())!!
-            assertEquals("alice@example.test", info.account)
+            val info = env.c.grantInfo(box.id)!!
+            assertEquals(email, info.account)
             assertTrue(info.hasRefreshToken)
             assertTrue("https://mail.google.com/" in info.scopes, "${info.scopes}")
+            assertEquals(Stack.issuer.trimEnd('/') to Stack.clientId, info.issuer.trimEnd('/') to info.clientId)
 
-            // 2. access token: non-empty, hidden in toString().
-            val token = sync.accessToken(box.id())
-            val raw = token.expose()
-            assertTrue(raw.length > 10)
-            assertEquals("alice@example.test", token.account())
-            assertNotNull(token.expiresAt())
-            assertFalse(token.toString().contains(raw), token.toString())
-            assertTrue(token.toString().contains("REDACTED"), token.toString())
-            for (e in events.events) assertFalse(e.toString().contains(raw))
+            // 3. An access token: readable by the host, never shown.
+            val token = env.c.accessToken(box.id)
+            val raw = token.token.expose()
+            assertTrue(raw.length > 10 && raw != "********")
+            assertEquals(email, token.account)
+            assertNotNull(token.expiresAt)
+            for (text in listOf(token.toString(), token.token.toString(), info.toString(), status.toString())) {
+                assertFalse(text.contains(raw), text)
+            }
+            assertTrue(token.toString().contains("token=********"), token.toString())
 
-            // 3. Test & Enable: IMAP + SMTP succeed, steps listed, directions enabled.
-            val report = sync.testAndEnable(box.id())
-            assertTrue(report.isSuccess(), report.toString())
-            assertEquals(TestOutcome.SUCCESS, report.outcome)
-            assertNull(report.firstFailure())
-            assertEquals("alice@example.test", report.email)
-            assertDirectionOk(report.incoming, "IMAP", "credentials", "connect", "tls", "authenticate", "select_inbox")
+            // 4. Test & Enable: IMAP + SMTP succeed, steps listed, both directions enabled.
+            val report = env.check(box.id)
+            assertEquals(TestOutcome.SUCCESS, report.outcome, "$report")
+            assertEquals(email, report.email)
+            assertDirectionOk(report.incoming, "IMAP", "127.0.0.1:${Stack.port("imap", "tls_port")}", "connect", "tls", "authenticate", "select_inbox")
             assertEquals(Direction.INCOMING, report.incoming!!.direction)
-            assertEquals("127.0.0.1:${port("imap", "tls_port")}", report.incoming!!.server)
-            assertDirectionOk(report.outgoing, "SMTP", "credentials", "connect", "ehlo", "authenticate")
-            assertTrue(report.incomingEnabled)
-            assertTrue(report.outgoingEnabled)
-            val enabled = sync.getMailbox(box.id())
-            assertTrue(enabled.incomingEnabled())
-            assertTrue(enabled.outgoingEnabled())
-            assertTrue(enabled.incomingTest() is TestStatus.Success, "${enabled.incomingTest()}")
-            val json = report.toJson()
-            assertTrue(json.contains("\"select_inbox\""), json)
-            assertFalse(json.contains(raw))
+            assertDirectionOk(report.outgoing, "SMTP", "127.0.0.1:${Stack.port("smtp", "starttls_port")}", "connect", "ehlo", "authenticate")
+            assertTrue(report.incomingEnabled && report.outgoingEnabled)
+            assertFalse(report.toString().contains(raw))
+            val state = env.d.state(box.id)
+            for (direction in listOf(state.incoming, state.outgoing)) {
+                assertTrue(direction.status is DirectionStatus.Enabled, "$direction")
+                assertTrue(direction.lastTest is TestStatus.Success, "$direction")
+            }
+            assertEquals(TestOutcome.SUCCESS, env.checks.lastProfileTest(env.imap.id)?.outcome)
+            // One event (both directions changed alike: merged, no direction named).
+            val enabled = env.events.awaitUntil("direction_enabled") { all -> all.any { it.kind == MailboxEventKind.DIRECTION_ENABLED } }
+                .single { it.kind == MailboxEventKind.DIRECTION_ENABLED }
+            assertNull(enabled.direction)
+            assertEquals(state.incoming.status, enabled.state.incoming.status)
+            assertEquals(state.outgoing.status, enabled.state.outgoing.status)
 
-            // 5. disconnect: NotConnected, event `disconnected`, no token any more.
-            val gone = sync.disconnect(box.id())
-            assertEquals(ConnectionState.NotConnected, gone.connection())
-            assertEquals(MailboxEventKind.DISCONNECTED, events.kinds().last())
-            assertNull(sync.tokenInfo(box.id()))
-            val err = assertThrows<MailsyncException.NotConnected> { runBlocking { sync.accessToken(box.id()) } }
+            // 5. disconnect: not connected, an event, no token any more; idempotent.
+            val gone = env.c.disconnect(box.id)
+            assertEquals(GrantStatus.NotConnected, gone.state.grant)
+            env.events.saw(MailboxEventKind.CONNECTED to email, MailboxEventKind.DISCONNECTED to email, kinds = LIFECYCLE)
+            assertNull(env.c.grantInfo(box.id))
+            val err = fails<MailsyncException.NotConnected> { env.c.accessToken(box.id) }
             assertEquals("not_connected", err.code)
             assertFalse(err.transient)
+            assertEquals(GrantStatus.NotConnected, env.c.disconnect(box.id).state.grant)
+            assertEquals(1, cancelled.events.size, "the cancelled subscription got ${cancelled.events.map { it.kind }}")
         }
     }
 
     @Test
-    fun pop3AndSmtpTlsTestAndEnable(@TempDir dir: Path) = runBlocking {
-        open(dir).use { sync ->
-            val profile = pop3Profile(sync)
-            assertEquals(IncomingProtocol.POP3, profile.incoming().protocol)
-            val box = connect(sync, mailbox(sync, profile, "bob@example.test"))
-            assertTrue(box.connection() is ConnectionState.Connected)
+    @Timeout(value = 120, unit = TimeUnit.SECONDS, threadMode = Timeout.ThreadMode.SEPARATE_THREAD) // a deadlock fails, not hangs
+    fun aListenerCallingBackForTheSameMailboxDuringCompleteFinishes(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val email = "alice@example.test"
+            val box = env.mailbox(email)
+            val done = CountDownLatch(1)
+            val seen = AtomicReference<Any>()
+            // Blocking host code in the listener, calling into the library for the mailbox of the event.
+            val reentrant = object : EventListener {
+                override fun onEvent(event: MailboxEvent) {
+                    if (event.kind != MailboxEventKind.CONNECTED) return
+                    try {
+                        seen.set(runBlocking {
+                            val token = env.c.accessToken(event.mailboxId)
+                            Triple(env.d.state(event.mailboxId).grant, token.account, env.c.grantInfo(event.mailboxId)?.account)
+                        })
+                    } catch (e: Throwable) {
+                        seen.set(e)
+                    } finally {
+                        done.countDown()
+                    }
+                }
+            }
+            env.sync.subscribe(box.id, reentrant).use {
+                val request = env.c.connect(box.id)
+                env.c.complete(Stack.consent(request.url, email))
+                assertTrue(done.await(60, TimeUnit.SECONDS), "deadlock: the listener's calls did not return")
+            }
+            val (grant, tokenAccount, infoAccount) = seen.get() as? Triple<*, *, *> ?: throw AssertionError("listener failed: ${seen.get()}")
+            assertTrue(grant is GrantStatus.Connected, "$grant")
+            assertEquals(email to email, tokenAccount to infoAccount)
+            env.c.disconnect(box.id)
+        }
+    }
 
-            val report = sync.testAndEnableWith(box.id(), TestOptions())
-            assertTrue(report.isSuccess(), report.toString())
-            assertDirectionOk(report.incoming, "POP3", "credentials", "connect", "tls", "authenticate", "stat")
-            assertDirectionOk(report.outgoing, "SMTP", "credentials", "connect", "tls", "authenticate")
+    @Test
+    fun pop3AndSmtpTlsTestAndEnableAndTestAll(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val bob = env.connected("bob@example.test", env.pop3)
+            assertEquals(env.pop3.id, bob.profileId)
+            val report = env.check(bob.id)
+            assertEquals(TestOutcome.SUCCESS, report.outcome, "$report")
+            assertDirectionOk(report.incoming, "POP3", "127.0.0.1:${Stack.port("pop3", "tls_port")}", "connect", "tls", "authenticate", "stat")
+            assertDirectionOk(report.outgoing, "SMTP", "127.0.0.1:${Stack.port("smtp", "tls_port")}", "connect", "tls", "authenticate")
             assertTrue(report.incomingEnabled && report.outgoingEnabled)
 
-            // The same through testAllMailboxes of the profile.
-            val all = sync.testAllMailboxes(profile.id(), TestOptions(sendTestMessage = false))
+            val all = env.checks.testAll(env.pop3.id, TestOptions(false))
             assertEquals(listOf("bob@example.test"), all.map { it.email })
-            assertTrue(all.single().isSuccess())
+            assertEquals(TestOutcome.SUCCESS, all.single().outcome)
         }
     }
 
     @Test
-    fun consentDeniedRaisesConsentDenied(@TempDir dir: Path) = runBlocking {
-        val events = Recorder()
-        open(dir, events).use { sync ->
-            val box = mailbox(sync, imapProfile(sync), "alice@example.test")
-            val request = sync.connect(box.id())
-            val redirect = consent(request.url, "alice@example.test", deny = true)
+    fun uncheckedMailScopeIsScopeNotGranted(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val email = "alice@example.test"
+            val box = env.mailbox(email)
+            val request = env.c.connect(box.id)
+            val redirect = Stack.consent(request.url, email, "--uncheck-scope", "https://mail.google.com/")
+            val e = fails<MailsyncException.ScopeNotGranted> { env.c.complete(redirect) }
+            assertEquals("scope_not_granted", e.code)
+            assertEquals(ErrorCode.SCOPE_NOT_GRANTED, e.errorCode)
+            assertTrue(e.nextAction.isNotEmpty())
+            assertFalse(e.transient)
+            // Nothing stored; the failure is visible on the mailbox and as an event.
+            assertNull(env.c.grantInfo(box.id))
+            assertEquals(GrantStatus.NotConnected, env.grant(box.id))
+            assertTrue(env.d.alerts(box.id).any { it.code == "scope_not_granted" }, "${env.d.alerts(box.id)}")
+            env.events.saw(MailboxEventKind.CONSENT_FAILED to email, kinds = LIFECYCLE)
+            assertEquals(ErrorCode.SCOPE_NOT_GRANTED, env.events.of(MailboxEventKind.CONSENT_FAILED).single().code)
+            fails<MailsyncException.NotConnected> { env.c.accessToken(box.id) }
+        }
+    }
+
+    @Test
+    fun anotherAccountConsentingIsAccountMismatch(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val email = "carol@example.test"
+            val box = env.mailbox(email)
+            val request = env.c.connect(box.id)
+            val redirect = Stack.consent(request.url, "bob@example.test") // bob signs in on carol's link
+            val e = fails<MailsyncException.AccountMismatch> { env.c.complete(redirect) }
+            assertEquals("account_mismatch", e.code)
+            assertEquals(ErrorCode.ACCOUNT_MISMATCH, e.errorCode)
+            assertTrue(e.detail.contains("bob@example.test") && e.detail.contains(email), e.detail)
+            assertNull(env.c.grantInfo(box.id))
+            assertEquals(GrantStatus.NotConnected, env.grant(box.id))
+            env.events.saw(MailboxEventKind.CONSENT_FAILED to email, kinds = LIFECYCLE)
+            assertEquals(ErrorCode.ACCOUNT_MISMATCH, env.events.of(MailboxEventKind.CONSENT_FAILED).single().code)
+
+            // The right account connects afterwards.
+            val again = env.c.connect(box.id)
+            val status = env.c.complete(Stack.consent(again.url, email))
+            assertEquals(GrantStatus.Connected::class, status.state.grant::class)
+            assertEquals(email, (status.state.grant as GrantStatus.Connected).account)
+            env.c.disconnect(box.id)
+        }
+    }
+
+    @Test
+    fun consentDeniedIsConsentDenied(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val email = "carol@example.test"
+            val box = env.mailbox(email)
+            val redirect = Stack.consent(env.c.connect(box.id).url, email, "--deny")
             assertTrue(redirect.contains("error=access_denied"), redirect)
-            val err = assertThrows<MailsyncException.ConsentDenied> { runBlocking { sync.completeConnect(redirect) } }
-            assertEquals("consent_denied", err.code)
-            assertTrue(err.nextAction.isNotEmpty())
-            assertFalse(sync.getMailbox(box.id()).connection() is ConnectionState.Connected)
-            assertFalse(MailboxEventKind.CONNECTED in events.kinds())
+            val e = fails<MailsyncException.ConsentDenied> { env.c.complete(redirect) }
+            assertEquals("consent_denied", e.code)
+            assertFalse(e.transient)
+            assertEquals(GrantStatus.NotConnected, env.grant(box.id))
+            env.events.saw(MailboxEventKind.CONSENT_FAILED to email, kinds = LIFECYCLE)
+            assertEquals(ErrorCode.CONSENT_DENIED, env.events.of(MailboxEventKind.CONSENT_FAILED).single().code)
+            fails<MailsyncException.NotConnected> { env.c.accessToken(box.id) }
         }
     }
 
     @Test
-    fun tamperedStateRaisesStateInvalid(@TempDir dir: Path) = runBlocking {
-        open(dir).use { sync ->
-            val box = mailbox(sync, imapProfile(sync), "alice@example.test")
-            val redirect = consent(sync.connect(box.id()).url, "alice@example.test")
+    fun tamperedOrReplayedStateIsStateInvalid(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val email = "alice@example.test"
+            val box = env.mailbox(email)
+            val redirect = Stack.consent(env.c.connect(box.id).url, email)
             val tampered = Regex("([?&]state=)([^&]+)").replace(redirect) { m -> m.groupValues[1] + "x" + m.groupValues[2] }
-            assertFalse(tampered == redirect)
-            val err = assertThrows<MailsyncException.StateInvalid> { runBlocking { sync.completeConnect(tampered) } }
-            assertEquals("state_invalid", err.code)
-            assertNull(sync.tokenInfo(box.id()))
-            // The untampered redirect still completes (the state was not consumed by the forgery).
-            val ok = sync.completeConnect(redirect)
-            assertTrue(ok.connection() is ConnectionState.Connected)
+            assertNotEquals(redirect, tampered)
+            for (bad in listOf(tampered, Regex("([?&]state=)[^&]*").replace(redirect, "$1"))) {
+                assertEquals("state_invalid", fails<MailsyncException.StateInvalid> { env.c.complete(bad) }.code)
+            }
+            assertNull(env.c.grantInfo(box.id))
+            // The genuine redirect still completes once (the forgeries consumed nothing)...
+            assertTrue(env.c.complete(redirect).state.grant is GrantStatus.Connected)
+            // ...and never twice.
+            fails<MailsyncException.StateInvalid> { env.c.complete(redirect) }
+            env.c.disconnect(box.id)
         }
     }
 
     @Test
-    fun imapDisabledAccountIsDiagnosedProtocolDisabled(@TempDir dir: Path) = runBlocking {
-        open(dir).use { sync ->
-            val box = connect(sync, mailbox(sync, imapProfile(sync), "dave@example.test"))
-            val report = sync.testAndEnable(box.id())
-            assertFalse(report.isSuccess())
+    fun imapDisabledAccountIsDiagnosedProtocolDisabled(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val dave = env.connected("dave@example.test")
+            val report = env.check(dave.id)
             assertEquals(TestOutcome.FAILURE, report.outcome)
             val diagnosis = report.incoming!!.diagnosis!!
-            assertEquals("protocol_disabled", diagnosis.code)
+            assertEquals(ErrorCode.PROTOCOL_DISABLED, diagnosis.code)
             assertEquals("authenticate", diagnosis.step)
             assertFalse(diagnosis.transient)
             assertTrue(diagnosis.nextAction.isNotEmpty())
-            assertEquals(diagnosis, report.firstFailure())
-            assertFalse(report.incoming!!.success)
             assertEquals("authenticate", report.incoming!!.steps.last().step)
             assertFalse(report.incoming!!.steps.last().ok)
             assertFalse(report.incomingEnabled)
-            assertFalse(sync.getMailbox(box.id()).incomingEnabled())
             // SMTP is allowed for dave.
             assertTrue(report.outgoing!!.success, report.outgoing!!.summary)
+            val state = env.d.state(dave.id)
+            assertEquals(ErrorCode.PROTOCOL_DISABLED, (state.incoming.lastTest as TestStatus.Failure).code)
+            assertTrue(state.incoming.status is DirectionStatus.Disabled, "${state.incoming}")
+            assertTrue(env.d.alerts(dave.id).any { it.code == "protocol_disabled" })
         }
     }
 
     @Test
-    fun revokedGrantThenDisconnectIsNotConnected(@TempDir dir: Path) = runBlocking {
-        val events = Recorder()
-        open(dir, events).use { sync ->
-            val box = connect(sync, mailbox(sync, imapProfile(sync), "carol@example.test"))
-            val token = sync.accessToken(box.id()).expose()
-            helper("revoke", "--", token) // the provider revokes the whole grant
-            // disconnect still succeeds (the provider already considers the token invalid)
-            val gone = sync.disconnect(box.id())
-            assertEquals(ConnectionState.NotConnected, gone.connection())
-            assertEquals(listOf(MailboxEventKind.CONNECTED, MailboxEventKind.DISCONNECTED), events.kinds())
-            val err = assertThrows<MailsyncException.NotConnected> { runBlocking { sync.accessToken(box.id()) } }
-            assertEquals("not_connected", err.code)
-        }
-    }
+    fun refreshAccessTokenReplacesTheRejectedTokenOnceThenTokenRevoked(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val email = "alice@example.test"
+            val box = env.connected(email)
+            val t1 = env.c.accessToken(box.id)
+            val before = env.c.grantInfo(box.id)!!.version
 
-    @Test
-    fun refreshAccessTokenReplacesTheRejectedTokenOnce(@TempDir dir: Path) = runBlocking {
-        val events = Recorder()
-        open(dir, events).use { sync ->
-            val profile = imapProfile(sync)
-            val box = connect(sync, mailbox(sync, profile, "alice@example.test"))
-            val t1 = sync.accessToken(box.id())
-            val version = sync.tokenInfo(box.id())!!.version
-
-            // The server rejected t1: a new token, a `refreshed` event, a new store version.
-            val t2 = sync.refreshAccessToken(box.id(), t1)
-            assertNotEquals(t1.expose(), t2.expose())
-            assertEquals("alice@example.test", t2.account())
-            assertTrue(t2.toString().contains("REDACTED") && !t2.toString().contains(t2.expose()), t2.toString())
-            assertEquals(listOf(MailboxEventKind.CONNECTED, MailboxEventKind.REFRESHED), events.kinds())
-            assertEquals(box.id(), events.events.last().mailboxId)
-            assertEquals(version + 1, sync.tokenInfo(box.id())!!.version)
+            // The server rejected t1: a new token, a `refreshed` event, a new grant version.
+            val t2 = env.c.refreshAccessToken(box.id, t1.token)
+            assertNotEquals(t1.token.expose(), t2.token.expose())
+            assertEquals(email, t2.account)
+            env.events.saw(MailboxEventKind.CONNECTED to email, MailboxEventKind.REFRESHED to email, kinds = LIFECYCLE)
+            val after = env.c.grantInfo(box.id)!!.version
+            assertTrue(after > before)
 
             // Another caller reporting the same t1: the stored t2, no second refresh.
-            val again = sync.refreshAccessToken(box.id(), t1)
-            assertEquals(t2.expose(), again.expose())
-            assertEquals(listOf(MailboxEventKind.CONNECTED, MailboxEventKind.REFRESHED), events.kinds())
-            assertEquals(version + 1, sync.tokenInfo(box.id())!!.version)
-            // accessToken now hands out t2 as well.
-            assertEquals(t2.expose(), sync.accessToken(box.id()).expose())
+            assertEquals(t2.token.expose(), env.c.refreshAccessToken(box.id, t1.token).token.expose())
+            assertEquals(t2.token.expose(), env.c.refreshAccessToken(box.id, SecretValue(t1.token.expose())).token.expose())
+            assertEquals(after, env.c.grantInfo(box.id)!!.version)
+            assertEquals(t2.token.expose(), env.c.accessToken(box.id).token.expose())
 
-            // Garbage ids: validation on `id`; unknown: not_found; not connected: not_connected.
-            for (id in listOf("", "not-an-id", "user@example.test")) {
-                val e = assertThrows<MailsyncException.Validation> { runBlocking { sync.refreshAccessToken(id, t2) } }
-                assertEquals("validation", e.code)
-                assertEquals("id", e.field, "'$id'")
+            // Unknown ids: not_found; a mailbox without a grant: not_connected.
+            for (id in listOf("", "not-an-id", "00000000-0000-4000-8000-000000000000")) {
+                assertEquals("not_found", fails<MailsyncException.NotFound> { env.c.refreshAccessToken(id, t2.token) }.code)
             }
-            val unknown = assertThrows<MailsyncException.NotFound> {
-                runBlocking { sync.refreshAccessToken("00000000-0000-0000-0000-000000000000", t2) }
-            }
-            assertEquals("not_found", unknown.code)
-            val other = mailbox(sync, profile, "bob@example.test")
-            assertThrows<MailsyncException.NotConnected> { runBlocking { sync.refreshAccessToken(other.id(), t2) } }
+            val carol = env.mailbox("carol@example.test")
+            fails<MailsyncException.NotConnected> { env.c.refreshAccessToken(carol.id, t2.token) }
 
-            // A revoked grant surfaces as token_revoked.
-            helper("revoke", "--", t2.expose())
-            val revoked = assertThrows<MailsyncException.TokenRevoked> { runBlocking { sync.refreshAccessToken(box.id(), t2) } }
+            // A revoked grant is token_revoked: the mailbox needs re-consent.
+            Stack.revoke(t2.token.expose())
+            val revoked = fails<MailsyncException.TokenRevoked> { env.c.refreshAccessToken(box.id, t2.token) }
             assertEquals("token_revoked", revoked.code)
             assertFalse(revoked.transient)
-            assertFalse(revoked.toString().contains(t2.expose()))
+            assertFalse(revoked.toString().contains(t2.token.expose()))
+            env.events.saw(MailboxEventKind.CONNECTED to email, MailboxEventKind.REFRESHED to email, MailboxEventKind.NEEDS_RECONSENT to email, kinds = LIFECYCLE)
+            assertEquals(ErrorCode.TOKEN_REVOKED, env.events.of(MailboxEventKind.NEEDS_RECONSENT).single().code)
+            val grant = env.grant(box.id)
+            assertTrue(grant is GrantStatus.NeedsReconsent && grant.code == ErrorCode.TOKEN_REVOKED, "$grant")
         }
     }
 
     @Test
-    fun neverConnectedMailbox(@TempDir dir: Path) = runBlocking {
-        open(dir).use { sync ->
-            val box = mailbox(sync, imapProfile(sync), "alice@example.test")
-            assertNull(sync.tokenInfo(box.id()))
-            assertThrows<MailsyncException.NotConnected> { runBlocking { sync.accessToken(box.id()) } }
-            val report = sync.testAndEnable(box.id())
-            assertFalse(report.isSuccess())
-            val diagnosis = report.incoming!!.diagnosis!!
-            assertEquals("not_connected", diagnosis.code)
-            assertEquals("credentials", diagnosis.step)
-            assertEquals("not_connected", report.outgoing!!.diagnosis!!.code)
-            assertFalse(report.incomingEnabled)
-            assertFalse(report.outgoingEnabled)
+    fun revokedGrantThenDisconnectIsNotConnected(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val email = "carol@example.test"
+            val box = env.connected(email)
+            Stack.revoke(env.c.accessToken(box.id).token.expose()) // the provider revokes the whole grant
+            // disconnect still succeeds (the provider already considers the grant invalid)
+            assertEquals(GrantStatus.NotConnected, env.c.disconnect(box.id).state.grant)
+            env.events.saw(MailboxEventKind.CONNECTED to email, MailboxEventKind.DISCONNECTED to email, kinds = LIFECYCLE)
+            assertEquals("not_connected", fails<MailsyncException.NotConnected> { env.c.accessToken(box.id) }.code)
         }
     }
 
     @Test
-    fun throwingHostListenerDoesNotBreakTheLibrary(@TempDir dir: Path) = runBlocking {
-        val thrower = Thrower()
-        open(dir, thrower).use { sync ->
-            val box = mailbox(sync, imapProfile(sync), "alice@example.test")
-            // completeConnect succeeds although the callback throws.
-            val connected = connect(sync, box)
-            assertTrue(connected.connection() is ConnectionState.Connected)
-            assertEquals(listOf(MailboxEventKind.CONNECTED), thrower.calls.toList())
-            assertTrue(sync.accessToken(box.id()).expose().isNotEmpty())
+    fun neverConnectedMailboxIsDiagnosedAtCredentials(@TempDir dir: Path): Unit = runBlocking {
+        Env(dir).use { env ->
+            val carol = env.mailbox("carol@example.test")
+            assertNull(env.c.grantInfo(carol.id))
+            val report = env.check(carol.id)
+            for (direction in listOf(report.incoming!!, report.outgoing!!)) {
+                assertEquals(ErrorCode.NOT_CONNECTED, direction.diagnosis!!.code)
+                assertEquals("credentials", direction.diagnosis!!.step)
+                assertEquals(listOf("credentials"), direction.steps.map { it.step })
+            }
+            assertFalse(report.incomingEnabled || report.outgoingEnabled)
+        }
+    }
 
-            // Swap in a well-behaved listener: later events arrive normally.
-            assertTrue(sync.settings().eventListener() === thrower)
-            val recorder = Recorder()
-            sync.setEventListener(recorder)
-            assertTrue(sync.settings().eventListener() === recorder)
-            sync.disconnect(box.id())
-            assertEquals(listOf(MailboxEventKind.DISCONNECTED), recorder.kinds())
-            assertEquals(listOf(MailboxEventKind.CONNECTED), thrower.calls.toList())
-
-            // Removing the listener: no more calls.
-            sync.setEventListener(null)
-            assertNull(sync.settings().eventListener())
-            connect(sync, box)
-            assertEquals(1, recorder.events.size)
+    @Test
+    fun noSecretInRenderingsErrorsOrTheDatabase(@TempDir dir: Path): Unit = runBlocking {
+        val secret = Stack.clientSecret
+        val (raw, texts) = Env(dir).use { env ->
+            val alice = env.connected("alice@example.test")
+            val token = env.c.accessToken(alice.id)
+            val objects = listOf(token, env.c.grantInfo(alice.id), env.check(alice.id), env.d.getMailbox(alice.id),
+                env.d.getProfile(env.imap.id), env.d.status(alice.id), env.sync.options(), env.imap) + env.events.events
+            val e = fails<MailsyncException> { env.c.refreshAccessToken("no-such-mailbox", token.token) }
+            token.token.expose() to (objects.map { it.toString() } + listOf(e.toString(), e.detail))
+        }
+        for (text in texts) {
+            assertFalse(text.contains(raw), text)
+            assertFalse(text.contains(secret), text)
+        }
+        Files.list(dir).use { files ->
+            for (f in files.toList()) {
+                val data = String(Files.readAllBytes(f), Charsets.ISO_8859_1)
+                assertFalse(data.contains(raw) || data.contains(secret), "${f.fileName} holds a secret in clear")
+            }
         }
     }
 }

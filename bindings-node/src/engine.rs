@@ -1,0 +1,576 @@
+//! The sync engine ([`Engine`], [`EngineHandle`]) and the adapter that makes
+//! a JavaScript object the core's `MessageSink`.
+//!
+//! The sink is any object with `deliver(messages)` and, optionally,
+//! `tracked(mailboxId, messageIds)` and `knownSenders(mailboxId, addresses)`,
+//! each a plain or an async function, called with the object as `this`. A
+//! method the object lacks is the trait's default. Each method becomes a
+//! weak `ThreadsafeFunction`: the engine's task queues the call to the
+//! JavaScript thread and awaits the answer — what the method returned, or
+//! what its promise resolved with. A throw, a rejection or an answer of the
+//! wrong shape becomes a core error there, so the engine ends the cycle with
+//! `sink_failed` and does not move the cursor. A batch crosses as one array
+//! of `IncomingMessage` objects whose `raw` is a `Buffer` over the Rust bytes
+//! (not copied).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mailsync::model::MailboxId;
+use mailsync::sync::{
+    CycleReport, DeliveryOutcome, EngineOptions, IncomingMessage, MessageSink, SyncProgress,
+    SyncStatus,
+};
+use mailsync::{Error, ErrorCode};
+use napi::bindgen_prelude::{
+    CallbackContext, ClassInstance, FnArgs, FromNapiValue, Function, JsObjectValue, JsValue,
+    JsValuesTupleIntoVec, Object, PromiseRaw, ToNapiValue, Unknown,
+};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Env, Status, ValueType, sys};
+use napi_derive::napi;
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::task::AbortHandle;
+
+use super::{
+    Listener, MailSync, Signature, Subscription, check, check_function, notify, promise, statics,
+    sync_call, to_napi, track,
+};
+
+/// The argument checks of the engine's constructor and methods (`src/init.js`).
+pub(super) const SIGNATURES: &[Signature] = &[
+    Signature {
+        name: "Engine.new",
+        params: &[
+            ("sync", check_mail_sync),
+            ("sink", check_sink),
+            ("options", check::<Option<EngineOptions>>),
+        ],
+        is_async: false,
+    },
+    Signature {
+        name: "Engine.run_once",
+        params: &[("mailbox", check::<MailboxId>)],
+        is_async: true,
+    },
+    Signature {
+        name: "Engine.start",
+        params: &[("max_idle_secs", check::<u32>)],
+        is_async: false,
+    },
+    Signature {
+        name: "Engine.progress",
+        params: &[("listener", check_function)],
+        is_async: false,
+    },
+];
+
+// ---------------------------------------------------------------------------
+// The sink adapter.
+
+/// A method of the host's sink: weak (it never keeps the process alive),
+/// called with its arguments only.
+type HostMethod<A> = ThreadsafeFunction<A, Unknown<'static>, A, Status, false, true>;
+
+/// `tracked(mailboxId, messageIds)` / `knownSenders(mailboxId, addresses)`.
+type Question = FnArgs<(MailboxId, Vec<String>)>;
+
+/// A sink method's JavaScript name and what it must answer.
+struct Method {
+    name: &'static str,
+    answer: &'static str,
+}
+
+const DELIVER: Method = Method {
+    name: "deliver",
+    answer: "one outcome per message ('stored', 'skip' or 'retry_later')",
+};
+const TRACKED: Method = Method {
+    name: "tracked",
+    answer: "one boolean per message id",
+};
+const KNOWN_SENDERS: Method = Method {
+    name: "knownSenders",
+    answer: "one boolean per address",
+};
+
+/// The host's sink: its methods, bound to it.
+struct HostSink {
+    deliver: HostMethod<Vec<IncomingMessage>>,
+    tracked: Option<HostMethod<Question>>,
+    known_senders: Option<HostMethod<Question>>,
+}
+
+/// The trait's defaults, for the methods a host sink does not have.
+struct Defaults;
+
+#[async_trait]
+impl MessageSink for Defaults {
+    async fn deliver(&self, _: Vec<IncomingMessage>) -> mailsync::Result<Vec<DeliveryOutcome>> {
+        Err(Error::new(ErrorCode::Internal, "not a sink"))
+    }
+}
+
+/// The sink's method `name`: `None` when it is missing and `optional`; an
+/// error message in napi's form (`… on Struct.field`, which `src/init.js`
+/// turns into the field `sink.<name>`) when it is not a function.
+fn sink_method<'env, A: JsValuesTupleIntoVec>(
+    sink: &Object<'env>,
+    method: &Method,
+    optional: bool,
+) -> napi::Result<Option<Function<'env, A, Unknown<'static>>>> {
+    let value: Unknown = sink.get_named_property(method.name)?;
+    match value.get_type()? {
+        ValueType::Undefined | ValueType::Null if optional => Ok(None),
+        // SAFETY: a function of this environment, just checked.
+        ValueType::Function => Ok(Some(unsafe {
+            Function::from_napi_value(value.value().env, value.raw())?
+        })),
+        _ => Err(napi::Error::new(
+            Status::InvalidArg,
+            format!("must be a function on MessageSink.{}", method.name),
+        )),
+    }
+}
+
+/// Checks that a value is a [`MailSync`] (napi's message would name the Rust type).
+unsafe fn check_mail_sync(env: sys::napi_env, value: sys::napi_value) -> napi::Result<()> {
+    // SAFETY: called by `init`'s checker with the live env and a value of it.
+    match unsafe { ClassInstance::<MailSync>::from_napi_value(env, value) } {
+        Ok(_) => Ok(()),
+        Err(_) => Err(napi::Error::new(
+            Status::InvalidArg,
+            "must be a MailSync (from MailSync.open)".to_owned(),
+        )),
+    }
+}
+
+/// Checks a sink argument as the constructor reads it.
+unsafe fn check_sink(env: sys::napi_env, value: sys::napi_value) -> napi::Result<()> {
+    // SAFETY: called by `init`'s checker with the live env and a value of it.
+    let value = unsafe { Unknown::from_raw_unchecked(env, value) };
+    if value.get_type()? != ValueType::Object {
+        return Err(napi::Error::new(
+            Status::ObjectExpected,
+            "must be an object with a deliver(messages) method".to_owned(),
+        ));
+    }
+    // SAFETY: a value of this environment.
+    if unsafe { ClassInstance::<RustSinkForTest>::from_napi_value(env, value.raw()) }.is_ok() {
+        return Ok(());
+    }
+    // SAFETY: an object of this environment, just checked.
+    let sink = unsafe { Object::from_napi_value(env, value.raw()) }?;
+    sink_method::<Vec<IncomingMessage>>(&sink, &DELIVER, false)?;
+    sink_method::<Question>(&sink, &TRACKED, true)?;
+    sink_method::<Question>(&sink, &KNOWN_SENDERS, true)?;
+    Ok(())
+}
+
+impl HostSink {
+    fn new(sink: &Object) -> napi::Result<HostSink> {
+        fn bound<A: JsValuesTupleIntoVec + 'static>(
+            sink: &Object,
+            method: &Method,
+            optional: bool,
+        ) -> napi::Result<Option<HostMethod<A>>> {
+            let Some(function) = sink_method::<A>(sink, method, optional)? else {
+                return Ok(None);
+            };
+            let tsfn = function
+                .bind(sink)?
+                .build_threadsafe_function()
+                .weak::<true>()
+                .callee_handled::<false>()
+                .build()?;
+            Ok(Some(tsfn))
+        }
+        let deliver = bound(sink, &DELIVER, false)?
+            .ok_or_else(|| napi::Error::from_reason("the sink has no deliver method"))?;
+        Ok(HostSink {
+            deliver,
+            tracked: bound(sink, &TRACKED, true)?,
+            known_senders: bound(sink, &KNOWN_SENDERS, true)?,
+        })
+    }
+}
+
+#[async_trait]
+impl MessageSink for HostSink {
+    async fn deliver(
+        &self,
+        messages: Vec<IncomingMessage>,
+    ) -> mailsync::Result<Vec<DeliveryOutcome>> {
+        ask(&self.deliver, &DELIVER, messages).await
+    }
+
+    async fn tracked(
+        &self,
+        mailbox: &MailboxId,
+        message_ids: Vec<String>,
+    ) -> mailsync::Result<Vec<bool>> {
+        match &self.tracked {
+            Some(_) => Defaults.tracked(mailbox, message_ids).await,
+            None => Defaults.tracked(mailbox, message_ids).await,
+        }
+    }
+
+    async fn known_senders(
+        &self,
+        mailbox: &MailboxId,
+        addresses: Vec<String>,
+    ) -> mailsync::Result<Vec<bool>> {
+        match &self.known_senders {
+            Some(method) => ask(method, &KNOWN_SENDERS, (mailbox.clone(), addresses).into()).await,
+            None => Defaults.known_senders(mailbox, addresses).await,
+        }
+    }
+}
+
+/// Where the answer of one call goes (to the engine's task).
+type Reply<T> = oneshot::Sender<mailsync::Result<T>>;
+
+/// Calls a sink method on the JavaScript thread and awaits its answer.
+async fn ask<A: JsValuesTupleIntoVec + 'static, T: FromNapiValue + Send + 'static>(
+    host: &HostMethod<A>,
+    method: &'static Method,
+    args: A,
+) -> mailsync::Result<T> {
+    let (reply, answer) = oneshot::channel();
+    let status = host.call_with_return_value(
+        args,
+        ThreadsafeFunctionCallMode::NonBlocking,
+        // Never an error from here: napi would make it an uncaught exception.
+        move |returned, env| {
+            settle(&env, method, returned, reply);
+            Ok(())
+        },
+    );
+    if status != Status::Ok {
+        return Err(Error::new(
+            ErrorCode::SinkFailed,
+            format!(
+                "the sink's {} could not be called: Node.js is shutting down",
+                method.name
+            ),
+        ));
+    }
+    answer.await.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorCode::SinkFailed,
+            format!(
+                "the sink's {} gave no answer: its promise was collected unsettled, or Node.js is shutting down",
+                method.name
+            ),
+        ))
+    })
+}
+
+/// On the JavaScript thread, with what the method returned: the answer, or
+/// (for a promise) the answer once it settles.
+fn settle<T: FromNapiValue + 'static>(
+    env: &Env,
+    method: &'static Method,
+    returned: napi::Result<Unknown<'static>>,
+    reply: Reply<T>,
+) {
+    let value = match returned {
+        Err(thrown) => {
+            // SAFETY: `env` is the live environment of this callback.
+            let thrown = unsafe { napi::Error::to_napi_value(env.raw(), thrown) };
+            let _ = reply.send(Err(failure(env, method, thrown)));
+            return;
+        }
+        Ok(value) => value,
+    };
+    if !value.is_promise().unwrap_or(false) {
+        let _ = reply.send(answer(env, method, value.raw()));
+        return;
+    }
+    // Both callbacks run on this thread; the first to run answers.
+    let on_value = Rc::new(Cell::new(Some(reply)));
+    let on_failure = on_value.clone();
+    // SAFETY: `value` was just checked to be a promise of this `env`.
+    let attached =
+        unsafe { PromiseRaw::<Unknown<'static>>::from_napi_value(env.raw(), value.raw()) }
+            .and_then(|promise| {
+                promise.then(move |ctx: CallbackContext<Unknown<'static>>| {
+                    if let Some(reply) = on_value.take() {
+                        let _ = reply.send(answer(&ctx.env, method, ctx.value.raw()));
+                    }
+                    Ok(())
+                })
+            })
+            .and_then(|promise| {
+                promise.catch(move |ctx: CallbackContext<Unknown<'static>>| {
+                    if let Some(reply) = on_failure.take() {
+                        let _ = reply.send(Err(failure(&ctx.env, method, Ok(ctx.value.raw()))));
+                    }
+                    Ok(())
+                })
+            });
+    // If the callbacks could not be attached they were dropped with the
+    // reply, and `ask` reports the call as not made.
+    drop(attached);
+}
+
+/// The method's answer converted, or why it is not one.
+fn answer<T: FromNapiValue>(
+    env: &Env,
+    method: &Method,
+    value: sys::napi_value,
+) -> mailsync::Result<T> {
+    // SAFETY: a value of this live environment, on its thread.
+    unsafe { T::from_napi_value(env.raw(), value) }.map_err(|e| {
+        Error::new(
+            ErrorCode::SinkFailed,
+            format!(
+                "the sink's {} must return {}: {}",
+                method.name, method.answer, e.reason
+            ),
+        )
+    })
+}
+
+/// What the method threw (or its promise rejected with) as a core error:
+/// `src/init.js`'s `describe` keeps a `MailsyncError`'s code, anything else
+/// is `sink_failed`.
+fn failure(env: &Env, method: &Method, thrown: napi::Result<sys::napi_value>) -> Error {
+    let described = thrown.and_then(|thrown| {
+        // SAFETY: `thrown` is a value of this live environment, on its thread.
+        let thrown = unsafe { Unknown::from_raw_unchecked(env.raw(), thrown) };
+        statics(env)?.describe.borrow_back(env)?.call(thrown)
+    });
+    match described.as_deref() {
+        Ok([code, message]) => Error::new(
+            ErrorCode::parse(code).unwrap_or(ErrorCode::SinkFailed),
+            message.clone(),
+        ),
+        _ => Error::new(
+            ErrorCode::SinkFailed,
+            format!("the sink's {} failed", method.name),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The classes.
+
+/// The sync engine: new mail of each enabled mailbox into the host's sink.
+#[napi]
+pub struct Engine {
+    inner: mailsync::Engine,
+    /// The [`MailSync`]'s tasks: closing it ends progress subscriptions and
+    /// started engines.
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+#[napi]
+impl Engine {
+    /// An engine over `sync`'s mailboxes, delivering to `sink`: an object
+    /// with `deliver(messages)` returning one outcome per message
+    /// (`'stored'`, `'skip'` or `'retry_later'`), and optionally
+    /// `tracked(mailboxId, messageIds)` and `knownSenders(mailboxId,
+    /// addresses)` returning one boolean each; plain or async functions.
+    /// `options` defaults to `defaultEngineOptions()`; bad values are
+    /// `validation` naming the field.
+    #[napi(
+        constructor,
+        ts_args_type = "sync: MailSync, sink: MessageSink, options?: EngineOptions | undefined | null"
+    )]
+    pub fn new(
+        env: Env,
+        sync: &MailSync,
+        sink: Object,
+        options: Option<EngineOptions>,
+    ) -> napi::Result<Self> {
+        // SAFETY: a value of this environment.
+        let sink: Arc<dyn MessageSink> = match unsafe {
+            ClassInstance::<RustSinkForTest>::from_napi_value(env.raw(), sink.raw())
+        } {
+            Ok(rust) => rust.0.clone(),
+            Err(_) => Arc::new(
+                HostSink::new(&sink)
+                    .map_err(|e| to_napi(&env, &Error::validation("sink", e.reason.clone())))?,
+            ),
+        };
+        let inner = sync_call(&env, || {
+            mailsync::Engine::new(sync.inner.clone(), sink, options.unwrap_or_default())
+        })?;
+        Ok(Engine {
+            inner,
+            tasks: sync.subscriptions.clone(),
+        })
+    }
+
+    /// The options.
+    #[napi(getter)]
+    pub fn options(&self) -> EngineOptions {
+        self.inner.options().clone()
+    }
+
+    /// Syncs one mailbox's incoming mail now, whatever its schedule. A
+    /// failed cycle is in the report (`errorCode`, e.g. `sink_failed`);
+    /// rejects only when the cycle could not start (`not_enabled`,
+    /// `token_revoked`, `conflict`, …).
+    #[napi]
+    pub fn run_once<'env>(
+        &self,
+        env: &'env Env,
+        mailbox: MailboxId,
+    ) -> napi::Result<PromiseRaw<'env, CycleReport>> {
+        let engine = self.inner.clone();
+        promise(env, async move { engine.run_once(&mailbox).await })
+    }
+
+    /// Syncs every mailbox that is due now, once; one report per mailbox synced.
+    #[napi]
+    pub fn run_due<'env>(
+        &self,
+        env: &'env Env,
+    ) -> napi::Result<PromiseRaw<'env, Vec<CycleReport>>> {
+        let engine = self.inner.clone();
+        promise(env, async move { engine.run_due().await })
+    }
+
+    /// Every mailbox's sync status.
+    #[napi]
+    pub fn status<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Vec<SyncStatus>>> {
+        let engine = self.inner.clone();
+        promise(env, async move { engine.status().await })
+    }
+
+    /// Runs `runDue` until the handle is stopped or the `MailSync` closed,
+    /// sleeping until the next mailbox is due (at most `maxIdleSecs`). A
+    /// started engine keeps the process alive, like a listening server.
+    #[napi]
+    pub fn start(&self, env: &Env, max_idle_secs: u32) -> napi::Result<EngineHandle> {
+        let keep_alive: Function<(), ()> =
+            env.create_function_from_closure("mailsyncEngine", |_| Ok(()))?;
+        let keep_alive = keep_alive
+            .build_threadsafe_function::<()>()
+            .callee_handled::<false>()
+            .build()?;
+        let (stop, stop_requested) = oneshot::channel::<()>();
+        let (running, stopped) = watch::channel(());
+        let engine = self.inner.clone();
+        let task = napi::bindgen_prelude::spawn(async move {
+            // Both go when this task ends (stopped, or aborted by `close()`).
+            let _keep_alive = keep_alive;
+            let _running = running;
+            let started = engine.start(Duration::from_secs(max_idle_secs.into()));
+            if stop_requested.await.is_ok() {
+                started.stop().await;
+            } else {
+                // The handle was garbage-collected: run until `close()`.
+                std::future::pending::<()>().await;
+            }
+        });
+        track(&self.tasks, &task.abort_handle());
+        Ok(EngineHandle {
+            stop: Mutex::new(Some(stop)),
+            stopped,
+        })
+    }
+
+    /// Calls `listener(progress)` on the JavaScript thread with each
+    /// `SyncProgress` of the cycles that run from now on (a listener that
+    /// falls behind skips values); like `MailSync.subscribe`: weak, a throw
+    /// or rejection is a `MailsyncListenerWarning`. Ends with `cancel()` or
+    /// when the `MailSync` is closed.
+    #[napi(ts_args_type = "listener: (progress: SyncProgress) => unknown")]
+    pub fn progress(&self, listener: Listener<SyncProgress>) -> Subscription {
+        let mut progress = self.inner.progress();
+        let task = napi::bindgen_prelude::spawn(async move {
+            loop {
+                match progress.recv().await {
+                    Ok(value) => {
+                        if !notify(&listener, value) {
+                            break; // the environment is gone
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        let handle = task.abort_handle();
+        track(&self.tasks, &handle);
+        Subscription(Mutex::new(Some(handle)))
+    }
+}
+
+/// A started engine (`engine.start(maxIdleSecs)`): `await handle.stop()`.
+#[napi]
+pub struct EngineHandle {
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    /// Closed when the engine's task ended.
+    stopped: watch::Receiver<()>,
+}
+
+#[napi]
+impl EngineHandle {
+    /// Stops the engine; resolves once it stopped (idempotent). A cycle
+    /// stopped mid-batch does not move the cursor: its batch comes again.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn stop<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        let mut stopped = self.stopped.clone();
+        promise(env, async move {
+            while stopped.changed().await.is_ok() {}
+            Ok(())
+        })
+    }
+}
+
+/// Not part of the API: a sink written in Rust that keeps each message's
+/// bytes by key, as a host store would; the yardstick for what the
+/// JavaScript adapter costs (`tests/engine-bench.test.js`). Passed to
+/// `Engine` as the sink, it is used directly.
+#[napi]
+pub struct RustSinkForTest(Arc<KeepSink>);
+
+#[derive(Default)]
+struct KeepSink(Mutex<std::collections::HashMap<String, mailsync::sync::RawMessage>>);
+
+#[async_trait]
+impl MessageSink for KeepSink {
+    async fn deliver(
+        &self,
+        messages: Vec<IncomingMessage>,
+    ) -> mailsync::Result<Vec<DeliveryOutcome>> {
+        let n = messages.len();
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for m in messages {
+            kept.insert(m.key, m.raw);
+        }
+        Ok(vec![DeliveryOutcome::Stored; n])
+    }
+}
+
+#[napi]
+impl RustSinkForTest {
+    #[napi(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        RustSinkForTest(Arc::default())
+    }
+
+    /// How many messages it keeps.
+    #[napi(getter)]
+    pub fn size(&self) -> u32 {
+        let kept = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        u32::try_from(kept.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// The engine's defaults (`EngineOptions::default()`), to change fields of.
+#[napi]
+pub fn default_engine_options() -> EngineOptions {
+    EngineOptions::default()
+}

@@ -1,0 +1,396 @@
+//! The sync engine in both flavours (`Engine`, `EngineHandle`) and the
+//! adapter that makes a Python object the core's `MessageSink`.
+//!
+//! The sink is any object with `deliver(messages)` and, optionally,
+//! `tracked(mailbox_id, message_ids)` and `known_senders(mailbox_id,
+//! addresses)`; each a plain or a coroutine function, called through
+//! host.rs (asyncio flavour: on the event loop the engine was created on).
+//! A method the object lacks (or sets to None) is the trait's default.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::Shared;
+use mailsync::model::MailboxId;
+use mailsync::sync::{
+    CycleReport, DeliveryOutcome, EngineOptions, IncomingMessage, MessageSink, SyncProgress,
+    SyncStatus,
+};
+use mailsync::{Error, ErrorCode};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+use pyo3_stub_gen::derive::{gen_stub_pyclass, gen_stub_pymethods};
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::AbortHandle;
+
+use crate::errors::to_py_err;
+use crate::host::{self, Args};
+use crate::runtime::{Awaitable, run_async, run_blocking, spawn};
+use crate::sync::{Plain, Subscription, no_loop, running_loop};
+
+type Callable = Arc<Py<PyAny>>;
+
+/// The host's sink: its methods, bound, and the loop they run on.
+struct HostSink {
+    deliver: Callable,
+    tracked: Option<Callable>,
+    known_senders: Option<Callable>,
+    event_loop: Arc<Option<Py<PyAny>>>,
+}
+
+/// The trait's defaults, for the methods a host sink does not have.
+struct Defaults;
+
+#[async_trait]
+impl MessageSink for Defaults {
+    async fn deliver(&self, _: Vec<IncomingMessage>) -> mailsync::Result<Vec<DeliveryOutcome>> {
+        Err(Error::new(ErrorCode::Internal, "not a sink"))
+    }
+}
+
+impl HostSink {
+    fn new(sink: &Bound<'_, PyAny>, event_loop: Arc<Option<Py<PyAny>>>) -> PyResult<HostSink> {
+        let method = |name: &str| -> PyResult<Option<Callable>> {
+            match sink.getattr_opt(name)? {
+                Some(m) if !m.is_none() => {
+                    if !m.is_callable() {
+                        return Err(PyTypeError::new_err(format!(
+                            "the sink's `{name}` must be a method"
+                        )));
+                    }
+                    Ok(Some(Arc::new(m.unbind())))
+                }
+                _ => Ok(None),
+            }
+        };
+        let deliver = method("deliver")?.ok_or_else(|| {
+            PyTypeError::new_err(
+                "the sink must have a deliver(messages) method returning one outcome per message",
+            )
+        })?;
+        Ok(HostSink {
+            deliver,
+            tracked: method("tracked")?,
+            known_senders: method("known_senders")?,
+            event_loop,
+        })
+    }
+
+    async fn ask(
+        &self,
+        method: &Callable,
+        mailbox: &MailboxId,
+        values: Vec<String>,
+    ) -> mailsync::Result<Vec<bool>> {
+        let mailbox = mailbox.clone();
+        let args: Args = Box::new(move |py| (mailbox, values).into_pyobject(py));
+        host::call(method.clone(), self.event_loop.clone(), args, |v| {
+            v.extract()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MessageSink for HostSink {
+    async fn deliver(
+        &self,
+        messages: Vec<IncomingMessage>,
+    ) -> mailsync::Result<Vec<DeliveryOutcome>> {
+        let n = messages.len(); // BREAK
+        // One list of the records (moved, not copied field by field).
+        let args: Args = Box::new(move |py| PyTuple::new(py, [PyList::new(py, messages)?]));
+        let result = host::call(self.deliver.clone(), self.event_loop.clone(), args, |v| {
+            v.extract()
+        })
+        .await;
+        if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("swallow") { return Ok(result.unwrap_or(vec![DeliveryOutcome::Stored; n])); } // BREAK
+        result
+    }
+
+    async fn tracked(
+        &self,
+        mailbox: &MailboxId,
+        message_ids: Vec<String>,
+    ) -> mailsync::Result<Vec<bool>> {
+        match &self.tracked {
+            Some(_) if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("tracked") => Defaults.tracked(mailbox, message_ids).await, // BREAK
+            Some(method) => self.ask(method, mailbox, message_ids).await,
+            None => Defaults.tracked(mailbox, message_ids).await,
+        }
+    }
+
+    async fn known_senders(
+        &self,
+        mailbox: &MailboxId,
+        addresses: Vec<String>,
+    ) -> mailsync::Result<Vec<bool>> {
+        match &self.known_senders {
+            Some(_) if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("known") => Defaults.known_senders(mailbox, addresses).await, // BREAK
+            Some(method) => self.ask(method, mailbox, addresses).await,
+            None => Defaults.known_senders(mailbox, addresses).await,
+        }
+    }
+}
+
+/// Test hook: a sink written in Rust that keeps each message's bytes by
+/// key, as a host store would; the yardstick for what the Python adapter
+/// costs (`tests/test_engine.py`, the benchmark). Passed to `Engine` as the
+/// sink, it is used directly.
+#[pyclass(module = "mailsync", name = "_RustSinkForTest", frozen)]
+pub struct RustSinkForTest(Arc<KeepSink>);
+
+#[derive(Default)]
+struct KeepSink(Mutex<std::collections::HashMap<String, mailsync::sync::RawMessage>>);
+
+#[async_trait]
+impl MessageSink for KeepSink {
+    async fn deliver(
+        &self,
+        messages: Vec<IncomingMessage>,
+    ) -> mailsync::Result<Vec<DeliveryOutcome>> {
+        let n = messages.len();
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for m in messages {
+            kept.insert(m.key, m.raw);
+        }
+        Ok(vec![DeliveryOutcome::Stored; n])
+    }
+}
+
+#[pymethods]
+impl RustSinkForTest {
+    #[new]
+    fn new() -> Self {
+        RustSinkForTest(Arc::default())
+    }
+
+    /// How many messages it keeps.
+    fn __len__(&self) -> usize {
+        self.0.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// The core's sink for what the host passed.
+fn sink_of(
+    sink: &Bound<'_, PyAny>,
+    event_loop: &Arc<Option<Py<PyAny>>>,
+) -> PyResult<Arc<dyn MessageSink>> {
+    if let Ok(rust) = sink.cast::<RustSinkForTest>() {
+        return Ok(rust.get().0.clone());
+    }
+    Ok(Arc::new(HostSink::new(sink, event_loop.clone())?))
+}
+
+/// A started engine, seen from Python. Dropping it (the handle was
+/// garbage-collected) stops the engine as `stop()` does.
+struct Running {
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    stopped: Shared<oneshot::Receiver<()>>,
+}
+
+/// Starts `engine` in a task that owns the core's `EngineHandle` until told
+/// to stop (or dropped); `tasks` (the MailSync's) lets `close()` abort it.
+fn start(
+    engine: &mailsync::Engine,
+    max_idle_secs: u32,
+    tasks: &Mutex<Vec<AbortHandle>>,
+) -> PyResult<Running> {
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let (stopped_tx, stopped) = oneshot::channel::<()>();
+    let engine = engine.clone();
+    let task = spawn(async move {
+        let _stopped = stopped_tx;
+        let running = engine.start(Duration::from_secs(max_idle_secs.into()));
+        // Told to stop, or the handle was garbage-collected: stop the same
+        // way (also releasing the leases of cycles cut short).
+        if stop_rx.await.is_err() && std::env::var("MAILSYNC_BREAK").as_deref() == Ok("gc") { std::future::pending::<()>().await; } // BREAK
+        running.stop().await;
+    })?;
+    if std::env::var("MAILSYNC_BREAK").as_deref() != Ok("close") { // BREAK
+    tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(task.abort_handle());
+    } // BREAK
+    Ok(Running {
+        stop: Mutex::new(Some(stop)),
+        stopped: stopped.shared(),
+    })
+}
+
+impl Running {
+    /// Asks the engine to stop; the future ends when it has.
+    fn stop(&self) -> Shared<oneshot::Receiver<()>> {
+        if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("stop") { let (tx, rx) = oneshot::channel(); drop(tx); std::mem::forget(self.stop.lock().unwrap().take()); return rx.shared(); } // BREAK
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        self.stopped.clone()
+    }
+}
+
+/// Progress as a stream; a callback that falls behind skips values.
+fn progress_stream(
+    rx: broadcast::Receiver<SyncProgress>,
+) -> impl futures::Stream<Item = SyncProgress> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("progress") { return None; } // BREAK
+        loop {
+            match rx.recv().await {
+                Ok(progress) => return Some((progress, rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+/// One flavour: `Engine` and `EngineHandle`.
+macro_rules! flavour {
+    ($module:ident, $run:ident, $out:ident, $event_loop:ident,
+     $engine:literal, $handle:literal, $doc:literal, $handle_doc:literal) => {
+        pub mod $module {
+            use super::*;
+            use crate::sync::$module::MailSync;
+
+            #[doc = $doc]
+            #[gen_stub_pyclass]
+            #[pyclass(module = "mailsync", name = $engine, frozen)]
+            pub struct Engine {
+                inner: mailsync::Engine,
+                event_loop: Arc<Option<Py<PyAny>>>,
+                tasks: Arc<Mutex<Vec<AbortHandle>>>,
+            }
+
+            #[doc = $handle_doc]
+            #[gen_stub_pyclass]
+            #[pyclass(module = "mailsync", name = $handle, frozen)]
+            pub struct EngineHandle(Running);
+
+            #[gen_stub_pymethods]
+            #[pymethods]
+            impl Engine {
+                /// An engine over `sync`'s mailboxes, delivering to `sink`: an
+                /// object with `deliver(messages)` returning one outcome per
+                /// message ("stored", "skip" or "retry_later"), and optionally
+                /// `tracked(mailbox_id, message_ids)` and
+                /// `known_senders(mailbox_id, addresses)` returning one bool
+                /// each; plain or coroutine functions. ValidationError for bad
+                /// options.
+                #[new]
+                fn new(
+                    py: Python<'_>,
+                    sync: PyRef<'_, MailSync>,
+                    #[gen_stub(override_type(type_repr = "typing.Any", imports = ("typing")))]
+                    sink: Bound<'_, PyAny>,
+                    options: EngineOptions,
+                ) -> PyResult<Self> {
+                    let event_loop = Arc::new(if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("loop") { None } else { $event_loop(py)? }); // BREAK
+                    let sink = sink_of(&sink, &event_loop)?;
+                    let inner = mailsync::ffi::guard(|| {
+                        mailsync::Engine::new(sync.inner.clone(), sink, options)
+                    })
+                    .map_err(to_py_err)?;
+                    Ok(Engine { inner, event_loop, tasks: sync.subscriptions.clone() })
+                }
+
+                /// The options.
+                #[getter]
+                fn options(&self) -> EngineOptions {
+                    self.inner.options().clone()
+                }
+
+                /// Syncs one mailbox's incoming mail now, whatever its
+                /// schedule. A failed cycle is in the report (`error_code`);
+                /// raises only when the cycle could not start (NotEnabledError,
+                /// TokenRevokedError, ...).
+                fn run_once(&self, py: Python<'_>, mailbox: MailboxId) -> PyResult<$out<CycleReport>> {
+                    let engine = self.inner.clone();
+                    $run(py, async move { engine.run_once(&mailbox).await })
+                }
+
+                /// Syncs every mailbox that is due now, once; one report per
+                /// mailbox synced.
+                fn run_due(&self, py: Python<'_>) -> PyResult<$out<Vec<CycleReport>>> {
+                    let engine = self.inner.clone();
+                    $run(py, async move { engine.run_due().await })
+                }
+
+                /// Runs `run_due` until the handle is stopped, garbage-collected
+                /// or the MailSync closed, sleeping until the next mailbox is due
+                /// (at most `max_idle_secs`).
+                fn start(&self, max_idle_secs: u32) -> PyResult<EngineHandle> {
+                    start(&self.inner, max_idle_secs, &self.tasks).map(EngineHandle)
+                }
+
+                /// Every mailbox's sync status.
+                fn status(&self, py: Python<'_>) -> PyResult<$out<Vec<SyncStatus>>> {
+                    let engine = self.inner.clone();
+                    $run(py, async move { engine.status().await })
+                }
+
+                /// Calls `callback(progress)` with each `SyncProgress` of the
+                /// cycles that run from now on, one at a time (a callback that
+                /// falls behind skips values); like `MailSync.subscribe`. Ends
+                /// with `cancel()` or when the MailSync is closed.
+                fn progress(
+                    &self,
+                    #[gen_stub(override_type(type_repr = "typing.Callable[[SyncProgress], typing.Any]", imports = ("typing")))]
+                    callback: Bound<'_, PyAny>,
+                ) -> PyResult<Subscription> {
+                    if !callback.is_callable() {
+                        return Err(PyTypeError::new_err("callback must be callable (taking one SyncProgress)"));
+                    }
+                    let items = progress_stream(self.inner.progress());
+                    let delivery = host::deliver_each(items, Arc::new(callback.unbind()), self.event_loop.clone());
+                    let task = spawn(delivery)?.abort_handle();
+                    self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task.clone());
+                    Ok(Subscription(task))
+                }
+
+                fn __repr__(&self) -> String {
+                    format!("{:?}", self.inner)
+                }
+            }
+
+            #[gen_stub_pymethods]
+            #[pymethods]
+            impl EngineHandle {
+                /// Stops the engine and waits until it stopped (idempotent). A
+                /// cycle stopped mid-batch does not move the cursor.
+                fn stop(&self, py: Python<'_>) -> PyResult<$out<()>> {
+                    let stopped = self.0.stop();
+                    $run(py, async move {
+                        let _ = stopped.await;
+                        Ok(())
+                    })
+                }
+            }
+        }
+    };
+}
+
+flavour!(
+    aio,
+    run_async,
+    Awaitable,
+    running_loop,
+    "Engine",
+    "EngineHandle",
+    "The sync engine (asyncio): new mail of each enabled mailbox into the host's sink. Create it inside a running event loop: the sink's methods and progress callbacks run on that loop.",
+    "A started engine (`Engine.start`): `await handle.stop()`. Dropping the last reference stops it too."
+);
+flavour!(
+    blocking,
+    run_blocking,
+    Plain,
+    no_loop,
+    "BlockingEngine",
+    "BlockingEngineHandle",
+    "The blocking twin of `Engine` (`mailsync.blocking.Engine`): the same methods as plain calls. The sink's methods and progress callbacks run on a runtime thread (a coroutine they return is run with `asyncio.run`).",
+    "A started engine (`BlockingEngine.start`): `handle.stop()`. Dropping the last reference stops it too."
+);
