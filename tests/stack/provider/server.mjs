@@ -25,7 +25,8 @@
 // revokes every grant of the account for the client: see revokeAccountGrants);
 // tiny HTML login / consent forms at /interaction/:uid that a script can walk;
 // test hooks: GET /__stats, POST /__stats/reset, POST /__fail?mode=...&count=N[&client=ID][&ms=N]
-// (refresh_503, refresh_500, refresh_hang, refresh_delay, introspection_503, clear / release).
+// (refresh_503, refresh_500, refresh_hang, refresh_delay, introspection_503, revocation_503,
+// revocation_429, revocation_html, clear / release).
 //
 // Usage: node server.mjs CONFIG.json   (the file is written by tests/stack/up)
 
@@ -244,6 +245,9 @@ const stats = { token_requests: {}, token_requests_by_client: {}, revocation_req
 const failures = {
   refresh: { remaining: 0, kind: 'status', status: 503, delayMs: 0, client: null, mode: null },
   introspection: { remaining: 0, status: 503 },
+  // revocation: the next `remaining` revocation requests get `kind`: 503 or 429 with a JSON
+  // error, or "html" (400 with an HTML page, as a proxy in front of the provider might).
+  revocation: { remaining: 0, kind: '503' },
 };
 const heldRefreshes = new Set(); // { res } of requests held by refresh_hang
 const delayedRefreshes = new Set(); // processed, answer not yet delivered
@@ -495,6 +499,7 @@ const server = createServer(async (req, res) => {
           refresh_mode: failures.refresh.remaining > 0 ? failures.refresh.mode : null,
           refresh_client: failures.refresh.remaining > 0 ? failures.refresh.client : null,
           introspection: failures.introspection.remaining,
+          revocation: failures.revocation.remaining,
         },
       });
       return;
@@ -507,7 +512,8 @@ const server = createServer(async (req, res) => {
     if (url.pathname === '/__fail' && req.method === 'POST') {
       const mode = url.searchParams.get('mode') || '';
       const count = Number(url.searchParams.get('count') || '1');
-      const modes = ['refresh_503', 'refresh_500', 'refresh_hang', 'refresh_delay', 'introspection_503', 'clear', 'release'];
+      const modes = ['refresh_503', 'refresh_500', 'refresh_hang', 'refresh_delay', 'introspection_503',
+        'revocation_503', 'revocation_429', 'revocation_html', 'clear', 'release'];
       const bad = (error) => sendJson(res, 400, { error, modes });
       // client: a web client's client_id or name (refresh modes only)
       let client = url.searchParams.get('client') || null;
@@ -520,6 +526,7 @@ const server = createServer(async (req, res) => {
       if (mode === 'clear' || mode === 'release') {
         failures.refresh.remaining = 0;
         failures.introspection.remaining = 0;
+        failures.revocation.remaining = 0;
         releaseHeldRefreshes(); // delayed answers still go out when their delay is over
       } else if (mode === 'refresh_503' || mode === 'refresh_500') {
         failures.refresh = { remaining: count, kind: 'status', status: mode === 'refresh_503' ? 503 : 500, delayMs: 0, client, mode };
@@ -531,6 +538,8 @@ const server = createServer(async (req, res) => {
         failures.refresh = { remaining: count, kind: 'delay', status: 0, delayMs: ms, client, mode: 'refresh_delay' };
       } else if (mode === 'introspection_503') {
         failures.introspection = { remaining: count, status: 503 };
+      } else if (mode.startsWith('revocation_') && ['503', '429', 'html'].includes(mode.slice(11))) {
+        failures.revocation = { remaining: count, kind: mode.slice(11) };
       } else {
         return bad(`unknown mode ${mode}`);
       }
@@ -599,6 +608,17 @@ const server = createServer(async (req, res) => {
       req.body = raw; // oidc-provider uses a pre-read body when the stream is consumed
     } else if (url.pathname === routes.revocation && req.method === 'POST') {
       stats.revocation_requests += 1;
+      if (failures.revocation.remaining > 0) {
+        failures.revocation.remaining -= 1;
+        const kind = failures.revocation.kind;
+        if (kind === 'html') {
+          res.writeHead(400, { 'content-type': 'text/html' });
+          res.end('<html><body>400 Bad Request</body></html>');
+        } else {
+          sendJson(res, Number(kind), { error: 'temporarily_unavailable', error_description: 'injected failure' });
+        }
+        return;
+      }
     }
 
     callback(req, res);
