@@ -47,3 +47,22 @@ export interface MessageSink {
   /** Which of these sender addresses (lower-cased) the CRM knows (one boolean each); missing: nobody. */
   knownSenders?(mailboxId: MailboxId, addresses: string[]): boolean[] | Promise<boolean[]>
 }
+
+/**
+ * The host's side of outgoing sync (the core's `Outbox`), passed to
+ * `Engine.withOutbox(sync, sink, outbox, options)`. Each method may return its
+ * answer or a Promise of it, and runs on the JavaScript thread with the outbox
+ * as `this`. A `pending` that throws, rejects or answers with the wrong shape
+ * fails the outgoing cycle with `sink_failed` (nothing is sent); a `report`
+ * that fails is made up for: the message is reported again in the next cycle.
+ */
+export interface Outbox {
+  /**
+   * Up to `limit` messages of the mailbox waiting to be sent, oldest first, each
+   * with the host's stable `id`. Keep returning a message until it is reported
+   * `sent` or `failed`: the engine never sends it twice.
+   */
+  pending(mailboxId: MailboxId, limit: number): OutgoingMessage[] | Promise<OutgoingMessage[]>
+  /** One message's outcome (`sent`, `failed`, `deferred` or `unknown`), after the engine recorded it. */
+  report(report: SendReport): unknown
+}

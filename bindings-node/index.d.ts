@@ -49,6 +49,25 @@ export interface MessageSink {
 }
 
 /**
+ * The host's side of outgoing sync (the core's `Outbox`), passed to
+ * `Engine.withOutbox(sync, sink, outbox, options)`. Each method may return its
+ * answer or a Promise of it, and runs on the JavaScript thread with the outbox
+ * as `this`. A `pending` that throws, rejects or answers with the wrong shape
+ * fails the outgoing cycle with `sink_failed` (nothing is sent); a `report`
+ * that fails is made up for: the message is reported again in the next cycle.
+ */
+export interface Outbox {
+  /**
+   * Up to `limit` messages of the mailbox waiting to be sent, oldest first, each
+   * with the host's stable `id`. Keep returning a message until it is reported
+   * `sent` or `failed`: the engine never sends it twice.
+   */
+  pending(mailboxId: MailboxId, limit: number): OutgoingMessage[] | Promise<OutgoingMessage[]>
+  /** One message's outcome (`sent`, `failed`, `deferred` or `unknown`), after the engine recorded it. */
+  report(report: SendReport): unknown
+}
+
+/**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
  * flavor napi-rs can build is listed, because `NAPI_RS_NATIVE_LIBRARY_PATH`
@@ -123,6 +142,37 @@ export type Authentication =
   password?: Secret }
   | { kind: 'credentials_per_mailbox' }
 
+/**
+ * The parts of a message the engine composes: headers, a text and/or
+ * HTML body, attachments.
+ */
+export interface ComposedMessage {
+  /**
+   * `From`: the mailbox's own address (a display name may be given);
+   * `None`: the mailbox's address. Any other address is refused before
+   * connecting (`sender_not_allowed`).
+   */
+  from?: MailAddress
+  /** `To`. */
+  to: Array<MailAddress>
+  /** `Cc`. */
+  cc: Array<MailAddress>
+  /** Blind copies: in the envelope, never in the headers. */
+  bcc: Array<MailAddress>
+  /** `Subject`. */
+  subject: string
+  /** The plain-text body. */
+  text?: string
+  /** The HTML body (with `text`: `multipart/alternative`). */
+  html?: string
+  /** Attachments (`multipart/mixed`). */
+  attachments: Array<OutgoingAttachment>
+  /** `In-Reply-To`: the Message-ID replied to, without angle brackets. */
+  inReplyTo?: string
+  /** `References`: Message-IDs without angle brackets, oldest first. */
+  references: Array<string>
+}
+
 /** A consent request for the mailbox owner's browser. */
 export interface ConsentRequest {
   /**
@@ -182,6 +232,21 @@ export interface CycleReport {
   errorCode?: ErrorCode
   /** The failure's message. */
   errorMessage?: string
+  /** Outgoing: messages the server accepted this cycle. */
+  sent: number
+  /** Outgoing: messages refused for good this cycle. */
+  sendFailed: number
+  /** Outgoing: messages deferred this cycle (tried again later). */
+  sendDeferred: number
+  /**
+   * Outgoing: messages whose fate is unknown (only with
+   * [`EngineOptions::unknown_after_crash`]).
+   */
+  sendUnknown: number
+  /** The outgoing cycle's failure, if it failed. */
+  outgoingErrorCode?: ErrorCode
+  /** That failure's message. */
+  outgoingErrorMessage?: string
 }
 
 /** What the host did with one delivered message. */
@@ -264,8 +329,8 @@ export interface Endpoint {
 export interface EngineOptions {
   /**
    * After a cycle, the mailbox is due again this much later (default
-   * 300 s, as Dynamics postpones a mailbox 5 minutes), or after the
-   * profile's minimum polling interval if that is longer.
+   * 300 s, as Dynamics postpones a mailbox 5 minutes; at most a day), or
+   * after the profile's minimum polling interval if that is longer.
    */
   postponeSecs: number
   /**
@@ -297,13 +362,30 @@ export interface EngineOptions {
    * (default 64 KiB/s), so a server that trickles is cut off.
    */
   minThroughputBytesPerSec: number
-  /** How long the sink may take for one batch (default 300 s). */
+  /** How long the sink may take for one batch (default 300 s, at most a day). */
   sinkTimeoutSecs: number
   /**
    * How long a mailbox's sync lease lasts; renewed before each batch
-   * (default 300 s).
+   * (default 300 s, 5 s to a day).
    */
   leaseSecs: number
+  /**
+   * Most messages one outgoing cycle asks the outbox for (default 200);
+   * when it returns that many, the next cycle follows right away.
+   */
+  sendsPerCycle: number
+  /**
+   * With refused recipients, send to the accepted ones and report the
+   * refusals (default false: the message fails whole and nothing is sent).
+   */
+  allowPartialSend: boolean
+  /**
+   * After a crash (or a lost connection) between a message's data going
+   * out and its outcome being recorded, report it `unknown` and wait for
+   * the host ([`Engine::resend`]) instead of sending it again with the
+   * same Message-ID (default false: send again).
+   */
+  unknownAfterCrash: boolean
 }
 
 /**
@@ -312,7 +394,7 @@ export interface EngineOptions {
  * The string form ([`ErrorCode::as_str`]) is part of the public API in
  * every binding and never changes meaning; docs/errors.md lists them all.
  */
-export type ErrorCode = 'validation' | 'capacity_exceeded' | 'not_found' | 'already_exists' | 'profile_in_use' | 'not_a_test_user' | 'seal_key_mismatch' | 'store' | 'store_unavailable' | 'consent_denied' | 'admin_policy' | 'org_internal' | 'consent_failed' | 'state_invalid' | 'account_mismatch' | 'scope_not_granted' | 'token_revoked' | 'invalid_client' | 'not_connected' | 'provider_error' | 'provider_unavailable' | 'auth_rejected' | 'protocol_disabled' | 'mechanism_unsupported' | 'network' | 'tls' | 'timeout' | 'server_unavailable' | 'protocol_error' | 'send_deferred' | 'send_rejected' | 'insecure_connection' | 'grant_mismatch' | 'host_not_allowed' | 'conflict' | 'sink_failed' | 'not_enabled' | 'message_too_large' | 'internal'
+export type ErrorCode = 'validation' | 'capacity_exceeded' | 'not_found' | 'already_exists' | 'profile_in_use' | 'not_a_test_user' | 'seal_key_mismatch' | 'store' | 'store_unavailable' | 'consent_denied' | 'admin_policy' | 'org_internal' | 'consent_failed' | 'state_invalid' | 'account_mismatch' | 'scope_not_granted' | 'token_revoked' | 'invalid_client' | 'not_connected' | 'provider_error' | 'provider_unavailable' | 'auth_rejected' | 'protocol_disabled' | 'mechanism_unsupported' | 'network' | 'tls' | 'timeout' | 'server_unavailable' | 'protocol_error' | 'send_deferred' | 'send_rejected' | 'sender_not_allowed' | 'insecure_connection' | 'grant_mismatch' | 'host_not_allowed' | 'conflict' | 'sink_failed' | 'not_enabled' | 'message_too_large' | 'internal'
 
 /**
  * How transient failures of a direction are retried before it is
@@ -439,6 +521,17 @@ export interface IncomingMessage {
 
 /** Protocol used for incoming mail. */
 export type IncomingProtocol = 'imap' | 'pop3'
+
+/** What a [`Store::rotate_key`] did. */
+export interface KeyRotation {
+  /**
+   * Sealed values re-sealed with the new key (0 when the store already
+   * used it: a rotation that had completed, run again).
+   */
+  resealed: number
+  /** Whether the store already used the new key before this call. */
+  alreadyRotated: boolean
+}
 
 /** Outcome of the last profile-level test (Dynamics `lasttestexecutionstatus`). */
 export interface LastTestResult {
@@ -649,8 +742,100 @@ export interface Options {
   failurePolicy: FailurePolicy
 }
 
+/**
+ * A mailbox's outgoing counters and schedule (the outgoing side's
+ * counterpart of [`super::SyncCursor`]).
+ */
+export interface OutboxCursor {
+  /** The mailbox. */
+  mailboxId: MailboxId
+  /** Messages sent so far. */
+  sent: number
+  /** Messages refused for good so far. */
+  failed: number
+  /** When the last outgoing cycle ended. */
+  lastCycleAt?: Timestamp
+  /** When the next outgoing cycle is due (before backoff). */
+  nextDue?: Timestamp
+  /** Write version; set by the store, only grows (0: not stored yet). */
+  version: number
+}
+
+/** A file attached to a [`ComposedMessage`]. */
+export interface OutgoingAttachment {
+  /** The file name. */
+  name: string
+  /** Its MIME type, e.g. `application/pdf`. */
+  contentType: string
+  /** Its bytes (they cross the bindings as bytes, like a [`RawMessage`]). */
+  content: RawMessage
+}
+
+/**
+ * A message's content: RFC 5322 bytes as they are, or the parts of a
+ * message the engine composes (with lettre's builder).
+ */
+export type OutgoingContent =
+  | { kind: 'raw'; /** The message. */
+    raw: RawMessage; /**
+     * The envelope recipients; empty: the addresses of its `To`,
+     * `Cc` and `Bcc` headers.
+     */
+  recipients: Array<string> }
+  | { kind: 'composed'; /** Its parts. */
+  message: ComposedMessage }
+
 /** How outgoing mail leaves the CRM. */
 export type OutgoingDelivery = 'none' | 'server_side_sync' | 'email_router'
+
+/** One message the host wants sent from a mailbox. */
+export interface OutgoingMessage {
+  /**
+   * The host's stable id of the message (e.g. the CRM's email activity
+   * id). The engine keys its record by the mailbox and this id: hand the
+   * same message over with the same id every time.
+   */
+  id: string
+  /** What to send. */
+  content: OutgoingContent
+}
+
+/**
+ * The engine's record of one outgoing message, kept in the store
+ * ([`crate::store::OutboxStore`]) and written under the mailbox's send
+ * lease, compare-and-swap on its version.
+ */
+export interface OutgoingRecord {
+  /** The mailbox. */
+  mailboxId: MailboxId
+  /** The host's id. */
+  id: string
+  /** The Message-ID, without angle brackets (kept for every attempt). */
+  messageId: string
+  /** Where it stands. */
+  state: OutgoingState
+  /** Attempts so far. */
+  attempts: number
+  /** For `deferred`: when it is tried again. */
+  nextAttempt?: Timestamp
+  /** The last failure's code (`failed`, `deferred`). */
+  code?: ErrorCode
+  /** The server's last reply code, if any. */
+  smtpCode?: number
+  /** The server's last reply (`sent`: its `250`), or what failed. */
+  reply?: string
+  /** Recipients the server refused. */
+  refused: Array<RecipientRefusal>
+  /** When the engine first saw it. */
+  createdAt: Timestamp
+  /** When it last changed. */
+  updatedAt: Timestamp
+  /** Write version; set by the store, only grows (0: not stored yet). */
+  version: number
+}
+
+/** Where a message stands in the engine's record. */
+export type OutgoingState = 'pending' | 'sending' | 'sent' | 'failed' | 'deferred' | 'unknown'
 
 /** Who the mailbox belongs to. */
 export type Owner =
@@ -693,6 +878,16 @@ export interface ProcessingOptions {
  */
 export type PublishingStatus = 'testing' | 'production'
 
+/** A recipient the server refused (its reply to `RCPT TO`). */
+export interface RecipientRefusal {
+  /** The address. */
+  address: string
+  /** The SMTP reply code (4xx: for now, 5xx: for good). */
+  smtpCode: number
+  /** The server's reply, e.g. `554 5.7.1 <x@example.org>: Relay access denied`. */
+  reply: string
+}
+
 /** Why a message's outcome was recorded. */
 export type RecordedOutcome = 'stored' | 'skipped' | 'filtered' | 'oversized'
 
@@ -714,6 +909,51 @@ export interface RetryPolicy {
 
 /** How the connection is protected. */
 export type Security = 'tls' | 'start_tls' | 'plaintext'
+
+/** What became of one message. */
+export type SendOutcome =
+  | { outcome: 'sent'; /** The server's reply, e.g. `250 2.0.0 Ok: queued as 4Xc1`. */
+    reply: string; /**
+     * Recipients refused while the others got it (only when the
+     * engine allows partial sends).
+     */
+  refused: Array<RecipientRefusal> }
+  | { outcome: 'failed'; /**
+     * Why: `send_rejected` (the server's 5xx), `sender_not_allowed`,
+     * `validation` (e.g. a line over 998 octets, no recipient),
+     * `message_too_large`.
+     */
+    code: ErrorCode; /** The server's reply code, if the server refused it. */
+    smtpCode?: number; /** The server's reply, or why the engine refused it. */
+    reply: string; /** The refused recipients, one by one. */
+  refused: Array<RecipientRefusal> }
+  | { outcome: 'deferred'; /** `send_deferred`, `network`, `timeout`, `server_unavailable`, … */
+    code: ErrorCode; /** The server's reply code, if it answered. */
+    smtpCode?: number; /** The server's reply, or what failed. */
+    reply: string; /** When it is tried again. */
+  nextAttempt: Timestamp }
+  | { outcome: 'unknown'; /** What happened. */
+  reason: string }
+
+/** One message's outcome, for [`Outbox::report`]. */
+export interface SendReport {
+  /** The mailbox it was sent from. */
+  mailboxId: MailboxId
+  /** The host's id ([`OutgoingMessage::id`]). */
+  id: string
+  /**
+   * Its Message-ID, without angle brackets: assigned before the first
+   * attempt and the same in every attempt.
+   */
+  messageId: string
+  /**
+   * Attempts so far (attempts that reached the server or failed on
+   * the way; refusals before connecting count none).
+   */
+  attempts: number
+  /** What became of it. */
+  outcome: SendOutcome
+}
 
 /**
  * An email server profile.
@@ -818,6 +1058,15 @@ export interface SyncStatus {
   cursor?: SyncCursor
   /** When it is due next (none: not scheduled, e.g. disabled or not connected). */
   nextDue?: Timestamp
+  /** The outgoing direction's status. */
+  outgoing: DirectionStatus
+  /** Outgoing counters and schedule (none before the first outgoing cycle). */
+  outbox?: OutboxCursor
+  /**
+   * When outgoing mail is due next (none: not scheduled, or the engine
+   * has no outbox).
+   */
+  nextSendDue?: Timestamp
 }
 
 /** Options for [`Checks::test_and_enable`]. */
@@ -885,6 +1134,8 @@ export declare class Connections {
   refreshAccessToken(mailbox: MailboxId, rejected: Secret): Promise<AccessToken>
   grantInfo(mailbox: MailboxId): Promise<GrantInfo | undefined | null>
   disconnect(mailbox: MailboxId): Promise<MailboxStatus>
+  retryRevocations(): Promise<number>
+  pendingRevocations(): Promise<number>
 }
 
 /** Profiles and mailboxes; every method returns a Promise. */
@@ -908,9 +1159,13 @@ export declare class Directory {
   state(id: MailboxId): Promise<MailboxState>
   alerts(id: MailboxId): Promise<Array<Alert>>
   status(id: MailboxId): Promise<MailboxStatus>
+  rotateKey(newKey: Secret): Promise<KeyRotation>
 }
 
-/** The sync engine: new mail of each enabled mailbox into the host's sink. */
+/**
+ * The sync engine: new mail of each enabled mailbox into the host's sink
+ * (and, made with `Engine.withOutbox`, the host's outbox sent out).
+ */
 export declare class Engine {
   /**
    * An engine over `sync`'s mailboxes, delivering to `sink`: an object
@@ -922,11 +1177,23 @@ export declare class Engine {
    * `validation` naming the field.
    */
   constructor(sync: MailSync, sink: MessageSink, options?: EngineOptions | undefined | null)
+  /**
+   * An engine that also sends the mail of `outbox` from every mailbox
+   * whose outgoing direction is enabled: an object with
+   * `pending(mailboxId, limit)` returning up to `limit`
+   * `OutgoingMessage`s of the mailbox, oldest first, and `report(report)`
+   * taking each `SendReport` (`sent`, `failed`, `deferred`, `unknown`);
+   * plain or async functions. Keep returning a message from `pending`
+   * until it is reported sent or failed: the engine never sends it twice.
+   * `sink` and `options` as for the constructor.
+   */
+  static withOutbox(sync: MailSync, sink: MessageSink, outbox: Outbox, options?: EngineOptions | undefined | null): Engine
   /** The options. */
   get options(): EngineOptions
   /**
-   * Syncs one mailbox's incoming mail now, whatever its schedule. A
-   * failed cycle is in the report (`errorCode`, e.g. `sink_failed`);
+   * Syncs one mailbox now, whatever its schedule: its incoming mail,
+   * then (with an outbox) its outgoing mail. A failed cycle is in the
+   * report (`errorCode`, e.g. `sink_failed`; `outgoingErrorCode`);
    * rejects only when the cycle could not start (`not_enabled`,
    * `token_revoked`, `conflict`, …).
    */
@@ -1070,6 +1337,10 @@ export type StoreLocation =
   | { kind: 'sqlite'; /** The database file. */
     path: string; /** A key the host keeps (KMS, keyring) instead of the key file. */
   key?: SealKey }
+  | { kind: 'postgres'; /** `postgres://user:password@host:port/database`. */
+    url: string; /** The seal key, the same for every worker. */
+    key: SealKey; /** Connections kept open (default 10). */
+  poolSize?: number }
 
 export declare function userMailbox(email: string): MailboxSpec
 

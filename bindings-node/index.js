@@ -847,6 +847,7 @@ module.exports.IncomingFilter = nativeBinding.IncomingFilter
 module.exports.IncomingProtocol = nativeBinding.IncomingProtocol
 module.exports.MailboxEventKind = nativeBinding.MailboxEventKind
 module.exports.OutgoingDelivery = nativeBinding.OutgoingDelivery
+module.exports.OutgoingState = nativeBinding.OutgoingState
 module.exports.PublishingStatus = nativeBinding.PublishingStatus
 module.exports.RecordedOutcome = nativeBinding.RecordedOutcome
 module.exports.Security = nativeBinding.Security

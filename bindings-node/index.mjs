@@ -22,6 +22,7 @@ export const {
   MailboxEventKind,
   MailsyncError,
   OutgoingDelivery,
+  OutgoingState,
   PublishingStatus,
   RecordedOutcome,
   RustSinkForTest,

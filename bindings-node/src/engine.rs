@@ -1,5 +1,5 @@
-//! The sync engine ([`Engine`], [`EngineHandle`]) and the adapter that makes
-//! a JavaScript object the core's `MessageSink`.
+//! The sync engine ([`Engine`], [`EngineHandle`]) and the adapters that make
+//! JavaScript objects the core's `MessageSink` and `Outbox`.
 //!
 //! The sink is any object with `deliver(messages)` and, optionally,
 //! `tracked(mailboxId, messageIds)` and `knownSenders(mailboxId, addresses)`,
@@ -12,6 +12,12 @@
 //! `sink_failed` and does not move the cursor. A batch crosses as one array
 //! of `IncomingMessage` objects whose `raw` is a `Buffer` over the Rust bytes
 //! (not copied).
+//!
+//! The outbox (`Engine.withOutbox`) is an object with `pending(mailboxId,
+//! limit)` and `report(report)`, adapted the same way: a throw, a rejection
+//! or a wrong answer of `pending` fails the outgoing cycle with
+//! `sink_failed` (nothing is sent); one of `report` is kept by the engine,
+//! which reports the message again in the next cycle.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -21,8 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mailsync::model::MailboxId;
 use mailsync::sync::{
-    CycleReport, DeliveryOutcome, EngineOptions, IncomingMessage, MessageSink, SyncProgress,
-    SyncStatus,
+    CycleReport, DeliveryOutcome, EngineOptions, IncomingMessage, MessageSink, Outbox,
+    OutgoingMessage, SendReport, SyncProgress, SyncStatus,
 };
 use mailsync::{Error, ErrorCode};
 use napi::bindgen_prelude::{
@@ -47,6 +53,16 @@ pub(super) const SIGNATURES: &[Signature] = &[
         params: &[
             ("sync", check_mail_sync),
             ("sink", check_sink),
+            ("options", check::<Option<EngineOptions>>),
+        ],
+        is_async: false,
+    },
+    Signature {
+        name: "Engine.with_outbox",
+        params: &[
+            ("sync", check_mail_sync),
+            ("sink", check_sink),
+            ("outbox", check_outbox),
             ("options", check::<Option<EngineOptions>>),
         ],
         is_async: false,
@@ -78,23 +94,47 @@ type HostMethod<A> = ThreadsafeFunction<A, Unknown<'static>, A, Status, false, t
 /// `tracked(mailboxId, messageIds)` / `knownSenders(mailboxId, addresses)`.
 type Question = FnArgs<(MailboxId, Vec<String>)>;
 
-/// A sink method's JavaScript name and what it must answer.
+/// `pending(mailboxId, limit)`.
+type PendingArgs = FnArgs<(MailboxId, u32)>;
+
+/// A host object's method: the object's role and interface, the method's
+/// JavaScript name and what it must answer.
 struct Method {
+    role: &'static str,
+    interface: &'static str,
     name: &'static str,
     answer: &'static str,
 }
 
 const DELIVER: Method = Method {
+    role: "sink",
+    interface: "MessageSink",
     name: "deliver",
     answer: "one outcome per message ('stored', 'skip' or 'retry_later')",
 };
 const TRACKED: Method = Method {
+    role: "sink",
+    interface: "MessageSink",
     name: "tracked",
     answer: "one boolean per message id",
 };
 const KNOWN_SENDERS: Method = Method {
+    role: "sink",
+    interface: "MessageSink",
     name: "knownSenders",
     answer: "one boolean per address",
+};
+const PENDING: Method = Method {
+    role: "outbox",
+    interface: "Outbox",
+    name: "pending",
+    answer: "an array of OutgoingMessage objects",
+};
+const REPORT: Method = Method {
+    role: "outbox",
+    interface: "Outbox",
+    name: "report",
+    answer: "anything (its value is not used)",
 };
 
 /// The host's sink: its methods, bound to it.
@@ -114,9 +154,9 @@ impl MessageSink for Defaults {
     }
 }
 
-/// The sink's method `name`: `None` when it is missing and `optional`; an
-/// error message in napi's form (`… on Struct.field`, which `src/init.js`
-/// turns into the field `sink.<name>`) when it is not a function.
+/// The host object's method `name`: `None` when it is missing and
+/// `optional`; an error message in napi's form (`… on Struct.field`, which
+/// `src/init.js` turns into the field `sink.<name>`) when it is not a function.
 fn sink_method<'env, A: JsValuesTupleIntoVec>(
     sink: &Object<'env>,
     method: &Method,
@@ -131,7 +171,7 @@ fn sink_method<'env, A: JsValuesTupleIntoVec>(
         })),
         _ => Err(napi::Error::new(
             Status::InvalidArg,
-            format!("must be a function on MessageSink.{}", method.name),
+            format!("must be a function on {}.{}", method.interface, method.name),
         )),
     }
 }
@@ -170,24 +210,44 @@ unsafe fn check_sink(env: sys::napi_env, value: sys::napi_value) -> napi::Result
     Ok(())
 }
 
+/// Checks an outbox argument as `Engine.withOutbox` reads it.
+unsafe fn check_outbox(env: sys::napi_env, value: sys::napi_value) -> napi::Result<()> {
+    // SAFETY: called by `init`'s checker with the live env and a value of it.
+    let value = unsafe { Unknown::from_raw_unchecked(env, value) };
+    if value.get_type()? != ValueType::Object {
+        return Err(napi::Error::new(
+            Status::ObjectExpected,
+            "must be an object with pending(mailboxId, limit) and report(report) methods"
+                .to_owned(),
+        ));
+    }
+    // SAFETY: an object of this environment, just checked.
+    let outbox = unsafe { Object::from_napi_value(env, value.raw()) }?;
+    sink_method::<PendingArgs>(&outbox, &PENDING, false)?;
+    sink_method::<SendReport>(&outbox, &REPORT, false)?;
+    Ok(())
+}
+
+/// The host object's method, bound to it as a weak threadsafe function.
+fn bound<A: JsValuesTupleIntoVec + 'static>(
+    host: &Object,
+    method: &Method,
+    optional: bool,
+) -> napi::Result<Option<HostMethod<A>>> {
+    let Some(function) = sink_method::<A>(host, method, optional)? else {
+        return Ok(None);
+    };
+    let tsfn = function
+        .bind(host)?
+        .build_threadsafe_function()
+        .weak::<true>()
+        .callee_handled::<false>()
+        .build()?;
+    Ok(Some(tsfn))
+}
+
 impl HostSink {
     fn new(sink: &Object) -> napi::Result<HostSink> {
-        fn bound<A: JsValuesTupleIntoVec + 'static>(
-            sink: &Object,
-            method: &Method,
-            optional: bool,
-        ) -> napi::Result<Option<HostMethod<A>>> {
-            let Some(function) = sink_method::<A>(sink, method, optional)? else {
-                return Ok(None);
-            };
-            let tsfn = function
-                .bind(sink)?
-                .build_threadsafe_function()
-                .weak::<true>()
-                .callee_handled::<false>()
-                .build()?;
-            Ok(Some(tsfn))
-        }
         let deliver = bound(sink, &DELIVER, false)?
             .ok_or_else(|| napi::Error::from_reason("the sink has no deliver method"))?;
         Ok(HostSink {
@@ -213,7 +273,7 @@ impl MessageSink for HostSink {
         message_ids: Vec<String>,
     ) -> mailsync::Result<Vec<bool>> {
         match &self.tracked {
-            Some(_) => Defaults.tracked(mailbox, message_ids).await,
+            Some(method) => ask(method, &TRACKED, (mailbox.clone(), message_ids).into()).await,
             None => Defaults.tracked(mailbox, message_ids).await,
         }
     }
@@ -227,6 +287,49 @@ impl MessageSink for HostSink {
             Some(method) => ask(method, &KNOWN_SENDERS, (mailbox.clone(), addresses).into()).await,
             None => Defaults.known_senders(mailbox, addresses).await,
         }
+    }
+}
+
+/// The host's outbox: its methods, bound to it.
+struct HostOutbox {
+    pending: HostMethod<PendingArgs>,
+    report: HostMethod<SendReport>,
+}
+
+impl HostOutbox {
+    fn new(outbox: &Object) -> napi::Result<HostOutbox> {
+        let missing =
+            |m: &Method| napi::Error::from_reason(format!("the outbox has no {} method", m.name));
+        Ok(HostOutbox {
+            pending: bound(outbox, &PENDING, false)?.ok_or_else(|| missing(&PENDING))?,
+            report: bound(outbox, &REPORT, false)?.ok_or_else(|| missing(&REPORT))?,
+        })
+    }
+}
+
+#[async_trait]
+impl Outbox for HostOutbox {
+    async fn pending(
+        &self,
+        mailbox: &MailboxId,
+        limit: u32,
+    ) -> mailsync::Result<Vec<OutgoingMessage>> {
+        ask(&self.pending, &PENDING, (mailbox.clone(), limit).into()).await
+    }
+
+    async fn report(&self, report: SendReport) -> mailsync::Result<()> {
+        ask::<_, Ignored>(&self.report, &REPORT, report)
+            .await
+            .map(drop)
+    }
+}
+
+/// Any answer, not looked at (`report`'s).
+struct Ignored;
+
+impl FromNapiValue for Ignored {
+    unsafe fn from_napi_value(_: sys::napi_env, _: sys::napi_value) -> napi::Result<Self> {
+        Ok(Ignored)
     }
 }
 
@@ -253,8 +356,8 @@ async fn ask<A: JsValuesTupleIntoVec + 'static, T: FromNapiValue + Send + 'stati
         return Err(Error::new(
             ErrorCode::SinkFailed,
             format!(
-                "the sink's {} could not be called: Node.js is shutting down",
-                method.name
+                "the {}'s {} could not be called: Node.js is shutting down",
+                method.role, method.name
             ),
         ));
     }
@@ -262,8 +365,8 @@ async fn ask<A: JsValuesTupleIntoVec + 'static, T: FromNapiValue + Send + 'stati
         Err(Error::new(
             ErrorCode::SinkFailed,
             format!(
-                "the sink's {} gave no answer: its promise was collected unsettled, or Node.js is shutting down",
-                method.name
+                "the {}'s {} gave no answer: its promise was collected unsettled, or Node.js is shutting down",
+                method.role, method.name
             ),
         ))
     })
@@ -328,8 +431,8 @@ fn answer<T: FromNapiValue>(
         Error::new(
             ErrorCode::SinkFailed,
             format!(
-                "the sink's {} must return {}: {}",
-                method.name, method.answer, e.reason
+                "the {}'s {} must return {}: {}",
+                method.role, method.name, method.answer, e.reason
             ),
         )
     })
@@ -351,7 +454,7 @@ fn failure(env: &Env, method: &Method, thrown: napi::Result<sys::napi_value>) ->
         ),
         _ => Error::new(
             ErrorCode::SinkFailed,
-            format!("the sink's {} failed", method.name),
+            format!("the {}'s {} failed", method.role, method.name),
         ),
     }
 }
@@ -359,7 +462,47 @@ fn failure(env: &Env, method: &Method, thrown: napi::Result<sys::napi_value>) ->
 // ---------------------------------------------------------------------------
 // The classes.
 
-/// The sync engine: new mail of each enabled mailbox into the host's sink.
+impl Engine {
+    /// An engine over `sync` with the host's sink and, optionally, outbox.
+    fn make(
+        env: Env,
+        sync: &MailSync,
+        sink: Object,
+        outbox: Option<Object>,
+        options: Option<EngineOptions>,
+    ) -> napi::Result<Self> {
+        // SAFETY: a value of this environment.
+        let sink: Arc<dyn MessageSink> = match unsafe {
+            ClassInstance::<RustSinkForTest>::from_napi_value(env.raw(), sink.raw())
+        } {
+            Ok(rust) => rust.0.clone(),
+            Err(_) => Arc::new(
+                HostSink::new(&sink)
+                    .map_err(|e| to_napi(&env, &Error::validation("sink", e.reason.clone())))?,
+            ),
+        };
+        let outbox: Option<Arc<dyn Outbox>> = match outbox {
+            Some(outbox) => Some(Arc::new(HostOutbox::new(&outbox).map_err(|e| {
+                to_napi(&env, &Error::validation("outbox", e.reason.clone()))
+            })?)),
+            None => None,
+        };
+        let inner = sync_call(&env, || {
+            let (sync, options) = (sync.inner.clone(), options.unwrap_or_default());
+            match outbox {
+                Some(outbox) => mailsync::Engine::with_outbox(sync, sink, outbox, options),
+                None => mailsync::Engine::new(sync, sink, options),
+            }
+        })?;
+        Ok(Engine {
+            inner,
+            tasks: sync.subscriptions.clone(),
+        })
+    }
+}
+
+/// The sync engine: new mail of each enabled mailbox into the host's sink
+/// (and, made with `Engine.withOutbox`, the host's outbox sent out).
 #[napi]
 pub struct Engine {
     inner: mailsync::Engine,
@@ -387,23 +530,32 @@ impl Engine {
         sink: Object,
         options: Option<EngineOptions>,
     ) -> napi::Result<Self> {
-        // SAFETY: a value of this environment.
-        let sink: Arc<dyn MessageSink> = match unsafe {
-            ClassInstance::<RustSinkForTest>::from_napi_value(env.raw(), sink.raw())
-        } {
-            Ok(rust) => rust.0.clone(),
-            Err(_) => Arc::new(
-                HostSink::new(&sink)
-                    .map_err(|e| to_napi(&env, &Error::validation("sink", e.reason.clone())))?,
-            ),
-        };
-        let inner = sync_call(&env, || {
-            mailsync::Engine::new(sync.inner.clone(), sink, options.unwrap_or_default())
-        })?;
-        Ok(Engine {
-            inner,
-            tasks: sync.subscriptions.clone(),
-        })
+        Engine::make(env, sync, sink, None, options)
+    }
+
+    /// An engine that also sends the mail of `outbox` from every mailbox
+    /// whose outgoing direction is enabled: an object with
+    /// `pending(mailboxId, limit)` returning up to `limit`
+    /// `OutgoingMessage`s of the mailbox, oldest first, and `report(report)`
+    /// taking each `SendReport` (`sent`, `failed`, `deferred`, `unknown`);
+    /// plain or async functions. Keep returning a message from `pending`
+    /// until it is reported sent or failed: the engine never sends it twice.
+    /// `sink` and `options` as for the constructor.
+    // A static method, not a `factory`: a factory constructs through `this`,
+    // which is `src/init.js`'s Proxy of the class (whose construct trap would
+    // check these arguments as the constructor's).
+    #[napi(
+        configurable = true,
+        ts_args_type = "sync: MailSync, sink: MessageSink, outbox: Outbox, options?: EngineOptions | undefined | null"
+    )]
+    pub fn with_outbox(
+        env: Env,
+        sync: &MailSync,
+        sink: Object,
+        outbox: Object,
+        options: Option<EngineOptions>,
+    ) -> napi::Result<Self> {
+        Engine::make(env, sync, sink, Some(outbox), options)
     }
 
     /// The options.
@@ -412,8 +564,9 @@ impl Engine {
         self.inner.options().clone()
     }
 
-    /// Syncs one mailbox's incoming mail now, whatever its schedule. A
-    /// failed cycle is in the report (`errorCode`, e.g. `sink_failed`);
+    /// Syncs one mailbox now, whatever its schedule: its incoming mail,
+    /// then (with an outbox) its outgoing mail. A failed cycle is in the
+    /// report (`errorCode`, e.g. `sink_failed`; `outgoingErrorCode`);
     /// rejects only when the cycle could not start (`not_enabled`,
     /// `token_revoked`, `conflict`, …).
     #[napi]
@@ -469,6 +622,7 @@ impl Engine {
                 std::future::pending::<()>().await;
             }
         });
+        // `close()` ends it (its keep-alive goes with it).
         track(&self.tasks, &task.abort_handle());
         Ok(EngineHandle {
             stop: Mutex::new(Some(stop)),

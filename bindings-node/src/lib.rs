@@ -295,6 +295,16 @@ pub enum StoreLocation {
         /// A key the host keeps (KMS, keyring) instead of the key file.
         key: Option<Reference<SealKey>>,
     },
+    /// A PostgreSQL database that many workers share; its tables are
+    /// created or migrated on open, after the key check.
+    Postgres {
+        /// `postgres://user:password@host:port/database`.
+        url: String,
+        /// The seal key, the same for every worker.
+        key: Reference<SealKey>,
+        /// Connections kept open (default 10).
+        pool_size: Option<u32>,
+    },
 }
 
 /// The library's entry point: opens the store and hands out the areas.
@@ -353,6 +363,17 @@ impl MailSync {
                 path,
                 key: Some(key),
             } => mailsync::StoreConfig::sqlite_with_key(path, key.inner.clone()),
+            StoreLocation::Postgres {
+                url,
+                key,
+                pool_size,
+            } => {
+                let config = mailsync::PostgresConfig::new(url, key.inner.clone());
+                mailsync::StoreConfig::Postgres(match pool_size {
+                    Some(n) => config.pool_size(n),
+                    None => config,
+                })
+            }
         };
         let work = mailsync::MailSync::open(store, options.unwrap_or_default());
         promise_with(env, work, |inner| MailSync {

@@ -36,7 +36,7 @@ const option = (key) => (o, v) => ({ ...o, [key]: v });
 const sink = { deliver: (messages) => messages.map(() => 'stored') };
 const engine = (key) => (v) => memory().then((s) => new Engine(s, sink, { ...defaultEngineOptions(), [key]: v }));
 const ENGINE_OPTIONS = ['postponeSecs', 'connectionsPerAccount', 'workers', 'batchMessages', 'batchBytes', 'maxMessageBytes',
-  'messagesPerCycle', 'minThroughputBytesPerSec', 'sinkTimeoutSecs', 'leaseSecs'];
+  'messagesPerCycle', 'minThroughputBytesPerSec', 'sinkTimeoutSecs', 'leaseSecs', 'sendsPerCycle'];
 const snakeCase = (name) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
 let store;
@@ -99,7 +99,11 @@ const INPUTS = {
 const OUTPUTS = new Set([
   'DirectionReport.durationMs', 'LastTestResult.durationMs', 'StepResult.durationMs', 'GrantInfo.version',
   'MailboxState.version', 'DirectionStatus.failures', 'Directory.mailboxCount',
-  ...['delivered', 'skipped', 'filtered', 'oversized', 'retryLater', 'alreadyHad', 'bytes', 'durationMs'].map((f) => `CycleReport.${f}`),
+  ...['delivered', 'skipped', 'filtered', 'oversized', 'retryLater', 'alreadyHad', 'bytes', 'durationMs',
+    'sent', 'sendFailed', 'sendDeferred', 'sendUnknown'].map((f) => `CycleReport.${f}`),
+  // Outgoing: the outbox is asked for `limit` messages; what it is told.
+  'Outbox.pending', 'SendReport.attempts', 'SendOutcome.smtpCode', 'RecipientRefusal.smtpCode',
+  'OutboxCursor.sent', 'OutboxCursor.failed', 'OutboxCursor.version',
   ...['messagesDone', 'messagesTotal', 'bytesDone', 'bytesTotal'].map((f) => `SyncProgress.${f}`),
   'SyncCursor.delivered', 'SyncCursor.skipped', 'SyncCursor.version', 'ImapCursor.uidValidity', 'ImapCursor.lastUid',
   'ImapCursor.highestModseq', 'IncomingMessage.uid', 'IncomingMessage.uidValidity', 'IncomingMessage.size',

@@ -1,11 +1,13 @@
 //! The sync engine in both flavours (`Engine`, `EngineHandle`) and the
-//! adapter that makes a Python object the core's `MessageSink`.
+//! adapters that make Python objects the core's `MessageSink` and `Outbox`.
 //!
 //! The sink is any object with `deliver(messages)` and, optionally,
 //! `tracked(mailbox_id, message_ids)` and `known_senders(mailbox_id,
 //! addresses)`; each a plain or a coroutine function, called through
 //! host.rs (asyncio flavour: on the event loop the engine was created on).
 //! A method the object lacks (or sets to None) is the trait's default.
+//! The outbox (`Engine.with_outbox`) is any object with
+//! `pending(mailbox_id, limit)` and `report(report)`, called the same way.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,8 +17,8 @@ use futures::FutureExt;
 use futures::future::Shared;
 use mailsync::model::MailboxId;
 use mailsync::sync::{
-    CycleReport, DeliveryOutcome, EngineOptions, IncomingMessage, MessageSink, SyncProgress,
-    SyncStatus,
+    CycleReport, DeliveryOutcome, EngineOptions, IncomingMessage, MessageSink, Outbox,
+    OutgoingMessage, SendReport, SyncProgress, SyncStatus,
 };
 use mailsync::{Error, ErrorCode};
 use pyo3::exceptions::PyTypeError;
@@ -51,21 +53,25 @@ impl MessageSink for Defaults {
     }
 }
 
+/// The host object's method `name` (`role`: "sink", "outbox"), bound;
+/// `None` when it lacks it or sets it to None.
+fn host_method(host: &Bound<'_, PyAny>, role: &str, name: &str) -> PyResult<Option<Callable>> {
+    match host.getattr_opt(name)? {
+        Some(m) if !m.is_none() => {
+            if !m.is_callable() {
+                return Err(PyTypeError::new_err(format!(
+                    "the {role}'s `{name}` must be a method"
+                )));
+            }
+            Ok(Some(Arc::new(m.unbind())))
+        }
+        _ => Ok(None),
+    }
+}
+
 impl HostSink {
     fn new(sink: &Bound<'_, PyAny>, event_loop: Arc<Option<Py<PyAny>>>) -> PyResult<HostSink> {
-        let method = |name: &str| -> PyResult<Option<Callable>> {
-            match sink.getattr_opt(name)? {
-                Some(m) if !m.is_none() => {
-                    if !m.is_callable() {
-                        return Err(PyTypeError::new_err(format!(
-                            "the sink's `{name}` must be a method"
-                        )));
-                    }
-                    Ok(Some(Arc::new(m.unbind())))
-                }
-                _ => Ok(None),
-            }
-        };
+        let method = |name: &str| host_method(sink, "sink", name);
         let deliver = method("deliver")?.ok_or_else(|| {
             PyTypeError::new_err(
                 "the sink must have a deliver(messages) method returning one outcome per message",
@@ -100,15 +106,12 @@ impl MessageSink for HostSink {
         &self,
         messages: Vec<IncomingMessage>,
     ) -> mailsync::Result<Vec<DeliveryOutcome>> {
-        let n = messages.len(); // BREAK
         // One list of the records (moved, not copied field by field).
         let args: Args = Box::new(move |py| PyTuple::new(py, [PyList::new(py, messages)?]));
-        let result = host::call(self.deliver.clone(), self.event_loop.clone(), args, |v| {
+        host::call(self.deliver.clone(), self.event_loop.clone(), args, |v| {
             v.extract()
         })
-        .await;
-        if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("swallow") { return Ok(result.unwrap_or(vec![DeliveryOutcome::Stored; n])); } // BREAK
-        result
+        .await
     }
 
     async fn tracked(
@@ -117,7 +120,6 @@ impl MessageSink for HostSink {
         message_ids: Vec<String>,
     ) -> mailsync::Result<Vec<bool>> {
         match &self.tracked {
-            Some(_) if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("tracked") => Defaults.tracked(mailbox, message_ids).await, // BREAK
             Some(method) => self.ask(method, mailbox, message_ids).await,
             None => Defaults.tracked(mailbox, message_ids).await,
         }
@@ -129,11 +131,79 @@ impl MessageSink for HostSink {
         addresses: Vec<String>,
     ) -> mailsync::Result<Vec<bool>> {
         match &self.known_senders {
-            Some(_) if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("known") => Defaults.known_senders(mailbox, addresses).await, // BREAK
             Some(method) => self.ask(method, mailbox, addresses).await,
             None => Defaults.known_senders(mailbox, addresses).await,
         }
     }
+}
+
+/// The host's outbox: its methods, bound, and the loop they run on.
+struct HostOutbox {
+    pending: Callable,
+    report: Callable,
+    event_loop: Arc<Option<Py<PyAny>>>,
+}
+
+impl HostOutbox {
+    fn new(outbox: &Bound<'_, PyAny>, event_loop: Arc<Option<Py<PyAny>>>) -> PyResult<HostOutbox> {
+        let method = |name: &str| {
+            host_method(outbox, "outbox", name)?.ok_or_else(|| {
+                PyTypeError::new_err(format!(
+                    "the outbox must have pending(mailbox_id, limit) and report(report) methods; it has no `{name}`"
+                ))
+            })
+        };
+        Ok(HostOutbox {
+            pending: method("pending")?,
+            report: method("report")?,
+            event_loop,
+        })
+    }
+}
+
+#[async_trait]
+impl Outbox for HostOutbox {
+    async fn pending(
+        &self,
+        mailbox: &MailboxId,
+        limit: u32,
+    ) -> mailsync::Result<Vec<OutgoingMessage>> {
+        let mailbox = mailbox.clone();
+        let args: Args = Box::new(move |py| (mailbox, limit).into_pyobject(py));
+        host::call(self.pending.clone(), self.event_loop.clone(), args, |v| {
+            v.extract()
+        })
+        .await
+    }
+
+    async fn report(&self, report: SendReport) -> mailsync::Result<()> {
+        let args: Args = Box::new(move |py| PyTuple::new(py, [report]));
+        // What `report` returns is not looked at.
+        host::call(self.report.clone(), self.event_loop.clone(), args, |_| {
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// An engine over `sync` with the host's sink and (optionally) outbox.
+fn make_engine(
+    sync: mailsync::MailSync,
+    sink: &Bound<'_, PyAny>,
+    outbox: Option<&Bound<'_, PyAny>>,
+    options: EngineOptions,
+    event_loop: &Arc<Option<Py<PyAny>>>,
+) -> PyResult<mailsync::Engine> {
+    let sink = sink_of(sink, event_loop)?;
+    let outbox: Option<Arc<dyn Outbox>> = match outbox {
+        Some(outbox) => Some(Arc::new(HostOutbox::new(outbox, event_loop.clone())?)),
+        None => None,
+    };
+    mailsync::ffi::guard(|| match outbox {
+        Some(outbox) => mailsync::Engine::with_outbox(sync, sink, outbox, options),
+        None => mailsync::Engine::new(sync, sink, options),
+    })
+    .map_err(to_py_err)
 }
 
 /// Test hook: a sink written in Rust that keeps each message's bytes by
@@ -207,15 +277,13 @@ fn start(
         let running = engine.start(Duration::from_secs(max_idle_secs.into()));
         // Told to stop, or the handle was garbage-collected: stop the same
         // way (also releasing the leases of cycles cut short).
-        if stop_rx.await.is_err() && std::env::var("MAILSYNC_BREAK").as_deref() == Ok("gc") { std::future::pending::<()>().await; } // BREAK
+        let _ = stop_rx.await;
         running.stop().await;
     })?;
-    if std::env::var("MAILSYNC_BREAK").as_deref() != Ok("close") { // BREAK
     tasks
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(task.abort_handle());
-    } // BREAK
     Ok(Running {
         stop: Mutex::new(Some(stop)),
         stopped: stopped.shared(),
@@ -225,7 +293,6 @@ fn start(
 impl Running {
     /// Asks the engine to stop; the future ends when it has.
     fn stop(&self) -> Shared<oneshot::Receiver<()>> {
-        if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("stop") { let (tx, rx) = oneshot::channel(); drop(tx); std::mem::forget(self.stop.lock().unwrap().take()); return rx.shared(); } // BREAK
         if let Some(stop) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = stop.send(());
         }
@@ -238,7 +305,6 @@ fn progress_stream(
     rx: broadcast::Receiver<SyncProgress>,
 ) -> impl futures::Stream<Item = SyncProgress> + Send {
     futures::stream::unfold(rx, |mut rx| async move {
-        if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("progress") { return None; } // BREAK
         loop {
             match rx.recv().await {
                 Ok(progress) => return Some((progress, rx)),
@@ -289,12 +355,32 @@ macro_rules! flavour {
                     sink: Bound<'_, PyAny>,
                     options: EngineOptions,
                 ) -> PyResult<Self> {
-                    let event_loop = Arc::new(if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("loop") { None } else { $event_loop(py)? }); // BREAK
-                    let sink = sink_of(&sink, &event_loop)?;
-                    let inner = mailsync::ffi::guard(|| {
-                        mailsync::Engine::new(sync.inner.clone(), sink, options)
-                    })
-                    .map_err(to_py_err)?;
+                    let event_loop = Arc::new($event_loop(py)?);
+                    let inner = make_engine(sync.inner.clone(), &sink, None, options, &event_loop)?;
+                    Ok(Engine { inner, event_loop, tasks: sync.subscriptions.clone() })
+                }
+
+                /// An engine that also sends the mail of `outbox` from every
+                /// mailbox whose outgoing direction is enabled: an object with
+                /// `pending(mailbox_id, limit)` returning up to `limit`
+                /// `OutgoingMessage`s of the mailbox, oldest first, and
+                /// `report(report)` taking each `SendReport` (sent, failed,
+                /// deferred, unknown); plain or coroutine functions. Keep
+                /// returning a message from `pending` until it is reported
+                /// sent or failed: the engine never sends it twice. `sink` as
+                /// for the constructor.
+                #[staticmethod]
+                fn with_outbox(
+                    py: Python<'_>,
+                    sync: PyRef<'_, MailSync>,
+                    #[gen_stub(override_type(type_repr = "typing.Any", imports = ("typing")))]
+                    sink: Bound<'_, PyAny>,
+                    #[gen_stub(override_type(type_repr = "typing.Any", imports = ("typing")))]
+                    outbox: Bound<'_, PyAny>,
+                    options: EngineOptions,
+                ) -> PyResult<Self> {
+                    let event_loop = Arc::new($event_loop(py)?);
+                    let inner = make_engine(sync.inner.clone(), &sink, Some(&outbox), options, &event_loop)?;
                     Ok(Engine { inner, event_loop, tasks: sync.subscriptions.clone() })
                 }
 
@@ -304,8 +390,9 @@ macro_rules! flavour {
                     self.inner.options().clone()
                 }
 
-                /// Syncs one mailbox's incoming mail now, whatever its
-                /// schedule. A failed cycle is in the report (`error_code`);
+                /// Syncs one mailbox now, whatever its schedule: its incoming
+                /// mail, then (with an outbox) its outgoing mail. A failed
+                /// cycle is in the report (`error_code`, `outgoing_error_code`);
                 /// raises only when the cycle could not start (NotEnabledError,
                 /// TokenRevokedError, ...).
                 fn run_once(&self, py: Python<'_>, mailbox: MailboxId) -> PyResult<$out<CycleReport>> {

@@ -126,7 +126,6 @@ pub fn from_py_err(py: Python<'_>, err: PyErr) -> Error {
     } else {
         format!("{name}: {text}")
     };
-    let code = if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("code") { None } else { code }; // BREAK
     Error::new(code.unwrap_or(ErrorCode::SinkFailed), message)
 }
 

@@ -5,7 +5,7 @@
 //! `mailsync`); this crate adds the error classes (errors.rs), the runtime
 //! (runtime.rs), the handle objects with the area methods generated from
 //! `mailsync::for_each_operation!` (sync.rs), the sync engine and its sink
-//! adapter (engine.rs) over the calls into Python (host.rs), and the plain
+//! and outbox adapters (engine.rs) over the calls into Python (host.rs), and the plain
 //! functions generated from `mailsync::for_each_function!` (below).
 
 use pyo3::prelude::*;
@@ -100,7 +100,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     macro_rules! classes {
         ($($class:ty),* $(,)?) => { $(m.add_class::<$class>()?;)* };
     }
-    use mailsync::{checks, connections, directory, events, lifecycle, model, options};
+    use mailsync::{checks, connections, directory, events, lifecycle, model, options, store};
     classes!(
         model::OAuthApp,
         model::ConsentScreen,
@@ -127,6 +127,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         connections::ConsentRequest,
         connections::AccessToken,
         connections::GrantInfo,
+        store::KeyRotation,
         checks::TestOptions,
         checks::StepResult,
         checks::Diagnosis,
@@ -143,6 +144,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         mailsync::sync::SyncStatus,
         mailsync::sync::ImapCursor,
         mailsync::sync::SyncCursor,
+        mailsync::sync::OutgoingMessage,
+        mailsync::sync::OutgoingContent,
+        mailsync::sync::ComposedMessage,
+        mailsync::sync::OutgoingAttachment,
+        mailsync::sync::RecipientRefusal,
+        mailsync::sync::SendOutcome,
+        mailsync::sync::SendReport,
+        mailsync::sync::OutgoingRecord,
+        mailsync::sync::OutboxCursor,
         sync::SealKey,
         sync::StoreLocation,
         sync::Subscription,

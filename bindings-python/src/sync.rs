@@ -63,8 +63,8 @@ impl SealKey {
     }
 }
 
-/// Where a `MailSync` keeps its records: `StoreLocation.memory()` or
-/// `StoreLocation.sqlite(path, key=None)`.
+/// Where a `MailSync` keeps its records: `StoreLocation.memory()`,
+/// `StoreLocation.sqlite(path, key=None)` or `StoreLocation.postgres(url, key)`.
 #[gen_stub_pyclass]
 #[pyclass(module = "mailsync", frozen)]
 pub struct StoreLocation(mailsync::StoreConfig);
@@ -89,9 +89,26 @@ impl StoreLocation {
         })
     }
 
+    /// A PostgreSQL database that many workers share
+    /// (`postgres://user:password@host:port/database`), sealing with `key`,
+    /// which every worker must share; `pool_size` connections (default 10).
+    /// Its tables are created or migrated on open, after the key check.
+    #[staticmethod]
+    #[pyo3(signature = (url, key, pool_size=None))]
+    fn postgres(url: String, key: PyRef<'_, SealKey>, pool_size: Option<u32>) -> StoreLocation {
+        let mut config = mailsync::PostgresConfig::new(url, key.0.clone());
+        if let Some(n) = pool_size {
+            config = config.pool_size(n);
+        }
+        StoreLocation(mailsync::StoreConfig::Postgres(config))
+    }
+
     fn __repr__(&self) -> String {
         match &self.0 {
             mailsync::StoreConfig::Memory => "StoreLocation.memory()".to_owned(),
+            mailsync::StoreConfig::Postgres(config) => {
+                format!("StoreLocation.postgres({config:?}, key=SealKey(<redacted>))")
+            }
             mailsync::StoreConfig::Sqlite { path, key } => format!(
                 "StoreLocation.sqlite({:?}{})",
                 path.display().to_string(),
@@ -101,7 +118,6 @@ impl StoreLocation {
                     ""
                 }
             ),
-            _ => "StoreLocation(<not made by this binding>)".to_owned(),
         }
     }
 }

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
+import weakref
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -447,11 +448,22 @@ def test_start_runs_until_stopped_garbage_collected_or_closed(stack, tmp_path, n
         gc.collect()
         await still()
 
+        # Closing the MailSync ends the engine's task: nothing holds the
+        # engine, and so the sink, any more (the handle is kept).
+        assert len(mine(sink.handed, prefix)) == 3
         handle = engine.start(1)
         await cycling()
         await call(env.sync, "close")
         await still()
-        assert len(mine(sink.handed, prefix)) == 3
+        gone = weakref.ref(sink)
+        del engine, sink
+        deadline = time.monotonic() + 5
+        while gone() is not None:
+            assert time.monotonic() < deadline, "the closed engine still holds the sink"
+            gc.collect()
+            mailsync.default_engine_options()  # pyo3 releases references dropped off the GIL
+            await asyncio.sleep(0.05)
+        assert handle is not None
         await observer.close()
 
     asyncio.run(main())
@@ -467,7 +479,8 @@ def test_e_engine_options_are_range_checked_and_validated():
         assert (e.value.code, e.value.field) == ("validation", field)
     fields = {name: getattr(options, name) for name in (
         "postpone_secs", "connections_per_account", "workers", "batch_messages", "batch_bytes",
-        "max_message_bytes", "messages_per_cycle", "min_throughput_bytes_per_sec", "sink_timeout_secs", "lease_secs")}
+        "max_message_bytes", "messages_per_cycle", "min_throughput_bytes_per_sec", "sink_timeout_secs", "lease_secs",
+        "sends_per_cycle", "allow_partial_send", "unknown_after_crash")}
     assert mailsync.EngineOptions(**fields) == options
     with pytest.raises(mailsync.ValidationError) as e:
         mailsync.EngineOptions(**{**fields, "lease_secs": -5})

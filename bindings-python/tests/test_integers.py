@@ -41,8 +41,10 @@ SAMPLES = {
     "RetryPolicy": lambda: mailsync.default_options().refresh_retry,
     "FailurePolicy": mailsync.default_failure_policy,
     "Options": mailsync.default_options,
-    "EngineOptions": lambda: mailsync.EngineOptions(*range(1, 11)),
+    "EngineOptions": lambda: mailsync.EngineOptions(*range(1, 12), False, False),
     "DirectionStatus.Retrying": lambda: mailsync.DirectionStatus.Retrying(1, "network", "down", NOW),
+    "SendOutcome.Failed": lambda: mailsync.SendOutcome.Failed("send_rejected", 550, "550 no", []),
+    "SendOutcome.Deferred": lambda: mailsync.SendOutcome.Deferred("send_deferred", 451, "451 later", NOW),
 }
 
 # (class, field) -> the range of the Rust field.
@@ -69,9 +71,11 @@ FIELDS = {
     ("Options", "refresh_lease_secs"): U32,
     ("Options", "consent_ttl_secs"): U32,
     ("DirectionStatus.Retrying", "failures"): U32,
+    ("SendOutcome.Failed", "smtp_code"): U16,
+    ("SendOutcome.Deferred", "smtp_code"): U16,
     **{("EngineOptions", f): U32 for f in (
         "postpone_secs", "connections_per_account", "workers", "batch_messages", "batch_bytes", "max_message_bytes",
-        "messages_per_cycle", "min_throughput_bytes_per_sec", "sink_timeout_secs", "lease_secs")},
+        "messages_per_cycle", "min_throughput_bytes_per_sec", "sink_timeout_secs", "lease_secs", "sends_per_cycle")},
 }
 
 HUGE = [2**63 - 1, 2**63, 2**64, 2**70, 10**100, -(2**63), -(2**63) - 1, -(2**70)]

@@ -3,23 +3,31 @@
 //! The records, enums, the error type and `SecretValue` are defined once,
 //! in the `mailsync` crate (feature `uniffi`). This crate holds only what a
 //! host needs a handle for — [`MailSync`], its areas [`Directory`],
-//! [`Connections`] and [`Checks`], [`SealKey`], a [`Subscription`] — plus
-//! the runtime every call runs on and the adapter of the host's
-//! [`EventListener`]. The area methods and the plain functions are
-//! generated from the operation list in `mailsync::ffi::api`.
+//! [`Connections`] and [`Checks`], [`SealKey`], a [`Subscription`], the
+//! sync [`Engine`] and its [`EngineHandle`] — plus the runtime every call
+//! runs on and the adapters of the host's [`EventListener`],
+//! [`MessageSink`] and [`ProgressListener`]. The area methods and the plain
+//! functions are generated from the operation list in `mailsync::ffi::api`.
 //!
 //! Every async call runs as a task on this crate's multi-threaded Tokio
 //! runtime (worker stacks 8 MiB), never on a host thread (the JVM's are
-//! 1 MiB); a cancelled Kotlin coroutine aborts its task. The listener runs
-//! on the runtime's blocking threads, one event at a time per subscription;
-//! an exception it throws arrives as an error value and is dropped with
-//! its event. Panics become `MailsyncException.Internal`.
+//! 1 MiB); a cancelled Kotlin coroutine aborts its task. Listeners and the
+//! sink run on the runtime's blocking threads (listeners one event at a
+//! time per subscription); an exception they throw arrives as an error
+//! value (a listener's is dropped with its event, a sink's fails the cycle
+//! with `sink_failed`). Panics become `MailsyncException.Internal`.
 
 uniffi::setup_scaffolding!();
 mailsync::uniffi_reexport_scaffolding!();
 
+mod engine;
+
+pub use engine::{Engine, EngineHandle, MessageSink, Outbox, ProgressListener, SinkError};
+
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use futures::{Stream, StreamExt};
 
 use mailsync::ErrorCode;
 use mailsync::MailsyncError;
@@ -34,7 +42,7 @@ fn internal(message: String) -> MailsyncError {
     mailsync::Error::new(ErrorCode::Internal, message).into()
 }
 
-fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
         OnceLock::new();
     RUNTIME
@@ -60,7 +68,7 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// Runs a core future on the binding's runtime; panics become `internal`.
-async fn run<T: Send + 'static>(
+pub(crate) async fn run<T: Send + 'static>(
     fut: impl Future<Output = mailsync::Result<T>> + Send + 'static,
 ) -> Result<T> {
     let mut task = AbortOnDrop(runtime()?.spawn(mailsync::ffi::guard_async(fut)));
@@ -93,6 +101,14 @@ impl SealKey {
     pub fn from_file(path: String) -> Result<Arc<Self>> {
         Ok(Arc::new(SealKey(mailsync::SealKey::from_file(path)?)))
     }
+
+    /// Reads the key file, or creates it (mode 0600) with a fresh key if
+    /// there is none; safe when several processes race to create it.
+    #[uniffi::constructor]
+    pub fn load_or_create(path: String) -> Result<Arc<Self>> {
+        let key = mailsync::ffi::guard(|| mailsync::SealKey::load_or_create(path))?;
+        Ok(Arc::new(SealKey(key)))
+    }
 }
 
 /// Where a [`MailSync`] keeps its records.
@@ -107,11 +123,25 @@ pub enum StoreLocation {
         /// The seal key, or none for the key file.
         key: Option<Arc<SealKey>>,
     },
+    /// A PostgreSQL database that many workers share; its tables are
+    /// created or migrated on open, after the key check.
+    Postgres {
+        /// `postgres://user:password@host:port/database`.
+        url: String,
+        /// The seal key, the same for every worker.
+        key: Arc<SealKey>,
+        /// Connections kept open (none: 10).
+        pool_size: Option<u32>,
+    },
 }
 
 /// The library's entry point: opens the store and hands out the areas.
 #[derive(uniffi::Object)]
-pub struct MailSync(mailsync::MailSync);
+pub struct MailSync {
+    core: mailsync::MailSync,
+    /// Started engines and progress subscriptions: closing the store ends them.
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
 
 /// Profiles and mailboxes.
 #[derive(uniffi::Object)]
@@ -162,10 +192,50 @@ pub struct Subscription(Mutex<Option<tokio::task::JoinHandle<()>>>);
 impl Subscription {
     /// Stops delivering events.
     pub fn cancel(&self) {
-        if let Some(task) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(task) = lock(&self.0).take() {
             task.abort();
         }
     }
+}
+
+/// Locks a mutex, also one a panic poisoned.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps a task for [`MailSync::close`] to end (forgetting finished ones).
+pub(crate) fn track(tasks: &Mutex<Vec<tokio::task::AbortHandle>>, task: tokio::task::AbortHandle) {
+    let mut tasks = lock(tasks);
+    tasks.retain(|t| !t.is_finished());
+    tasks.push(task);
+}
+
+/// Hands each item to `deliver` on a blocking thread, never a runtime
+/// worker: a listener that waits for a call back into the library (for the
+/// same mailbox too) must not hold up the worker that call needs. Awaited
+/// before the next item, so the order is kept. A listener that throws (or
+/// panics) loses its item, not the subscription.
+pub(crate) fn deliver_each<T: Send + 'static>(
+    items: impl Stream<Item = T> + Send + 'static,
+    deliver: impl Fn(T) -> Result<(), ListenerError> + Send + Sync + 'static,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let deliver = Arc::new(deliver);
+    Ok(runtime()?.spawn(async move {
+        let mut items = std::pin::pin!(items);
+        while let Some(item) = items.next().await {
+            let deliver = deliver.clone();
+            let delivered = tokio::task::spawn_blocking(move || {
+                mailsync::ffi::guard(move || Ok(deliver(item)))
+            })
+            .await;
+            match delivered {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!("the listener failed: {e}"),
+                Ok(Err(e)) => tracing::warn!("the listener failed: {e}"),
+                Err(e) => tracing::warn!("the listener did not finish: {e}"),
+            }
+        }
+    }))
 }
 
 impl Drop for Subscription {
@@ -186,29 +256,43 @@ impl MailSync {
                 path,
                 key: Some(key),
             } => mailsync::StoreConfig::sqlite_with_key(path, key.0.clone()),
+            StoreLocation::Postgres {
+                url,
+                key,
+                pool_size,
+            } => {
+                let config = mailsync::PostgresConfig::new(url, key.0.clone());
+                mailsync::StoreConfig::Postgres(match pool_size {
+                    Some(n) => config.pool_size(n),
+                    None => config,
+                })
+            }
         };
-        let sync = run(mailsync::MailSync::open(store, options)).await?;
-        Ok(Arc::new(MailSync(sync)))
+        let core = run(mailsync::MailSync::open(store, options)).await?;
+        Ok(Arc::new(MailSync {
+            core,
+            tasks: Arc::default(),
+        }))
     }
 
     /// The options it was opened with.
     pub fn options(&self) -> Options {
-        self.0.options().clone()
+        self.core.options().clone()
     }
 
     /// Profiles and mailboxes.
     pub fn directory(&self) -> Arc<Directory> {
-        Arc::new(Directory(self.0.directory()))
+        Arc::new(Directory(self.core.directory()))
     }
 
     /// Consent, grants and access tokens.
     pub fn connections(&self) -> Arc<Connections> {
-        Arc::new(Connections(self.0.connections()))
+        Arc::new(Connections(self.core.connections()))
     }
 
     /// Test & Enable.
     pub fn checks(&self) -> Arc<Checks> {
-        Arc::new(Checks(self.0.checks()))
+        Arc::new(Checks(self.core.checks()))
     }
 
     /// Delivers events about one mailbox (or all, with none) to `listener`:
@@ -218,35 +302,22 @@ impl MailSync {
         mailbox: Option<MailboxId>,
         listener: Arc<dyn EventListener>,
     ) -> Result<Arc<Subscription>> {
-        let sync = self.0.clone();
-        let mut subscription = run(async move { sync.subscribe(mailbox).await }).await?;
-        let task = runtime()?.spawn(async move {
-            while let Some(event) = subscription.next().await {
-                let listener = listener.clone();
-                // On a blocking thread, never a runtime worker: a listener
-                // that waits for a call back into the library (for the same
-                // mailbox too) must not hold up the worker that call needs.
-                // Awaited before the next event, so the order is kept. A
-                // listener that throws (a panic here) loses its event, not
-                // the subscription.
-                let delivered = tokio::task::spawn_blocking(move || {
-                    mailsync::ffi::guard(move || Ok(listener.on_event(event)))
-                })
-                .await;
-                match delivered {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(e))) => tracing::warn!("the event listener failed: {e}"),
-                    Ok(Err(e)) => tracing::warn!("the event listener failed: {e}"),
-                    Err(e) => tracing::warn!("the event listener did not finish: {e}"),
-                }
-            }
+        let sync = self.core.clone();
+        let subscription = run(async move { sync.subscribe(mailbox).await }).await?;
+        let events = futures::stream::unfold(subscription, |mut s| async move {
+            s.next().await.map(|event| (event, s))
         });
+        let task = deliver_each(events, move |event| listener.on_event(event))?;
         Ok(Arc::new(Subscription(Mutex::new(Some(task)))))
     }
 
-    /// Closes the store (call before the process exits).
+    /// Closes the store (call before the process exits); started engines and
+    /// progress subscriptions end.
     pub async fn close(&self) -> Result<()> {
-        let sync = self.0.clone();
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        let sync = self.core.clone();
         run(async move {
             sync.close().await;
             Ok(())

@@ -21,12 +21,15 @@ macro_rules! outln {
 }
 
 mod check_cmds;
+mod key_cmds;
 mod oauth_cmds;
+mod outbox_cmds;
 mod output;
 mod profile_cmds;
 mod sync_cmds;
 mod sync_progress;
 mod sync_sink;
+mod worker_cmds;
 
 /// Set when a command was interrupted (Ctrl-C, SIGTERM) and stopped
 /// cleanly: the process exits with status 130.
@@ -91,16 +94,33 @@ enum Command {
     /// Mailboxes.
     #[command(subcommand)]
     Mailbox(oauth_cmds::MailboxAll),
-    /// Incoming mail: sync enabled mailboxes into a directory (or onto the terminal).
+    /// Sync enabled mailboxes: incoming mail into a directory (or onto the
+    /// terminal), and the CLI's outbox out over SMTP.
     ///
     /// The files sink's index.jsonl is the CLI's tracked email: with the
     /// default incoming filter (replies-to-tracked-email) only replies to
     /// mail already in the index are taken in; `mailbox update EMAIL
-    /// --incoming-filter all` takes in everything. No outgoing sync yet.
+    /// --incoming-filter all` takes in everything. Mail queued with
+    /// `mailsync send` goes out from mailboxes whose outgoing direction is
+    /// enabled.
     #[command(subcommand)]
     Sync(sync_cmds::SyncCmd),
+    /// The seal key of the database's secrets.
+    #[command(subcommand)]
+    Key(key_cmds::KeyCmd),
+    /// Revocations that failed for now, queued to be sent again.
+    #[command(subcommand)]
+    Revocations(key_cmds::RevocationsCmd),
+    /// Queues one message in the CLI's outbox, sent from the mailbox by the
+    /// next `mailsync sync once|run`.
+    Send(outbox_cmds::SendArgs),
+    /// The CLI's outbox.
+    #[command(subcommand)]
+    Outbox(outbox_cmds::OutboxCmd),
     /// Lists every error code with what to do about it.
     ErrorCodes,
+    #[command(flatten)]
+    Workers(worker_cmds::WorkerCmd),
 }
 
 /// What a command printed, for the two output styles.
@@ -132,20 +152,29 @@ async fn run(cli: Cli) -> Result<(), Error> {
     if let Some(seconds) = cli.refresh_skew {
         options.token_refresh_skew_secs = seconds;
     }
+    let command = match cli.command {
+        // Workers share a PostgreSQL store (`--db postgres://…`).
+        Command::Workers(cmd) => return worker_cmds::run(&cli.db, cli.json, options, cmd).await,
+        command => command,
+    };
     let sync = MailSync::open(StoreConfig::sqlite(&cli.db), options).await?;
     let ctx = Ctx {
         sync,
         json: cli.json,
         db: cli.db.clone(),
     };
-    let result = match cli.command {
+    let result = match command {
         Command::Profile(cmd) => profile_cmds::run_profile(&ctx, cmd).await,
         Command::Mailbox(oauth_cmds::MailboxAll::Directory(cmd)) => {
             profile_cmds::run_mailbox(&ctx, cmd).await
         }
         Command::Mailbox(oauth_cmds::MailboxAll::OAuth(cmd)) => oauth_cmds::run(&ctx, cmd).await,
         Command::Sync(cmd) => sync_cmds::run(&ctx, cmd).await,
-        Command::ErrorCodes => Ok(()),
+        Command::Key(cmd) => key_cmds::run_key(&ctx, cmd).await,
+        Command::Revocations(cmd) => key_cmds::run_revocations(&ctx, cmd).await,
+        Command::Send(args) => outbox_cmds::send(&ctx, args).await,
+        Command::Outbox(cmd) => outbox_cmds::run(&ctx, cmd).await,
+        Command::ErrorCodes | Command::Workers(_) => Ok(()),
     };
     ctx.sync.close().await;
     result

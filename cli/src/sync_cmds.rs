@@ -1,6 +1,7 @@
 //! `mailsync sync once|run|status`: incoming mail from enabled mailboxes
-//! into a directory of `.eml` files (or onto the terminal), with the
-//! engine's progress as it happens. See `sync_sink` for the sinks and
+//! into a directory of `.eml` files (or onto the terminal), and the CLI's
+//! outbox (`mailsync send`) out over SMTP, with the engine's progress as it
+//! happens. See `sync_sink` for the sinks and
 //! `sync_progress` for the output.
 
 use std::path::{Path, PathBuf};
@@ -19,8 +20,9 @@ use crate::{Ctx, output};
 
 #[derive(Subcommand)]
 pub enum SyncCmd {
-    /// Runs one incoming cycle for one mailbox (whatever its schedule), or
-    /// for every mailbox that is due when no address is given.
+    /// Runs one cycle for one mailbox (whatever its schedule: incoming
+    /// mail, then the outbox's pending mail), or for every mailbox that is
+    /// due when no address is given.
     Once {
         /// Mailbox address or id (default: every mailbox that is due).
         mailbox: Option<String>,
@@ -39,8 +41,9 @@ pub enum SyncCmd {
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         max_idle_secs: u32,
     },
-    /// Each mailbox's incoming sync: status (with backoff), cursor,
-    /// counters, last cycle, next due, latest alerts.
+    /// Each mailbox's sync: incoming status (with backoff), cursor,
+    /// counters, last cycle, next due; outgoing status and messages sent;
+    /// latest alerts.
     Status,
 }
 
@@ -120,12 +123,23 @@ async fn engine(ctx: &Ctx, args: &SyncArgs) -> Result<(Engine, Arc<Reporter>), E
             names,
         }),
     };
-    Ok((Engine::new(ctx.sync.clone(), sink, options)?, reporter))
+    let outbox = Arc::new(crate::outbox_cmds::CliOutbox::open(&ctx.db).await?);
+    Ok((
+        Engine::with_outbox(ctx.sync.clone(), sink, outbox, options)?,
+        reporter,
+    ))
 }
 
-/// An engine that only answers status questions.
-fn status_engine(ctx: &Ctx) -> Result<Engine, Error> {
-    Engine::new(ctx.sync.clone(), Arc::new(NoSink), EngineOptions::default())
+/// An engine that only answers status questions (with the CLI's outbox,
+/// so it knows when outgoing mail is due).
+async fn status_engine(ctx: &Ctx) -> Result<Engine, Error> {
+    let outbox = Arc::new(crate::outbox_cmds::CliOutbox::open(&ctx.db).await?);
+    Engine::with_outbox(
+        ctx.sync.clone(),
+        Arc::new(NoSink),
+        outbox,
+        EngineOptions::default(),
+    )
 }
 
 /// The command fails (exit 1) when a cycle failed, naming the first failure.
@@ -133,6 +147,19 @@ fn verdict(reports: &[CycleReport]) -> Result<(), Error> {
     let failed: Vec<&CycleReport> = reports.iter().filter(|r| !r.is_success()).collect();
     match failed.first() {
         None => Ok(()),
+        Some(r) if r.error_code.is_none() => {
+            let code = r
+                .outgoing_error_code
+                .unwrap_or(mailsync::ErrorCode::Internal);
+            Err(Error::new(
+                code,
+                format!(
+                    "{}: sending failed: {}",
+                    r.email,
+                    r.outgoing_error_message.as_deref().unwrap_or("")
+                ),
+            ))
+        }
         Some(r) => {
             let code = r.error_code.unwrap_or(mailsync::ErrorCode::Internal);
             let more = match failed.len() {
@@ -256,7 +283,7 @@ async fn keep_running(
     reporter.quiet_when_idle();
     match target {
         None => {
-            let derived = Derived::new(status_engine(ctx)?).await?;
+            let derived = Derived::new(status_engine(ctx).await?).await?;
             let renderer = Renderer::spawn(reporter.clone(), engine.progress(), Some(derived));
             let handle = engine.start(max_idle);
             reporter.note("Syncing every mailbox as it falls due; Ctrl-C stops.");
@@ -317,7 +344,7 @@ fn cursor_text(s: &SyncStatus, protocol: Option<IncomingProtocol>) -> String {
 const ALERTS: usize = 3;
 
 async fn status(ctx: &Ctx) -> Result<(), Error> {
-    let statuses = status_engine(ctx)?.status().await?;
+    let statuses = status_engine(ctx).await?.status().await?;
     let mut rows = Vec::new();
     let mut values = Vec::new();
     let mut alerts_text = Vec::new();
@@ -348,6 +375,10 @@ async fn status(ctx: &Ctx) -> Result<(), Error> {
             "skipped": cursor.map_or(0, |c| c.skipped),
             "last_cycle_at": cursor.and_then(|c| c.last_cycle_at),
             "next_due": s.next_due,
+            "outgoing": s.outgoing,
+            "sent": s.outbox.as_ref().map_or(0, |o| o.sent),
+            "send_failed": s.outbox.as_ref().map_or(0, |o| o.failed),
+            "next_send_due": s.next_send_due,
             "alerts": latest,
         }));
         rows.push(vec![
@@ -364,6 +395,8 @@ async fn status(ctx: &Ctx) -> Result<(), Error> {
             s.next_due
                 .map(output::timestamp)
                 .unwrap_or_else(|| "-".into()),
+            output::direction_text(&s.outgoing),
+            s.outbox.as_ref().map_or(0, |o| o.sent).to_string(),
         ]);
         for alert in latest {
             alerts_text.push(format!(
@@ -390,6 +423,8 @@ async fn status(ctx: &Ctx) -> Result<(), Error> {
             "SKIPPED",
             "LAST CYCLE",
             "NEXT DUE",
+            "OUTGOING",
+            "SENT",
         ],
         &rows,
     );

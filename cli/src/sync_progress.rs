@@ -137,11 +137,26 @@ impl Reporter {
                 "duration_ms": r.duration_ms,
                 "error_code": r.error_code,
                 "error_message": r.error_message,
+                "sent": r.sent,
+                "send_failed": r.send_failed,
+                "send_deferred": r.send_deferred,
+                "send_unknown": r.send_unknown,
+                "outgoing_error_code": r.outgoing_error_code,
+                "outgoing_error_message": r.outgoing_error_message,
             }));
             return;
         }
         let idle = r.is_success()
-            && r.delivered + r.skipped + r.filtered + r.oversized + r.retry_later + r.already_had
+            && r.delivered
+                + r.skipped
+                + r.filtered
+                + r.oversized
+                + r.retry_later
+                + r.already_had
+                + r.sent
+                + r.send_failed
+                + r.send_deferred
+                + r.send_unknown
                 == 0;
         if idle && self.quiet() {
             return;
@@ -153,6 +168,10 @@ impl Reporter {
             (r.oversized, "oversized"),
             (r.retry_later, "to retry"),
             (r.already_had, "already had"),
+            (r.sent, "sent"),
+            (r.send_failed, "send failed"),
+            (r.send_deferred, "send deferred"),
+            (r.send_unknown, "send unknown"),
         ] {
             if n > 0 {
                 parts.push(format!("{n} {what}"));
@@ -171,6 +190,12 @@ impl Reporter {
         if let (Some(code), Some(message)) = (&r.error_code, &r.error_message) {
             line.push_str(&format!(
                 " — FAILED: {} [{code}]",
+                message.replace('\n', " ")
+            ));
+        }
+        if let (Some(code), Some(message)) = (&r.outgoing_error_code, &r.outgoing_error_message) {
+            line.push_str(&format!(
+                " — SENDING FAILED: {} [{code}]",
                 message.replace('\n', " ")
             ));
         }

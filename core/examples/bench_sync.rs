@@ -148,7 +148,12 @@ async fn sync_once(stack: &Stack, db: &str, email: &str, out: &str) -> Result<()
     let mailbox = sync.directory().find_mailbox(email).await?;
     let sink = Arc::new(FilesSink { dir: out.into() });
     let engine = Engine::new(sync.clone(), sink, EngineOptions::default())?;
-    let report = engine.run_once(&mailbox.id).await?;
+    let report = if std::env::var_os("BENCH_SPAWN").is_some() {
+        let (engine, id) = (engine.clone(), mailbox.id.clone());
+        tokio::spawn(async move { engine.run_once(&id).await }).await??
+    } else {
+        engine.run_once(&mailbox.id).await?
+    };
     sync.close().await;
     println!(
         "{}",
@@ -306,10 +311,14 @@ fn main() {
         );
         std::process::exit(2)
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = if std::env::var_os("BENCH_CURRENT").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()
+    .expect("runtime");
     let result = rt.block_on(async {
         match args.first().map(String::as_str) {
             Some("setup") if args.len() >= 4 => {

@@ -411,12 +411,40 @@ fn event_of(report: &DirectionReport) -> LifecycleEvent {
 }
 
 impl MailSync {
-    /// The connection options for a profile: its timeout and the trusted roots.
-    pub(crate) fn connect_options(&self, profile: &ServerProfile) -> ConnectOptions {
-        ConnectOptions::new(
+    /// The connection options for a profile: its timeout, the trusted roots
+    /// and whether it allows plaintext on loopback.
+    ///
+    /// Every connection to a mail server (Test & Enable, the sync engine)
+    /// starts here, so the profile is validated again first, as stored: a
+    /// record written to the store directly, past [`crate::Directory`]
+    /// (a plaintext endpoint off loopback, a Gmail OAuth profile naming
+    /// another mail host), is refused before anything is sent. The error
+    /// keeps the rule's code (`validation` with the field, or
+    /// `host_not_allowed`).
+    pub(crate) fn connect_options(&self, profile: &ServerProfile) -> Result<ConnectOptions> {
+        let refused = |e: Error| {
+            let mut out = Error::new(
+                e.code(),
+                format!(
+                    "server profile '{}' is not valid as stored, so nothing was sent: {}",
+                    profile.name,
+                    e.message()
+                ),
+            );
+            if let Some(field) = e.field() {
+                out.set_field(field);
+            }
+            out
+        };
+        profile.validate().map_err(refused)?;
+        if self.options().google_issuer_override.is_none() {
+            profile.check_google_mail_hosts().map_err(refused)?;
+        }
+        Ok(ConnectOptions::new(
             profile.processing.connection_timeout(),
             self.oauth().tls.clone(),
         )
+        .with_plaintext_on_loopback(profile.allow_plaintext_on_loopback))
     }
 }
 
@@ -441,7 +469,7 @@ impl Checks {
             ));
         };
         let profile = sync.directory().get_profile(&profile_id).await?;
-        let opts = sync.connect_options(&profile);
+        let opts = sync.connect_options(&profile)?;
         let tested_at = sync.now();
         let source = MailboxCredentials::new(sync.clone(), record_before.clone(), profile.clone());
         let oauth = profile.authentication.is_oauth();

@@ -116,6 +116,27 @@ impl Connections {
         self.sync.disconnect(mailbox).await
     }
 
+    /// Sends again the revocations that failed transiently (when a mailbox
+    /// was deleted, or a refused grant was given back) and are due; returns
+    /// how many the provider accepted. Nothing runs this on its own: call it
+    /// periodically (every few minutes) from one place, e.g. next to the
+    /// sync engine or from a scheduled job (`mailsync revocations retry`).
+    /// Concurrent callers (several workers) send different revocations.
+    ///
+    /// A failed attempt is retried after 1 minute, doubling up to 6 hours;
+    /// after 36 attempts (about a week) or on a permanent refusal
+    /// (`invalid_client`, an unexpected error) the revocation is dropped and
+    /// logged as an error.
+    pub async fn retry_revocations(&self) -> Result<u32> {
+        self.sync.retry_revocations().await
+    }
+
+    /// How many revocations are queued, due or not.
+    pub async fn pending_revocations(&self) -> Result<u32> {
+        let all = self.sync.store().list_revocations().await?;
+        Ok(u32::try_from(all.len()).unwrap_or(u32::MAX))
+    }
+
     /// The provider a profile's OAuth flows use (discovery results are
     /// cached).
     pub async fn provider_for(&self, profile: &ServerProfile) -> Result<Provider> {

@@ -319,8 +319,25 @@ impl Directory {
     }
 
     /// Deletes a mailbox with its state, alerts, grant and pending consent.
+    ///
+    /// Its grant is revoked at the provider first (RFC 7009). When the
+    /// provider cannot be reached or answers 429, 5xx or something that is
+    /// not JSON, the revocation is queued in the store and the mailbox is
+    /// deleted anyway; [`crate::Connections::retry_revocations`] sends it
+    /// again. Fails (deleting nothing) only when the provider's
+    /// configuration cannot be loaded for now or the store fails.
     pub async fn delete_mailbox(&self, id: &MailboxId) -> Result<()> {
+        self.sync.revoke_before_delete(id).await?;
         self.sync.store().delete_mailbox(id).await
+    }
+
+    /// Re-seals every secret of the store with a new seal key, given as the
+    /// base64 (standard alphabet) or hex text of its 32 bytes; see
+    /// [`crate::MailSync::rotate_key`], which Rust hosts call with a
+    /// [`crate::SealKey`]. The language bindings reach rotation through this.
+    pub async fn rotate_key(&self, new_key: &Secret) -> Result<crate::store::KeyRotation> {
+        let key = crate::store::SealKey::from_text(new_key.expose())?;
+        self.sync.rotate_key(key).await
     }
 
     /// A mailbox's runtime state.

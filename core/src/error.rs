@@ -160,6 +160,8 @@ error_codes! {
     SendDeferred => "send_deferred", transient: true, action: "It will be retried later.";
     /// The SMTP server refused the message (5xx).
     SendRejected => "send_rejected", transient: false, action: "Check the sender and recipients; the server refused the message.";
+    /// An outgoing message's sender (`From`) is not the mailbox's own address; it was refused before connecting.
+    SenderNotAllowed => "sender_not_allowed", transient: false, action: "Send from the mailbox's own address; use the mailbox of the address the message should come from.";
     /// Plain-text authentication over an unencrypted connection was refused.
     InsecureConnection => "insecure_connection", transient: false, action: "Use TLS or STARTTLS; plaintext is allowed only on loopback when the profile allows it.";
     /// The mailbox's grant was issued by another issuer or for another OAuth client than its profile now names; nothing was sent anywhere.

@@ -59,6 +59,23 @@ impl Lease {
         }))
     }
 
+    /// A lease the store already granted (e.g. by
+    /// [`crate::store::LeaseStore::claim_due`]), renewed by `ttl`.
+    pub(crate) fn claimed(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        record: LeaseRecord,
+        ttl: Duration,
+    ) -> Lease {
+        Lease {
+            record,
+            ttl,
+            store,
+            clock,
+            released: false,
+        }
+    }
+
     /// The stored record (holder, fencing token, expiry).
     pub fn record(&self) -> &LeaseRecord {
         &self.record

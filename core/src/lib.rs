@@ -74,8 +74,11 @@ pub mod directory;
 pub mod error;
 pub mod events;
 pub mod ffi;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod lease;
 pub mod lifecycle;
+pub mod metrics;
 pub mod model;
 pub mod options;
 pub mod store;
@@ -195,6 +198,9 @@ pub(crate) struct Inner {
     pub(crate) owner: String,
     /// Where time comes from.
     pub(crate) clock: Arc<dyn Clock>,
+    /// The SQLite database's own key file (`<db>.key`), when the key lives
+    /// there; [`MailSync::rotate_key`] replaces it.
+    pub(crate) key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MailSync {
@@ -263,6 +269,64 @@ pub(crate) fn default_key_for(db_path: &Path) -> Result<store::seal::LockedKeyFi
     Ok(locked)
 }
 
+/// Where a key rotation writes the new key before it commits: `<key>.new`.
+pub(crate) fn pending_key_path(key_path: &Path) -> PathBuf {
+    let mut name = key_path.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
+}
+
+/// Renames the new key file over the old one and makes the rename durable.
+fn finish_key_file_rotation(pending: &Path, key_path: &Path) -> Result<()> {
+    let failed = |e: std::io::Error| {
+        Error::new(
+            ErrorCode::Store,
+            format!(
+                "the store was re-sealed with the key in {}, but it could not replace {}: {e}; \
+                 rename it by hand before the next start",
+                pending.display(),
+                key_path.display()
+            ),
+        )
+    };
+    std::fs::rename(pending, key_path).map_err(failed)?;
+    #[cfg(unix)]
+    if let Some(dir) = key_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Opens a SQLite database with its key file's key, finishing a key
+/// rotation that was cut short: when `<key>.new` exists, the database
+/// opens either with the old key (the rotation never committed: the new
+/// file is dropped) or with the new one (it committed: the new file
+/// replaces the old).
+async fn open_resuming_rotation(path: &Path, key: &SealKey) -> Result<SqliteStore> {
+    let key_path = default_key_path(path);
+    let pending = pending_key_path(&key_path);
+    match SqliteStore::open(path, key.clone()).await {
+        Ok(store) => {
+            if pending.exists() {
+                let _ = std::fs::remove_file(&pending);
+            }
+            Ok(store)
+        }
+        Err(e) if e.code() == ErrorCode::SealKeyMismatch && pending.exists() => {
+            let Some(new_key) = store::seal::read_key_file(&pending)? else {
+                return Err(e);
+            };
+            let store = SqliteStore::open(path, new_key).await?;
+            finish_key_file_rotation(&pending, &key_path)?;
+            tracing::info!(database = %path.display(), "finished an interrupted key rotation");
+            Ok(store)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl MailSync {
     /// Opens a store with options. The options are checked (and the TLS
     /// and HTTP setup built) before any file is created; a SQLite database
@@ -280,6 +344,7 @@ impl MailSync {
         clock: Arc<dyn Clock>,
     ) -> Result<MailSync> {
         let oauth = oauth::Runtime::new(&options)?;
+        let mut key_file = None;
         let store: Arc<dyn Store> = match store {
             StoreConfig::Memory => Arc::new(MemoryStore::new()),
             StoreConfig::Sqlite { path, key } => {
@@ -293,15 +358,20 @@ impl MailSync {
                                 .await
                                 .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))??
                         };
-                        let store = SqliteStore::open(&path, locked.key.clone()).await?;
+                        let store = open_resuming_rotation(&path, &locked.key).await?;
                         drop(locked);
+                        key_file = Some(default_key_path(&path));
                         Arc::new(store)
                     }
                 }
             }
             StoreConfig::Postgres(config) => Arc::new(PostgresStore::open_with(config).await?),
         };
-        Ok(MailSync::build(store, options, oauth, clock))
+        let mut sync = MailSync::build(store, options, oauth, clock);
+        if let Some(inner) = Arc::get_mut(&mut sync.inner) {
+            inner.key_file = key_file;
+        }
+        Ok(sync)
     }
 
     /// Uses any [`Store`] implementation.
@@ -335,6 +405,7 @@ impl MailSync {
                 events,
                 owner: format!("mailsync-{}", uuid::Uuid::new_v4()),
                 clock,
+                key_file: None,
             }),
         }
     }
@@ -374,6 +445,51 @@ impl MailSync {
     /// checkpoints the write-ahead log). Call it before the process exits.
     pub async fn close(&self) {
         self.inner.store.close().await;
+    }
+
+    /// Re-seals every secret of the store with `new_key` in one
+    /// transaction and uses it from then on ([`Store::rotate_key`]); the old
+    /// key no longer opens the store. Stop other processes using the store
+    /// first, and keep the old key until this returns.
+    ///
+    /// With a host-supplied key, store `new_key` where the host keeps its
+    /// key *before* calling (it is the only key that opens the store once
+    /// this returns); if the call fails or the process dies, open with
+    /// either key — the one that works tells whether it committed — and
+    /// call again with `new_key` to finish (`already_rotated`).
+    ///
+    /// With the SQLite key file next to the database, the new key is first
+    /// written to `<db>.key.new`, the store re-sealed, then the file renamed
+    /// over `<db>.key`. A rotation cut short is finished (or undone, if it
+    /// had not committed) the next time the database is opened.
+    pub async fn rotate_key(&self, new_key: SealKey) -> Result<store::KeyRotation> {
+        let Some(key_path) = self.inner.key_file.clone() else {
+            return self.store().rotate_key(&new_key).await;
+        };
+        let pending = pending_key_path(&key_path);
+        let written = {
+            let (pending, key) = (pending.clone(), new_key.clone());
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(&pending);
+                store::seal::write_key_file(&pending, &key)
+            })
+            .await
+            .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?
+        };
+        written?;
+        match self.store().rotate_key(&new_key).await {
+            Ok(done) => {
+                tokio::task::spawn_blocking(move || finish_key_file_rotation(&pending, &key_path))
+                    .await
+                    .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))??;
+                Ok(done)
+            }
+            Err(e) => {
+                // Nothing was committed (one transaction): the old key stays.
+                let _ = std::fs::remove_file(&pending);
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn clock(&self) -> Arc<dyn Clock> {

@@ -237,4 +237,51 @@ mod tests {
         }
         Options::default().validate().unwrap();
     }
+
+    /// Every duration, set to its type's largest value, is refused by
+    /// validation (naming the field) rather than overflowing later.
+    #[test]
+    fn the_largest_durations_are_refused() {
+        type Change = Box<dyn Fn(&mut Options)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "token_refresh_skew_secs",
+                Box::new(|o| o.token_refresh_skew_secs = u32::MAX),
+            ),
+            (
+                "http_timeout_secs",
+                Box::new(|o| o.http_timeout_secs = u32::MAX),
+            ),
+            (
+                "refresh_lease_secs",
+                Box::new(|o| o.refresh_lease_secs = u32::MAX),
+            ),
+            (
+                "consent_ttl_secs",
+                Box::new(|o| o.consent_ttl_secs = u32::MAX),
+            ),
+            (
+                "failure_policy.interval_secs",
+                Box::new(|o| o.failure_policy.interval_secs = u32::MAX),
+            ),
+            (
+                "refresh_retry.max_backoff_ms",
+                Box::new(|o| o.refresh_retry.max_backoff_ms = u32::MAX),
+            ),
+            (
+                "refresh_retry.initial_backoff_ms",
+                Box::new(|o| o.refresh_retry.initial_backoff_ms = u32::MAX),
+            ),
+            (
+                "refresh_retry.attempts",
+                Box::new(|o| o.refresh_retry.attempts = u32::MAX),
+            ),
+        ];
+        for (field, change) in cases {
+            let mut o = Options::default();
+            change(&mut o);
+            let e = o.validate().unwrap_err();
+            assert_eq!(e.field(), Some(field), "{e}");
+        }
+    }
 }

@@ -44,9 +44,10 @@ mod postgres {
     };
     use mailsync::store::{
         Commit, CommitOutcome, DirectoryStore, Grant, GrantStore, LeaseKind, LeaseRecord,
-        LeaseStore, PendingAuthorization, StateStore, SyncStore,
+        LeaseStore, OutboxStore, PendingAuthorization, PendingRevocation, RevocationStore,
+        StateStore, SyncStore,
     };
-    use mailsync::sync::{MessageRecord, SyncCursor};
+    use mailsync::sync::{MessageRecord, OutboxCursor, OutgoingRecord, SyncCursor};
     use mailsync::{PostgresConfig, PostgresStore};
     use sqlx::Connection;
     use std::collections::HashSet;
@@ -230,6 +231,19 @@ mod postgres {
         async fn list_leases(&self) -> Result<Vec<LeaseRecord>> {
             self.store.list_leases().await
         }
+        async fn claim_due(
+            &self,
+            owner: &str,
+            now: Timestamp,
+            until: Timestamp,
+            limit: usize,
+            skip: &[MailboxId],
+        ) -> Result<Vec<LeaseRecord>> {
+            self.store.claim_due(owner, now, until, limit, skip).await
+        }
+        async fn next_due(&self) -> Result<Option<Timestamp>> {
+            self.store.next_due().await
+        }
     }
 
     #[async_trait]
@@ -264,9 +278,83 @@ mod postgres {
     }
 
     #[async_trait]
+    impl OutboxStore for Scratch {
+        async fn get_outgoing(
+            &self,
+            mailbox: &MailboxId,
+            ids: &[String],
+        ) -> Result<Vec<OutgoingRecord>> {
+            self.store.get_outgoing(mailbox, ids).await
+        }
+        async fn list_outgoing(&self, mailbox: &MailboxId) -> Result<Vec<OutgoingRecord>> {
+            self.store.list_outgoing(mailbox).await
+        }
+        async fn put_outgoing(
+            &self,
+            record: &OutgoingRecord,
+            expected: i64,
+            fence: &LeaseRecord,
+        ) -> Result<Option<i64>> {
+            self.store.put_outgoing(record, expected, fence).await
+        }
+        async fn get_outbox_cursor(&self, mailbox: &MailboxId) -> Result<Option<OutboxCursor>> {
+            self.store.get_outbox_cursor(mailbox).await
+        }
+        async fn list_outbox_cursors(&self) -> Result<Vec<OutboxCursor>> {
+            self.store.list_outbox_cursors().await
+        }
+        async fn put_outbox_cursor(
+            &self,
+            cursor: &OutboxCursor,
+            expected: i64,
+            fence: &LeaseRecord,
+        ) -> Result<Option<i64>> {
+            self.store.put_outbox_cursor(cursor, expected, fence).await
+        }
+    }
+
+    #[async_trait]
+    impl RevocationStore for Scratch {
+        async fn queue_revocation(&self, revocation: &PendingRevocation) -> Result<()> {
+            self.store.queue_revocation(revocation).await
+        }
+        async fn claim_revocations(
+            &self,
+            now: Timestamp,
+            until: Timestamp,
+            limit: usize,
+        ) -> Result<Vec<PendingRevocation>> {
+            self.store.claim_revocations(now, until, limit).await
+        }
+        async fn reschedule_revocation(
+            &self,
+            id: &str,
+            attempts: u32,
+            last_error: &str,
+            next_attempt_at: Timestamp,
+        ) -> Result<()> {
+            self.store
+                .reschedule_revocation(id, attempts, last_error, next_attempt_at)
+                .await
+        }
+        async fn delete_revocation(&self, id: &str) -> Result<()> {
+            self.store.delete_revocation(id).await
+        }
+        async fn list_revocations(&self) -> Result<Vec<PendingRevocation>> {
+            self.store.list_revocations().await
+        }
+    }
+
+    #[async_trait]
     impl Store for Scratch {
         async fn close(&self) {
             self.store.close().await
+        }
+        async fn rotate_key(
+            &self,
+            new_key: &mailsync::SealKey,
+        ) -> Result<mailsync::store::KeyRotation> {
+            self.store.rotate_key(new_key).await
         }
     }
 

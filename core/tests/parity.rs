@@ -68,6 +68,9 @@ const CLI: &[(&str, &str)] = &[
     ("Connections.access_token", "mailbox token"),
     ("Connections.grant_info", "mailbox token --check"),
     ("Connections.disconnect", "mailbox disconnect"),
+    ("Connections.retry_revocations", "revocations retry"),
+    ("Connections.pending_revocations", "revocations list"),
+    ("Directory.rotate_key", "key rotate"),
     ("Checks.test_and_enable", "mailbox test-enable"),
     ("Checks.test_all", "profile test-all"),
     ("Checks.last_profile_test", "profile show"),
@@ -246,7 +249,16 @@ fn kotlin() -> BTreeSet<String> {
                             .trim_start_matches("override ")
                             .trim_start_matches("public ")
                             .trim_start_matches("@Throws(MailsyncException::class) ");
-                        word_after(l, &["suspend fun ", "fun "]).map(str::to_owned)
+                        word_after(l, &["suspend fun ", "fun "])
+                            .map(str::to_owned)
+                            // A UniFFI constructor named `new` is the class's primary
+                            // constructor (not UniFFI's internal handle constructors).
+                            .or_else(|| {
+                                (l.starts_with("constructor(")
+                                    && !l.starts_with("constructor(withHandle")
+                                    && !l.starts_with("constructor(noHandle"))
+                                .then(|| "constructor".to_owned())
+                            })
                     },
                     true,
                 ));

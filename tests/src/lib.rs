@@ -12,6 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -183,6 +185,28 @@ pub struct Account {
     pub imap_pop_disabled: bool,
 }
 
+/// The password-only accounts for many-mailbox tests: `bulk001@example.test` …
+/// (`count` of them), all with one password; IMAP/POP3 by PLAIN/LOGIN only.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Bulk {
+    pub prefix: String,
+    pub count: u32,
+    pub domain: String,
+    pub password: String,
+}
+
+impl Bulk {
+    /// The `n`th bulk address (1-based): `bulk001@example.test`.
+    pub fn email(&self, n: u32) -> String {
+        assert!(
+            n >= 1 && n <= self.count,
+            "bulk account {n} of {}",
+            self.count
+        );
+        format!("{}{n:03}@{}", self.prefix, self.domain)
+    }
+}
+
 /// The parsed `stack.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Stack {
@@ -198,6 +222,9 @@ pub struct Stack {
     pub lmtp_socket: PathBuf,
     pub postgres: Postgres,
     pub accounts: Vec<Account>,
+    /// Absent only in a stack.json written before `up` knew them (the next `up` adds them).
+    #[serde(default)]
+    pub bulk: Option<Bulk>,
     pub pids: BTreeMap<String, u32>,
 }
 
@@ -216,6 +243,13 @@ impl Stack {
         let path = state_dir().join("stack.json");
         let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The bulk accounts (see [`Bulk`]).
+    pub fn bulk(&self) -> &Bulk {
+        self.bulk
+            .as_ref()
+            .expect("stack.json has no bulk accounts: run tests/stack/up")
     }
 
     pub fn account(&self, email: &str) -> &Account {
@@ -288,7 +322,7 @@ pub fn ca_cert_pem() -> String {
 pub fn tls_connector() -> tokio_rustls::TlsConnector {
     let pem = ca_cert_pem();
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         roots.add(cert.expect("parse CA pem")).expect("add CA");
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -279,8 +279,14 @@ async fn imap_starttls_and_password_logins() {
         assert!(r.is_success(), "{mech} STARTTLS: {r:?}");
     }
     let plain = Endpoint::new(s.imap.host.clone(), s.imap.plain_port, Security::Plaintext);
-    let r = probe_imap(&plain, &opts(), &StaticCredentials(pw), None).await;
-    assert!(r.is_success(), "loopback plaintext: {r:?}");
+    let r = probe_imap(&plain, &opts(), &StaticCredentials(pw.clone()), None).await;
+    assert!(
+        matches!(&r.result, Err(e) if e.error.code() == ErrorCode::InsecureConnection),
+        "loopback plaintext without the profile's consent: {r:?}"
+    );
+    let allowed = opts().with_plaintext_on_loopback(true);
+    let r = probe_imap(&plain, &allowed, &StaticCredentials(pw), None).await;
+    assert!(r.is_success(), "loopback plaintext, allowed: {r:?}");
 }
 
 // ---------------------------------------------------------------- POP3

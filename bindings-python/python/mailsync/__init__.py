@@ -65,7 +65,6 @@ def _records():
             yield from (v for v in vars(value).values() if isinstance(v, type) and issubclass(v, value))
 
 
-import os as _os  # BREAK
-for _cls in [c for c in _records() if c.__text_signature__ and not _inspect.isfunction(vars(c).get("__new__")) and not (_os.environ.get("MAILSYNC_BREAK") == "overflow" and c.__name__ == "EngineOptions")]:
+for _cls in [c for c in _records() if c.__text_signature__ and not _inspect.isfunction(vars(c).get("__new__"))]:
     _report_overflow(_cls)
 del _cls

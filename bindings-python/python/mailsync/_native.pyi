@@ -22,6 +22,7 @@ __all__ = [
     "BlockingMailSync",
     "CapacityExceededError",
     "Checks",
+    "ComposedMessage",
     "ConflictError",
     "Connections",
     "ConsentDeniedError",
@@ -49,6 +50,7 @@ __all__ = [
     "InsecureConnectionError",
     "InternalError",
     "InvalidClientError",
+    "KeyRotation",
     "LastTestResult",
     "MailAddress",
     "MailSync",
@@ -69,6 +71,11 @@ __all__ = [
     "OAuthApp",
     "Options",
     "OrgInternalError",
+    "OutboxCursor",
+    "OutgoingAttachment",
+    "OutgoingContent",
+    "OutgoingMessage",
+    "OutgoingRecord",
     "Owner",
     "PendingConsent",
     "ProcessingOptions",
@@ -77,12 +84,16 @@ __all__ = [
     "ProtocolErrorError",
     "ProviderErrorError",
     "ProviderUnavailableError",
+    "RecipientRefusal",
     "RetryPolicy",
     "ScopeNotGrantedError",
     "SealKey",
     "SealKeyMismatchError",
     "SendDeferredError",
+    "SendOutcome",
     "SendRejectedError",
+    "SendReport",
+    "SenderNotAllowedError",
     "ServerProfile",
     "ServerUnavailableError",
     "SinkFailedError",
@@ -303,7 +314,9 @@ class BlockingConnections:
     def connect(self, mailbox: builtins.str) -> ConsentRequest: ...
     def disconnect(self, mailbox: builtins.str) -> MailboxStatus: ...
     def grant_info(self, mailbox: builtins.str) -> typing.Optional[GrantInfo]: ...
+    def pending_revocations(self) -> builtins.int: ...
     def refresh_access_token(self, mailbox: builtins.str, rejected: builtins.str) -> AccessToken: ...
+    def retry_revocations(self) -> builtins.int: ...
 
 @typing.final
 class BlockingDirectory:
@@ -324,6 +337,7 @@ class BlockingDirectory:
     def list_profiles(self) -> builtins.list[ServerProfile]: ...
     def mailbox_count(self, profile: builtins.str) -> builtins.int: ...
     def move_mailbox(self, mailbox: builtins.str, profile: builtins.str) -> Mailbox: ...
+    def rotate_key(self, new_key: builtins.str) -> KeyRotation: ...
     def set_default_profile(self, id: builtins.str) -> ServerProfile: ...
     def state(self, id: builtins.str) -> MailboxState: ...
     def status(self, id: builtins.str) -> MailboxStatus: ...
@@ -365,8 +379,9 @@ class BlockingEngine:
         """
     def run_once(self, mailbox: builtins.str) -> CycleReport:
         r"""
-        Syncs one mailbox's incoming mail now, whatever its
-        schedule. A failed cycle is in the report (`error_code`);
+        Syncs one mailbox now, whatever its schedule: its incoming
+        mail, then (with an outbox) its outgoing mail. A failed
+        cycle is in the report (`error_code`, `outgoing_error_code`);
         raises only when the cycle could not start (NotEnabledError,
         TokenRevokedError, ...).
         """
@@ -379,6 +394,19 @@ class BlockingEngine:
     def status(self) -> builtins.list[SyncStatus]:
         r"""
         Every mailbox's sync status.
+        """
+    @staticmethod
+    def with_outbox(sync: BlockingMailSync, sink: typing.Any, outbox: typing.Any, options: EngineOptions) -> BlockingEngine:
+        r"""
+        An engine that also sends the mail of `outbox` from every
+        mailbox whose outgoing direction is enabled: an object with
+        `pending(mailbox_id, limit)` returning up to `limit`
+        `OutgoingMessage`s of the mailbox, oldest first, and
+        `report(report)` taking each `SendReport` (sent, failed,
+        deferred, unknown); plain or coroutine functions. Keep
+        returning a message from `pending` until it is reported
+        sent or failed: the engine never sends it twice. `sink` as
+        for the constructor.
         """
 
 @typing.final
@@ -446,6 +474,119 @@ class Checks:
     def test_and_enable(self, mailbox: builtins.str, options: TestOptions) -> typing.Awaitable[TestReport]: ...
 
 @typing.final
+class ComposedMessage:
+    r"""
+    The parts of a message the engine composes: headers, a text and/or
+    HTML body, attachments.
+    """
+    @property
+    def to(self) -> builtins.list[MailAddress]:
+        r"""
+        `To`.
+        """
+    @to.setter
+    def to(self, value: typing.Sequence[MailAddress]) -> None:
+        r"""
+        `To`.
+        """
+    @property
+    def cc(self) -> builtins.list[MailAddress]:
+        r"""
+        `Cc`.
+        """
+    @cc.setter
+    def cc(self, value: typing.Sequence[MailAddress]) -> None:
+        r"""
+        `Cc`.
+        """
+    @property
+    def bcc(self) -> builtins.list[MailAddress]:
+        r"""
+        Blind copies: in the envelope, never in the headers.
+        """
+    @bcc.setter
+    def bcc(self, value: typing.Sequence[MailAddress]) -> None:
+        r"""
+        Blind copies: in the envelope, never in the headers.
+        """
+    @property
+    def subject(self) -> builtins.str:
+        r"""
+        `Subject`.
+        """
+    @subject.setter
+    def subject(self, value: builtins.str) -> None:
+        r"""
+        `Subject`.
+        """
+    @property
+    def text(self) -> typing.Optional[builtins.str]:
+        r"""
+        The plain-text body.
+        """
+    @text.setter
+    def text(self, value: typing.Optional[builtins.str]) -> None:
+        r"""
+        The plain-text body.
+        """
+    @property
+    def html(self) -> typing.Optional[builtins.str]:
+        r"""
+        The HTML body (with `text`: `multipart/alternative`).
+        """
+    @html.setter
+    def html(self, value: typing.Optional[builtins.str]) -> None:
+        r"""
+        The HTML body (with `text`: `multipart/alternative`).
+        """
+    @property
+    def attachments(self) -> builtins.list[OutgoingAttachment]:
+        r"""
+        Attachments (`multipart/mixed`).
+        """
+    @attachments.setter
+    def attachments(self, value: typing.Sequence[OutgoingAttachment]) -> None:
+        r"""
+        Attachments (`multipart/mixed`).
+        """
+    @property
+    def in_reply_to(self) -> typing.Optional[builtins.str]:
+        r"""
+        `In-Reply-To`: the Message-ID replied to, without angle brackets.
+        """
+    @in_reply_to.setter
+    def in_reply_to(self, value: typing.Optional[builtins.str]) -> None:
+        r"""
+        `In-Reply-To`: the Message-ID replied to, without angle brackets.
+        """
+    @property
+    def references(self) -> builtins.list[builtins.str]:
+        r"""
+        `References`: Message-IDs without angle brackets, oldest first.
+        """
+    @references.setter
+    def references(self, value: typing.Sequence[builtins.str]) -> None:
+        r"""
+        `References`: Message-IDs without angle brackets, oldest first.
+        """
+    @property
+    def from_(self) -> typing.Optional[MailAddress]:
+        r"""
+        `From`: the mailbox's own address (a display name may be given);
+        None: the mailbox's address. Any other address is refused before
+        connecting (`sender_not_allowed`).
+        """
+    @from_.setter
+    def from_(self, value: typing.Optional[MailAddress]) -> None: ...
+    def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
+    def __new__(cls, to: typing.Sequence[MailAddress] = ..., cc: typing.Sequence[MailAddress] = ..., bcc: typing.Sequence[MailAddress] = ..., subject: builtins.str = ..., text: typing.Optional[builtins.str] = None, html: typing.Optional[builtins.str] = None, attachments: typing.Sequence[OutgoingAttachment] = ..., in_reply_to: typing.Optional[builtins.str] = None, references: typing.Sequence[builtins.str] = ..., from_: typing.Optional[MailAddress] = None) -> ComposedMessage:
+        r"""
+        A message to compose; every part may be left out. `from_`: the
+        mailbox's own address (with a display name), None: the mailbox's.
+        """
+    def __repr__(self) -> builtins.str: ...
+
+@typing.final
 class Connections:
     r"""
     Consent, grants and access tokens.
@@ -455,7 +596,9 @@ class Connections:
     def connect(self, mailbox: builtins.str) -> typing.Awaitable[ConsentRequest]: ...
     def disconnect(self, mailbox: builtins.str) -> typing.Awaitable[MailboxStatus]: ...
     def grant_info(self, mailbox: builtins.str) -> typing.Awaitable[typing.Optional[GrantInfo]]: ...
+    def pending_revocations(self) -> typing.Awaitable[builtins.int]: ...
     def refresh_access_token(self, mailbox: builtins.str, rejected: builtins.str) -> typing.Awaitable[AccessToken]: ...
+    def retry_revocations(self) -> typing.Awaitable[builtins.int]: ...
 
 @typing.final
 class ConsentRequest:
@@ -608,7 +751,7 @@ class CycleReport:
         How long the cycle took, in milliseconds.
         """
     @property
-    def error_code(self) -> typing.Optional[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]]:
+    def error_code(self) -> typing.Optional[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]]:
         r"""
         The failure, if the cycle failed; the cursor stays where the last
         acknowledged batch left it.
@@ -617,6 +760,37 @@ class CycleReport:
     def error_message(self) -> typing.Optional[builtins.str]:
         r"""
         The failure's message.
+        """
+    @property
+    def sent(self) -> builtins.int:
+        r"""
+        Outgoing: messages the server accepted this cycle.
+        """
+    @property
+    def send_failed(self) -> builtins.int:
+        r"""
+        Outgoing: messages refused for good this cycle.
+        """
+    @property
+    def send_deferred(self) -> builtins.int:
+        r"""
+        Outgoing: messages deferred this cycle (tried again later).
+        """
+    @property
+    def send_unknown(self) -> builtins.int:
+        r"""
+        Outgoing: messages whose fate is unknown (only with
+        [`EngineOptions::unknown_after_crash`]).
+        """
+    @property
+    def outgoing_error_code(self) -> typing.Optional[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]]:
+        r"""
+        The outgoing cycle's failure, if it failed.
+        """
+    @property
+    def outgoing_error_message(self) -> typing.Optional[builtins.str]:
+        r"""
+        That failure's message.
         """
     def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
 
@@ -636,12 +810,12 @@ class Diagnosis:
         The step that failed.
         """
     @property
-    def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
+    def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
         r"""
         Stable error code (see docs/errors.md).
         """
     @code.setter
-    def code(self, value: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]) -> None:
+    def code(self, value: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]) -> None:
         r"""
         Stable error code (see docs/errors.md).
         """
@@ -677,7 +851,7 @@ class Diagnosis:
         Whether the check may pass later without changes (then the
         direction is `Retrying`, until its retries are spent).
         """
-    def __new__(cls, step: builtins.str, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], message: builtins.str, next_action: builtins.str, transient: builtins.bool) -> Diagnosis: ...
+    def __new__(cls, step: builtins.str, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], message: builtins.str, next_action: builtins.str, transient: builtins.bool) -> Diagnosis: ...
     def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
 
 @typing.final
@@ -834,7 +1008,7 @@ class DirectionStatus:
             Consecutive failures so far.
             """
         @property
-        def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
+        def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
             r"""
             The last failure's code.
             """
@@ -848,7 +1022,7 @@ class DirectionStatus:
             r"""
             When the next attempt is due.
             """
-        def __new__(cls, failures: builtins.int, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], reason: builtins.str, next_attempt: datetime.datetime) -> DirectionStatus.Retrying: ...
+        def __new__(cls, failures: builtins.int, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], reason: builtins.str, next_attempt: datetime.datetime) -> DirectionStatus.Retrying: ...
     
     @typing.final
     class Disabled(DirectionStatus):
@@ -857,7 +1031,7 @@ class DirectionStatus:
         """
         __match_args__ = ("code", "reason", "since",)
         @property
-        def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
+        def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
             r"""
             Why.
             """
@@ -871,7 +1045,7 @@ class DirectionStatus:
             r"""
             Since when.
             """
-        def __new__(cls, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], reason: builtins.str, since: datetime.datetime) -> DirectionStatus.Disabled: ...
+        def __new__(cls, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], reason: builtins.str, since: datetime.datetime) -> DirectionStatus.Disabled: ...
     
     ...
 
@@ -894,6 +1068,7 @@ class Directory:
     def list_profiles(self) -> typing.Awaitable[builtins.list[ServerProfile]]: ...
     def mailbox_count(self, profile: builtins.str) -> typing.Awaitable[builtins.int]: ...
     def move_mailbox(self, mailbox: builtins.str, profile: builtins.str) -> typing.Awaitable[Mailbox]: ...
+    def rotate_key(self, new_key: builtins.str) -> typing.Awaitable[KeyRotation]: ...
     def set_default_profile(self, id: builtins.str) -> typing.Awaitable[ServerProfile]: ...
     def state(self, id: builtins.str) -> typing.Awaitable[MailboxState]: ...
     def status(self, id: builtins.str) -> typing.Awaitable[MailboxStatus]: ...
@@ -973,8 +1148,9 @@ class Engine:
         """
     def run_once(self, mailbox: builtins.str) -> typing.Awaitable[CycleReport]:
         r"""
-        Syncs one mailbox's incoming mail now, whatever its
-        schedule. A failed cycle is in the report (`error_code`);
+        Syncs one mailbox now, whatever its schedule: its incoming
+        mail, then (with an outbox) its outgoing mail. A failed
+        cycle is in the report (`error_code`, `outgoing_error_code`);
         raises only when the cycle could not start (NotEnabledError,
         TokenRevokedError, ...).
         """
@@ -987,6 +1163,19 @@ class Engine:
     def status(self) -> typing.Awaitable[builtins.list[SyncStatus]]:
         r"""
         Every mailbox's sync status.
+        """
+    @staticmethod
+    def with_outbox(sync: MailSync, sink: typing.Any, outbox: typing.Any, options: EngineOptions) -> Engine:
+        r"""
+        An engine that also sends the mail of `outbox` from every
+        mailbox whose outgoing direction is enabled: an object with
+        `pending(mailbox_id, limit)` returning up to `limit`
+        `OutgoingMessage`s of the mailbox, oldest first, and
+        `report(report)` taking each `SendReport` (sent, failed,
+        deferred, unknown); plain or coroutine functions. Keep
+        returning a message from `pending` until it is reported
+        sent or failed: the engine never sends it twice. `sink` as
+        for the constructor.
         """
 
 @typing.final
@@ -1009,15 +1198,15 @@ class EngineOptions:
     def postpone_secs(self) -> builtins.int:
         r"""
         After a cycle, the mailbox is due again this much later (default
-        300 s, as Dynamics postpones a mailbox 5 minutes), or after the
-        profile's minimum polling interval if that is longer.
+        300 s, as Dynamics postpones a mailbox 5 minutes; at most a day), or
+        after the profile's minimum polling interval if that is longer.
         """
     @postpone_secs.setter
     def postpone_secs(self, value: builtins.int) -> None:
         r"""
         After a cycle, the mailbox is due again this much later (default
-        300 s, as Dynamics postpones a mailbox 5 minutes), or after the
-        profile's minimum polling interval if that is longer.
+        300 s, as Dynamics postpones a mailbox 5 minutes; at most a day), or
+        after the profile's minimum polling interval if that is longer.
         """
     @property
     def connections_per_account(self) -> builtins.int:
@@ -1102,26 +1291,66 @@ class EngineOptions:
     @property
     def sink_timeout_secs(self) -> builtins.int:
         r"""
-        How long the sink may take for one batch (default 300 s).
+        How long the sink may take for one batch (default 300 s, at most a day).
         """
     @sink_timeout_secs.setter
     def sink_timeout_secs(self, value: builtins.int) -> None:
         r"""
-        How long the sink may take for one batch (default 300 s).
+        How long the sink may take for one batch (default 300 s, at most a day).
         """
     @property
     def lease_secs(self) -> builtins.int:
         r"""
         How long a mailbox's sync lease lasts; renewed before each batch
-        (default 300 s).
+        (default 300 s, 5 s to a day).
         """
     @lease_secs.setter
     def lease_secs(self, value: builtins.int) -> None:
         r"""
         How long a mailbox's sync lease lasts; renewed before each batch
-        (default 300 s).
+        (default 300 s, 5 s to a day).
         """
-    def __new__(cls, postpone_secs: builtins.int, connections_per_account: builtins.int, workers: builtins.int, batch_messages: builtins.int, batch_bytes: builtins.int, max_message_bytes: builtins.int, messages_per_cycle: builtins.int, min_throughput_bytes_per_sec: builtins.int, sink_timeout_secs: builtins.int, lease_secs: builtins.int) -> EngineOptions: ...
+    @property
+    def sends_per_cycle(self) -> builtins.int:
+        r"""
+        Most messages one outgoing cycle asks the outbox for (default 200);
+        when it returns that many, the next cycle follows right away.
+        """
+    @sends_per_cycle.setter
+    def sends_per_cycle(self, value: builtins.int) -> None:
+        r"""
+        Most messages one outgoing cycle asks the outbox for (default 200);
+        when it returns that many, the next cycle follows right away.
+        """
+    @property
+    def allow_partial_send(self) -> builtins.bool:
+        r"""
+        With refused recipients, send to the accepted ones and report the
+        refusals (default false: the message fails whole and nothing is sent).
+        """
+    @allow_partial_send.setter
+    def allow_partial_send(self, value: builtins.bool) -> None:
+        r"""
+        With refused recipients, send to the accepted ones and report the
+        refusals (default false: the message fails whole and nothing is sent).
+        """
+    @property
+    def unknown_after_crash(self) -> builtins.bool:
+        r"""
+        After a crash (or a lost connection) between a message's data going
+        out and its outcome being recorded, report it `unknown` and wait for
+        the host ([`Engine::resend`]) instead of sending it again with the
+        same Message-ID (default false: send again).
+        """
+    @unknown_after_crash.setter
+    def unknown_after_crash(self, value: builtins.bool) -> None:
+        r"""
+        After a crash (or a lost connection) between a message's data going
+        out and its outcome being recorded, report it `unknown` and wait for
+        the host ([`Engine::resend`]) instead of sending it again with the
+        same Message-ID (default false: send again).
+        """
+    def __new__(cls, postpone_secs: builtins.int, connections_per_account: builtins.int, workers: builtins.int, batch_messages: builtins.int, batch_bytes: builtins.int, max_message_bytes: builtins.int, messages_per_cycle: builtins.int, min_throughput_bytes_per_sec: builtins.int, sink_timeout_secs: builtins.int, lease_secs: builtins.int, sends_per_cycle: builtins.int, allow_partial_send: builtins.bool, unknown_after_crash: builtins.bool) -> EngineOptions: ...
     def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
 
 @typing.final
@@ -1278,7 +1507,7 @@ class GrantStatus:
         """
         __match_args__ = ("code", "reason", "since",)
         @property
-        def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
+        def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
             r"""
             Why (`token_revoked`, `grant_mismatch`).
             """
@@ -1292,7 +1521,7 @@ class GrantStatus:
             r"""
             Since when.
             """
-        def __new__(cls, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], reason: builtins.str, since: datetime.datetime) -> GrantStatus.NeedsReconsent: ...
+        def __new__(cls, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], reason: builtins.str, since: datetime.datetime) -> GrantStatus.NeedsReconsent: ...
     
     ...
 
@@ -1458,6 +1687,23 @@ class IncomingMessage:
         """
     def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
     def __repr__(self) -> builtins.str: ...
+
+@typing.final
+class KeyRotation:
+    r"""
+    What a [`Store::rotate_key`] did.
+    """
+    @property
+    def resealed(self) -> builtins.int:
+        r"""
+        Sealed values re-sealed with the new key (0 when the store already
+        used it: a rotation that had completed, run again).
+        """
+    @property
+    def already_rotated(self) -> builtins.bool:
+        r"""
+        Whether the store already used the new key before this call.
+        """
 
 @typing.final
 class LastTestResult:
@@ -1805,12 +2051,12 @@ class MailboxEvent:
         The direction, for direction events.
         """
     @property
-    def code(self) -> typing.Optional[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]]:
+    def code(self) -> typing.Optional[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]]:
         r"""
         The error code behind the event (e.g. `token_revoked`), if any.
         """
     @code.setter
-    def code(self, value: typing.Optional[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]]) -> None:
+    def code(self, value: typing.Optional[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]]) -> None:
         r"""
         The error code behind the event (e.g. `token_revoked`), if any.
         """
@@ -1844,7 +2090,7 @@ class MailboxEvent:
         r"""
         The mailbox's state after the event.
         """
-    def __new__(cls, kind: typing.Literal["snapshot", "connected", "consent_failed", "refreshed", "needs_reconsent", "disconnected", "direction_enabled", "direction_retrying", "direction_disabled"], mailbox_id: builtins.str, email: builtins.str, direction: typing.Optional[typing.Literal["incoming", "outgoing"]], code: typing.Optional[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]], message: builtins.str, at: datetime.datetime, state: MailboxState) -> MailboxEvent: ...
+    def __new__(cls, kind: typing.Literal["snapshot", "connected", "consent_failed", "refreshed", "needs_reconsent", "disconnected", "direction_enabled", "direction_retrying", "direction_disabled"], mailbox_id: builtins.str, email: builtins.str, direction: typing.Optional[typing.Literal["incoming", "outgoing"]], code: typing.Optional[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]], message: builtins.str, at: datetime.datetime, state: MailboxState) -> MailboxEvent: ...
     def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
 
 @typing.final
@@ -2263,6 +2509,229 @@ class Options:
     def __new__(cls, extra_root_certs_pem: typing.Sequence[builtins.str], google_issuer_override: typing.Optional[builtins.str], token_refresh_skew_secs: builtins.int, http_timeout_secs: builtins.int, refresh_retry: RetryPolicy, refresh_lease_secs: builtins.int, consent_ttl_secs: builtins.int, failure_policy: FailurePolicy) -> Options: ...
     def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
 
+@typing.final
+class OutboxCursor:
+    r"""
+    A mailbox's outgoing counters and schedule (the outgoing side's
+    counterpart of [`super::SyncCursor`]).
+    """
+    @property
+    def mailbox_id(self) -> builtins.str:
+        r"""
+        The mailbox.
+        """
+    @property
+    def sent(self) -> builtins.int:
+        r"""
+        Messages sent so far.
+        """
+    @property
+    def failed(self) -> builtins.int:
+        r"""
+        Messages refused for good so far.
+        """
+    @property
+    def last_cycle_at(self) -> typing.Optional[datetime.datetime]:
+        r"""
+        When the last outgoing cycle ended.
+        """
+    @property
+    def next_due(self) -> typing.Optional[datetime.datetime]:
+        r"""
+        When the next outgoing cycle is due (before backoff).
+        """
+    @property
+    def version(self) -> builtins.int:
+        r"""
+        Write version; set by the store, only grows (0: not stored yet).
+        """
+    def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
+
+@typing.final
+class OutgoingAttachment:
+    r"""
+    A file attached to a [`ComposedMessage`].
+    """
+    @property
+    def name(self) -> builtins.str:
+        r"""
+        The file name.
+        """
+    @name.setter
+    def name(self, value: builtins.str) -> None:
+        r"""
+        The file name.
+        """
+    @property
+    def content_type(self) -> builtins.str:
+        r"""
+        Its MIME type, e.g. `application/pdf`.
+        """
+    @content_type.setter
+    def content_type(self, value: builtins.str) -> None:
+        r"""
+        Its MIME type, e.g. `application/pdf`.
+        """
+    @property
+    def content(self) -> builtins.bytes:
+        r"""
+        Its bytes (they cross the bindings as bytes, like a [`RawMessage`]).
+        """
+    @content.setter
+    def content(self, value: builtins.bytes) -> None:
+        r"""
+        Its bytes (they cross the bindings as bytes, like a [`RawMessage`]).
+        """
+    def __new__(cls, name: builtins.str, content_type: builtins.str, content: builtins.bytes) -> OutgoingAttachment: ...
+    def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
+
+class OutgoingContent:
+    r"""
+    A message's content: RFC 5322 bytes as they are, or the parts of a
+    message the engine composes (with lettre's builder).
+    """
+    @typing.final
+    class Raw(OutgoingContent):
+        r"""
+        A complete message. Bare CR and bare LF are sent as CRLF; a line
+        longer than 998 octets is refused (`validation`); its `Message-ID`
+        is kept, or one is added; a `Bcc` header is not sent.
+        """
+        __match_args__ = ("raw", "recipients",)
+        @property
+        def raw(self) -> builtins.bytes:
+            r"""
+            The message.
+            """
+        @property
+        def recipients(self) -> builtins.list[builtins.str]:
+            r"""
+            The envelope recipients; empty: the addresses of its `To`,
+            `Cc` and `Bcc` headers.
+            """
+        def __new__(cls, raw: builtins.bytes, recipients: typing.Sequence[builtins.str]) -> OutgoingContent.Raw: ...
+    
+    @typing.final
+    class Composed(OutgoingContent):
+        r"""
+        A message to compose.
+        """
+        __match_args__ = ("message",)
+        @property
+        def message(self) -> ComposedMessage:
+            r"""
+            Its parts.
+            """
+        def __new__(cls, message: ComposedMessage) -> OutgoingContent.Composed: ...
+    
+    ...
+
+@typing.final
+class OutgoingMessage:
+    r"""
+    One message the host wants sent from a mailbox.
+    """
+    @property
+    def id(self) -> builtins.str:
+        r"""
+        The host's stable id of the message (e.g. the CRM's email activity
+        id). The engine keys its record by the mailbox and this id: hand the
+        same message over with the same id every time.
+        """
+    @id.setter
+    def id(self, value: builtins.str) -> None:
+        r"""
+        The host's stable id of the message (e.g. the CRM's email activity
+        id). The engine keys its record by the mailbox and this id: hand the
+        same message over with the same id every time.
+        """
+    @property
+    def content(self) -> OutgoingContent:
+        r"""
+        What to send.
+        """
+    @content.setter
+    def content(self, value: OutgoingContent) -> None:
+        r"""
+        What to send.
+        """
+    def __new__(cls, id: builtins.str, content: OutgoingContent) -> OutgoingMessage: ...
+    def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
+
+@typing.final
+class OutgoingRecord:
+    r"""
+    The engine's record of one outgoing message, kept in the store
+    ([`crate::store::OutboxStore`]) and written under the mailbox's send
+    lease, compare-and-swap on its version.
+    """
+    @property
+    def mailbox_id(self) -> builtins.str:
+        r"""
+        The mailbox.
+        """
+    @property
+    def id(self) -> builtins.str:
+        r"""
+        The host's id.
+        """
+    @property
+    def message_id(self) -> builtins.str:
+        r"""
+        The Message-ID, without angle brackets (kept for every attempt).
+        """
+    @property
+    def state(self) -> typing.Literal["pending", "sending", "sent", "failed", "deferred", "unknown"]:
+        r"""
+        Where it stands.
+        """
+    @property
+    def attempts(self) -> builtins.int:
+        r"""
+        Attempts so far.
+        """
+    @property
+    def next_attempt(self) -> typing.Optional[datetime.datetime]:
+        r"""
+        For `deferred`: when it is tried again.
+        """
+    @property
+    def code(self) -> typing.Optional[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]]:
+        r"""
+        The last failure's code (`failed`, `deferred`).
+        """
+    @property
+    def smtp_code(self) -> typing.Optional[builtins.int]:
+        r"""
+        The server's last reply code, if any.
+        """
+    @property
+    def reply(self) -> typing.Optional[builtins.str]:
+        r"""
+        The server's last reply (`sent`: its `250`), or what failed.
+        """
+    @property
+    def refused(self) -> builtins.list[RecipientRefusal]:
+        r"""
+        Recipients the server refused.
+        """
+    @property
+    def created_at(self) -> datetime.datetime:
+        r"""
+        When the engine first saw it.
+        """
+    @property
+    def updated_at(self) -> datetime.datetime:
+        r"""
+        When it last changed.
+        """
+    @property
+    def version(self) -> builtins.int:
+        r"""
+        Write version; set by the store, only grows (0: not stored yet).
+        """
+    def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
+
 class Owner:
     r"""
     Who the mailbox belongs to.
@@ -2392,6 +2861,28 @@ class ProcessingOptions:
     def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
 
 @typing.final
+class RecipientRefusal:
+    r"""
+    A recipient the server refused (its reply to `RCPT TO`).
+    """
+    @property
+    def address(self) -> builtins.str:
+        r"""
+        The address.
+        """
+    @property
+    def smtp_code(self) -> builtins.int:
+        r"""
+        The SMTP reply code (4xx: for now, 5xx: for good).
+        """
+    @property
+    def reply(self) -> builtins.str:
+        r"""
+        The server's reply, e.g. `554 5.7.1 <x@example.org>: Relay access denied`.
+        """
+    def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
+
+@typing.final
 class RetryPolicy:
     r"""
     Bounded retries with exponential backoff for a token refresh that failed
@@ -2459,6 +2950,144 @@ class SealKey:
         r"""
         Reads the key file, or creates it (mode 0600) with a new random key.
         """
+
+class SendOutcome:
+    r"""
+    What became of one message.
+    """
+    @typing.final
+    class Sent(SendOutcome):
+        r"""
+        The server accepted it (its `250` to the end of the data). Never
+        sent again.
+        """
+        __match_args__ = ("reply", "refused",)
+        @property
+        def reply(self) -> builtins.str:
+            r"""
+            The server's reply, e.g. `250 2.0.0 Ok: queued as 4Xc1`.
+            """
+        @property
+        def refused(self) -> builtins.list[RecipientRefusal]:
+            r"""
+            Recipients refused while the others got it (only when the
+            engine allows partial sends).
+            """
+        def __new__(cls, reply: builtins.str, refused: typing.Sequence[RecipientRefusal]) -> SendOutcome.Sent: ...
+    
+    @typing.final
+    class Failed(SendOutcome):
+        r"""
+        Refused for good: not sent, not tried again.
+        """
+        __match_args__ = ("code", "smtp_code", "reply", "refused",)
+        @property
+        def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
+            r"""
+            Why: `send_rejected` (the server's 5xx), `sender_not_allowed`,
+            `validation` (e.g. a line over 998 octets, no recipient),
+            `message_too_large`.
+            """
+        @property
+        def smtp_code(self) -> typing.Optional[builtins.int]:
+            r"""
+            The server's reply code, if the server refused it.
+            """
+        @property
+        def reply(self) -> builtins.str:
+            r"""
+            The server's reply, or why the engine refused it.
+            """
+        @property
+        def refused(self) -> builtins.list[RecipientRefusal]:
+            r"""
+            The refused recipients, one by one.
+            """
+        def __new__(cls, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], smtp_code: typing.Optional[builtins.int], reply: builtins.str, refused: typing.Sequence[RecipientRefusal]) -> SendOutcome.Failed: ...
+    
+    @typing.final
+    class Deferred(SendOutcome):
+        r"""
+        Not sent now (the server's 4xx, the network, a timeout); tried
+        again from `next_attempt` on, with the same Message-ID.
+        """
+        __match_args__ = ("code", "smtp_code", "reply", "next_attempt",)
+        @property
+        def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
+            r"""
+            `send_deferred`, `network`, `timeout`, `server_unavailable`, …
+            """
+        @property
+        def smtp_code(self) -> typing.Optional[builtins.int]:
+            r"""
+            The server's reply code, if it answered.
+            """
+        @property
+        def reply(self) -> builtins.str:
+            r"""
+            The server's reply, or what failed.
+            """
+        @property
+        def next_attempt(self) -> datetime.datetime:
+            r"""
+            When it is tried again.
+            """
+        def __new__(cls, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], smtp_code: typing.Optional[builtins.int], reply: builtins.str, next_attempt: datetime.datetime) -> SendOutcome.Deferred: ...
+    
+    @typing.final
+    class Unknown(SendOutcome):
+        r"""
+        The engine cannot know whether the server accepted it: a crash (or
+        a lost connection) after the data went out and before the server's
+        answer was recorded. Reported only when
+        [`EngineOptions::unknown_after_crash`](super::EngineOptions::unknown_after_crash)
+        is set (otherwise the message is sent again with the same
+        Message-ID). Not sent again until the host calls
+        [`Engine::resend`](super::Engine::resend).
+        """
+        __match_args__ = ("reason",)
+        @property
+        def reason(self) -> builtins.str:
+            r"""
+            What happened.
+            """
+        def __new__(cls, reason: builtins.str) -> SendOutcome.Unknown: ...
+    
+    ...
+
+@typing.final
+class SendReport:
+    r"""
+    One message's outcome, for [`Outbox::report`].
+    """
+    @property
+    def mailbox_id(self) -> builtins.str:
+        r"""
+        The mailbox it was sent from.
+        """
+    @property
+    def id(self) -> builtins.str:
+        r"""
+        The host's id ([`OutgoingMessage::id`]).
+        """
+    @property
+    def message_id(self) -> builtins.str:
+        r"""
+        Its Message-ID, without angle brackets: assigned before the first
+        attempt and the same in every attempt.
+        """
+    @property
+    def attempts(self) -> builtins.int:
+        r"""
+        Attempts so far (attempts that reached the server or failed on
+        the way; refusals before connecting count none).
+        """
+    @property
+    def outcome(self) -> SendOutcome:
+        r"""
+        What became of it.
+        """
+    def __eq__(self, other: builtins.object, /) -> builtins.bool: ...
 
 @typing.final
 class ServerProfile:
@@ -2647,14 +3276,22 @@ class StepResult:
 @typing.final
 class StoreLocation:
     r"""
-    Where a `MailSync` keeps its records: `StoreLocation.memory()` or
-    `StoreLocation.sqlite(path, key=None)`.
+    Where a `MailSync` keeps its records: `StoreLocation.memory()`,
+    `StoreLocation.sqlite(path, key=None)` or `StoreLocation.postgres(url, key)`.
     """
     def __repr__(self) -> builtins.str: ...
     @staticmethod
     def memory() -> StoreLocation:
         r"""
         In memory: nothing persists.
+        """
+    @staticmethod
+    def postgres(url: builtins.str, key: SealKey, pool_size: typing.Optional[builtins.int] = None) -> StoreLocation:
+        r"""
+        A PostgreSQL database that many workers share
+        (`postgres://user:password@host:port/database`), sealing with `key`,
+        which every worker must share; `pool_size` connections (default 10).
+        Its tables are created or migrated on open, after the key check.
         """
     @staticmethod
     def sqlite(path: builtins.str | os.PathLike | pathlib.Path, key: typing.Optional[SealKey] = None) -> StoreLocation:
@@ -2787,6 +3424,22 @@ class SyncStatus:
     def next_due(self) -> typing.Optional[datetime.datetime]:
         r"""
         When it is due next (none: not scheduled, e.g. disabled or not connected).
+        """
+    @property
+    def outgoing(self) -> DirectionStatus:
+        r"""
+        The outgoing direction's status.
+        """
+    @property
+    def outbox(self) -> typing.Optional[OutboxCursor]:
+        r"""
+        Outgoing counters and schedule (none before the first outgoing cycle).
+        """
+    @property
+    def next_send_due(self) -> typing.Optional[datetime.datetime]:
+        r"""
+        When outgoing mail is due next (none: not scheduled, or the engine
+        has no outbox).
         """
 
 @typing.final
@@ -2932,7 +3585,7 @@ class TestStatus:
             When.
             """
         @property
-        def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
+        def code(self) -> typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]:
             r"""
             The failure's code.
             """
@@ -2941,7 +3594,7 @@ class TestStatus:
             r"""
             What went wrong.
             """
-        def __new__(cls, at: datetime.datetime, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], reason: builtins.str) -> TestStatus.Failure: ...
+        def __new__(cls, at: datetime.datetime, code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"], reason: builtins.str) -> TestStatus.Failure: ...
     
     ...
 
@@ -2992,16 +3645,16 @@ def default_failure_policy() -> FailurePolicy: ...
 
 def default_options() -> Options: ...
 
-def error_class(code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]) -> type:
+def error_class(code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]) -> type:
     r"""
     The exception class for a code.
     """
 
-def error_codes() -> builtins.list[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]]: ...
+def error_codes() -> builtins.list[typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]]: ...
 
-def error_is_transient(code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]) -> builtins.bool: ...
+def error_is_transient(code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]) -> builtins.bool: ...
 
-def error_next_action(code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]) -> builtins.str: ...
+def error_next_action(code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]) -> builtins.str: ...
 
 def forward_mailbox(email: builtins.str) -> MailboxSpec: ...
 
@@ -3027,7 +3680,7 @@ def web_app(client_id: builtins.str, client_secret: builtins.str) -> OAuthApp: .
 
 class MailsyncError(Exception):
     """Base class of every mailsync error."""
-    code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]
+    code: typing.Literal["validation", "capacity_exceeded", "not_found", "already_exists", "profile_in_use", "not_a_test_user", "seal_key_mismatch", "store", "store_unavailable", "consent_denied", "admin_policy", "org_internal", "consent_failed", "state_invalid", "account_mismatch", "scope_not_granted", "token_revoked", "invalid_client", "not_connected", "provider_error", "provider_unavailable", "auth_rejected", "protocol_disabled", "mechanism_unsupported", "network", "tls", "timeout", "server_unavailable", "protocol_error", "send_deferred", "send_rejected", "sender_not_allowed", "insecure_connection", "grant_mismatch", "host_not_allowed", "conflict", "sink_failed", "not_enabled", "message_too_large", "internal"]
     message: builtins.str
     field: typing.Optional[builtins.str]
     transient: builtins.bool
@@ -3125,6 +3778,9 @@ class SendDeferredError(MailsyncError):
 
 class SendRejectedError(MailsyncError):
     """Code `send_rejected`: Check the sender and recipients; the server refused the message."""
+
+class SenderNotAllowedError(MailsyncError):
+    """Code `sender_not_allowed`: Send from the mailbox's own address; use the mailbox of the address the message should come from."""
 
 class InsecureConnectionError(MailsyncError):
     """Code `insecure_connection`: Use TLS or STARTTLS; plaintext is allowed only on loopback when the profile allows it."""

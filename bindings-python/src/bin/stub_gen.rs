@@ -28,9 +28,11 @@ fn main() -> pyo3_stub_gen::Result<()> {
         class
             .getter_setters
             .retain(|name, _| !PY_KEYWORDS.contains(&name.as_str()));
-        // The records' `new = "from_fields"` constructor: every field, in order.
+        // The records' `new = "from_fields"` constructor: every field, in
+        // order (unless the class has a `#[new]` of its own).
         let fields = &class.getter_setters;
-        if !fields.is_empty()
+        if !class.methods.contains_key("__new__")
+            && !fields.is_empty()
             && fields
                 .values()
                 .all(|(get, set)| get.is_some() && set.is_some())

@@ -65,12 +65,15 @@ macro_rules! for_each_operation {
             Directory state(ref id: $crate::model::MailboxId) -> $crate::lifecycle::MailboxState;
             Directory alerts(ref id: $crate::model::MailboxId) -> Vec<$crate::model::Alert>;
             Directory status(ref id: $crate::model::MailboxId) -> $crate::directory::MailboxStatus;
+            Directory rotate_key(ref new_key: $crate::model::Secret) -> $crate::store::KeyRotation;
             Connections connect(ref mailbox: $crate::model::MailboxId) -> $crate::connections::ConsentRequest;
             Connections complete(ref callback_url: String) -> $crate::directory::MailboxStatus;
             Connections access_token(ref mailbox: $crate::model::MailboxId) -> $crate::connections::AccessToken;
             Connections refresh_access_token(ref mailbox: $crate::model::MailboxId, ref rejected: $crate::model::Secret) -> $crate::connections::AccessToken;
             Connections grant_info(ref mailbox: $crate::model::MailboxId) -> Option<$crate::connections::GrantInfo>;
             Connections disconnect(ref mailbox: $crate::model::MailboxId) -> $crate::directory::MailboxStatus;
+            Connections retry_revocations() -> u32;
+            Connections pending_revocations() -> u32;
             Checks test_and_enable(ref mailbox: $crate::model::MailboxId, ref options: $crate::checks::TestOptions) -> $crate::checks::TestReport;
             Checks test_all(ref profile: $crate::model::ProfileId, ref options: $crate::checks::TestOptions) -> Vec<$crate::checks::TestReport>;
             Checks last_profile_test(ref profile: $crate::model::ProfileId) -> Option<$crate::model::LastTestResult>;

@@ -20,7 +20,7 @@ use crate::model::{
     IncomingProtocol, MailboxId, OutgoingDelivery, ProfileId, PublishingStatus, Secret, Security,
     ServerType, TestOutcome, Timestamp, UserType,
 };
-use crate::sync::{DeliveryOutcome, IncomingMessage, MailAddress, RawMessage};
+use crate::sync::{DeliveryOutcome, IncomingMessage, MailAddress, OutgoingState, RawMessage};
 
 fn hint(name: &str, module: &str) -> TypeInfo {
     TypeInfo {
@@ -139,7 +139,6 @@ impl<'py> IntoPyObject<'py> for RawMessage {
     type Error = PyErr;
 
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
-        if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("raw") { return Ok(PyBytes::new(py, &self.0[1..])); } // BREAK
         Ok(PyBytes::new(py, &self.0))
     }
 }
@@ -150,7 +149,6 @@ impl<'py> IntoPyObject<'py> for &RawMessage {
     type Error = PyErr;
 
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
-        if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("raw") { return Ok(PyBytes::new(py, &self.0[1..])); } // BREAK
         Ok(PyBytes::new(py, &self.0))
     }
 }
@@ -302,6 +300,14 @@ str_enum!(TestOutcome {
     Warning
 });
 str_enum!(Direction { Incoming, Outgoing });
+str_enum!(OutgoingState {
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+    Deferred,
+    Unknown
+});
 str_enum!(DeliveryOutcome {
     Stored,
     Skip,
@@ -398,6 +404,7 @@ debug_repr!(
     crate::connections::ConsentRequest,
     crate::connections::AccessToken,
     crate::connections::GrantInfo,
+    crate::store::KeyRotation,
     crate::checks::TestOptions,
     crate::checks::StepResult,
     crate::checks::Diagnosis,
@@ -413,7 +420,71 @@ debug_repr!(
     crate::sync::SyncStatus,
     crate::sync::ImapCursor,
     crate::sync::SyncCursor,
+    crate::sync::OutgoingMessage,
+    crate::sync::OutgoingContent,
+    crate::sync::OutgoingAttachment,
+    crate::sync::RecipientRefusal,
+    crate::sync::SendOutcome,
+    crate::sync::SendReport,
+    crate::sync::OutgoingRecord,
+    crate::sync::OutboxCursor,
 );
+
+/// A composed message: `from` is a Python keyword, so the field also reads
+/// and writes as `from_` (see `IncomingMessage.from_`), and the constructor
+/// (written here, not `new = "from_fields"`, whose text signature would name
+/// a parameter `from`) takes it as `from_`, with defaults for every part.
+#[pyo3_stub_gen::derive::gen_stub_pymethods]
+#[pymethods]
+impl crate::sync::ComposedMessage {
+    /// A message to compose; every part may be left out. `from_`: the
+    /// mailbox's own address (with a display name), None: the mailbox's.
+    #[new]
+    #[pyo3(signature = (to=Vec::new(), cc=Vec::new(), bcc=Vec::new(), subject=String::new(), text=None, html=None, attachments=Vec::new(), in_reply_to=None, references=Vec::new(), from_=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        to: Vec<MailAddress>,
+        cc: Vec<MailAddress>,
+        bcc: Vec<MailAddress>,
+        subject: String,
+        text: Option<String>,
+        html: Option<String>,
+        attachments: Vec<crate::sync::OutgoingAttachment>,
+        in_reply_to: Option<String>,
+        references: Vec<String>,
+        from_: Option<MailAddress>,
+    ) -> Self {
+        crate::sync::ComposedMessage {
+            from: from_,
+            to,
+            cc,
+            bcc,
+            subject,
+            text,
+            html,
+            attachments,
+            in_reply_to,
+            references,
+        }
+    }
+
+    /// `From`: the mailbox's own address (a display name may be given);
+    /// None: the mailbox's address. Any other address is refused before
+    /// connecting (`sender_not_allowed`).
+    #[getter]
+    fn from_(&self) -> Option<MailAddress> {
+        self.from.clone()
+    }
+
+    #[setter(from_)]
+    fn set_from_(&mut self, value: Option<MailAddress>) {
+        self.from = value;
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{self:?}")
+    }
+}
 
 /// `from` is a Python keyword: the field reads as `from_` (pyo3 cannot
 /// rename a field whose `#[pyo3(...)]` sits in a `cfg_attr`, PyO3 #5125).
@@ -423,7 +494,6 @@ impl IncomingMessage {
     /// `From`.
     #[getter]
     fn from_(&self) -> Vec<MailAddress> {
-        if std::env::var("MAILSYNC_BREAK").as_deref() == Ok("from") { return self.to.clone(); } // BREAK
         self.from.clone()
     }
 

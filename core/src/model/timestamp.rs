@@ -144,6 +144,20 @@ mod tests {
             Timestamp::from_unix_millis(i64::MAX).plus(Duration::MAX),
             far
         );
+        // The ends of time: saturate, never panic or wrap.
+        let start = t.minus(Duration::MAX);
+        assert!(start < t);
+        assert_eq!(start.minus(Duration::from_secs(1)), start);
+        assert_eq!(far.plus(Duration::from_secs(1)), far);
+        assert_eq!(start.since(far), Duration::ZERO);
+        assert!(far.since(start) > Duration::from_secs(365 * 24 * 3600 * 9000));
+        for secs in [1_000_000_000_000, u64::MAX] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(t.plus(d), far);
+            assert_eq!(t.minus(d), start);
+            assert!(far.minus(d) <= far && start.plus(d) >= start);
+        }
+        assert_eq!(Timestamp::from_unix_millis(i64::MIN), start);
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(json, "\"2023-11-14T22:13:20.123Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);

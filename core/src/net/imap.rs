@@ -32,10 +32,11 @@ use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 
-use super::io::{LineStream, MailStream, SecretSwap};
+use super::io::{ImapReadGuard, LineStream, MailStream, SecretSwap};
 
-/// The stream async-imap runs on: secrets are put in below its log.
-type ImapStream = SecretSwap<MailStream>;
+/// The stream async-imap runs on: secrets are put in below its log, and
+/// the server's lines and literals are bounded below its buffer.
+type ImapStream = SecretSwap<ImapReadGuard<MailStream>>;
 use super::{
     ConnectOptions, CredentialSource, Credentials, Step, StepError, Steps, check_plaintext_allowed,
     choose_mechanism, open, timeout_error, tls_handshake, with_timeout,
@@ -48,6 +49,66 @@ const PROTO: &str = "IMAP";
 
 /// Default largest message [`ImapClient::uid_fetch`] downloads (50 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
+
+/// Longest line accepted from the server outside literals (8 MiB: a
+/// `SEARCH` answer listing a million UIDs fits).
+pub const MAX_LINE: usize = 8 * 1024 * 1024;
+
+/// The largest literal accepted while messages up to `max_message_size`
+/// are wanted: the size, plus room for servers that count LF-only storage.
+fn max_literal(max_message_size: u64) -> u64 {
+    max_message_size.saturating_add(max_message_size / 8 + 1024)
+}
+
+/// The stream under a new session.
+fn guarded(stream: MailStream) -> ImapStream {
+    SecretSwap::new(ImapReadGuard::new(
+        stream,
+        MAX_LINE,
+        max_literal(DEFAULT_MAX_MESSAGE_SIZE),
+    ))
+}
+
+/// Classifies an I/O error; a limit the server broke, or a response the
+/// parser cannot read, is a protocol error.
+fn io_error(e: &std::io::Error) -> Error {
+    if let Some(why) = super::io::limit_exceeded(e) {
+        return Error::new(ErrorCode::ProtocolError, why.to_string());
+    }
+    // async-imap reports a response imap-proto cannot parse as an `Other`
+    // error quoting the whole buffer (up to a line of 8 MiB): keep its start.
+    let text = e.to_string();
+    if e.kind() == std::io::ErrorKind::Other
+        && let Some((_, quoted)) = text.split_once(" during parsing of ")
+    {
+        return Error::new(
+            ErrorCode::ProtocolError,
+            format!(
+                "the IMAP server sent a response that cannot be parsed: {}",
+                clip(quoted, 120)
+            ),
+        );
+    }
+    super::io_error(PROTO, e)
+}
+
+/// Polls `fut`, turning a panic into `None`. imap-proto 0.17 panics on
+/// some malformed server responses (a response code followed by text that
+/// is not UTF-8: it slices inside the replacement character), and a server
+/// must never be able to crash the host; every read of a session goes
+/// through this, and a session that panicked is not used again. Found by
+/// the `imap_session` fuzz target (docs/security.md).
+async fn parsed<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+    use futures::FutureExt as _;
+    std::panic::AssertUnwindSafe(fut).catch_unwind().await.ok()
+}
+
+fn parser_panicked() -> Error {
+    Error::new(
+        ErrorCode::ProtocolError,
+        "the IMAP server sent a response the IMAP parser cannot read",
+    )
+}
 
 /// INBOX state after SELECT/EXAMINE: the sync cursor's anchors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,19 +196,29 @@ impl std::fmt::Debug for FetchedMessage {
     }
 }
 
+/// How many `+` continuations one AUTHENTICATE answers (as POP3 and SMTP).
+const MAX_SASL_ROUNDS: usize = 6;
+
 /// SASL driver for async-imap: feeds the prepared responses, then answers
 /// an error challenge (pitfall: a second `process` call must not resend the
-/// token, or the session stalls).
+/// token, or the session stalls). Past [`MAX_SASL_ROUNDS`] it signals
+/// `too_many`, and the exchange is abandoned.
 struct SaslDriver {
     pending: Vec<Vec<u8>>,
     answer: &'static [u8],
     challenge: Option<Vec<u8>>,
+    rounds: usize,
+    too_many: Arc<tokio::sync::Notify>,
 }
 
 impl Authenticator for &mut SaslDriver {
     type Response = Vec<u8>;
 
     fn process(&mut self, challenge: &[u8]) -> Vec<u8> {
+        self.rounds += 1;
+        if self.rounds > MAX_SASL_ROUNDS {
+            self.too_many.notify_one();
+        }
         if let Some(next) = self.pending.pop() {
             next
         } else {
@@ -195,17 +266,14 @@ async fn raw_capability(client: &mut Client<ImapStream>, tag: &str) -> Result<Ve
     stream
         .write_all(line.as_bytes())
         .await
-        .map_err(|e| super::io_error(PROTO, &e))?;
-    stream
-        .flush()
-        .await
-        .map_err(|e| super::io_error(PROTO, &e))?;
+        .map_err(|e| io_error(&e))?;
+    stream.flush().await.map_err(|e| io_error(&e))?;
     let mut caps = Vec::new();
     loop {
         let resp = client
             .read_response()
             .await
-            .map_err(|e| super::io_error(PROTO, &e))?
+            .map_err(|e| io_error(&e))?
             .ok_or_else(|| {
                 Error::new(ErrorCode::Network, "the IMAP server closed the connection")
             })?;
@@ -251,7 +319,7 @@ async fn read_greeting(client: &mut Client<ImapStream>) -> Result<String> {
     let resp = client
         .read_response()
         .await
-        .map_err(|e| super::io_error(PROTO, &e))?
+        .map_err(|e| io_error(&e))?
         .ok_or_else(|| {
             Error::new(
                 ErrorCode::Network,
@@ -285,15 +353,19 @@ async fn read_greeting(client: &mut Client<ImapStream>) -> Result<String> {
 }
 
 fn short_debug(v: &impl std::fmt::Debug) -> String {
-    let s = format!("{v:?}");
-    if s.len() > 120 {
-        let mut end = 120;
+    clip(&format!("{v:?}"), 120)
+}
+
+/// At most `max` bytes of `s` (on a character boundary), `…` when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
         while !s.is_char_boundary(end) {
             end -= 1;
         }
         format!("{}…", &s[..end])
     } else {
-        s
+        s.to_owned()
     }
 }
 
@@ -329,7 +401,7 @@ async fn starttls(
             lines
                 .write_all(b"ms0 STARTTLS\r\n")
                 .await
-                .map_err(|e| super::io_error(PROTO, &e))?;
+                .map_err(|e| io_error(&e))?;
             loop {
                 let line = lines.read_line().await.map_err(|e| e.into_error(PROTO))?;
                 let text = String::from_utf8_lossy(&line);
@@ -429,7 +501,7 @@ fn auth_error(
             ErrorCode::Network,
             "the IMAP server closed the connection during authentication",
         ),
-        E::Io(e) => super::io_error(PROTO, &e),
+        E::Io(e) => io_error(&e),
         E::Parse(_) => Error::new(
             ErrorCode::ProtocolError,
             "the IMAP server sent a malformed answer during authentication",
@@ -446,9 +518,34 @@ impl ImapClient {
     ///
     /// Mechanism choice: `preferred` if advertised (`AUTH=…`), else XOAUTH2
     /// then OAUTHBEARER for OAuth credentials, PLAIN then LOGIN (then the
-    /// IMAP `LOGIN` command) for passwords. Passwords are refused on an
-    /// unencrypted connection unless the host is loopback.
+    /// IMAP `LOGIN` command) for passwords. Passwords and tokens alike are
+    /// refused on an unencrypted connection unless the host is loopback and
+    /// [`ConnectOptions::allow_plaintext_on_loopback`] is set.
     pub async fn connect(
+        endpoint: &Endpoint,
+        opts: &ConnectOptions,
+        creds: &Credentials,
+        preferred: Option<Mechanism>,
+        steps: &mut Steps,
+    ) -> Result<ImapClient, StepError> {
+        let connected = parsed(Self::connect_unguarded(
+            endpoint, opts, creds, preferred, steps,
+        ))
+        .await;
+        connected.unwrap_or_else(|| {
+            let done = |step: Step| steps.records().iter().any(|r| r.step == step);
+            let step = if !done(Step::Greeting) {
+                Step::Greeting
+            } else if !done(Step::Capabilities) {
+                Step::Capabilities
+            } else {
+                Step::Authenticate
+            };
+            Err(StepError::new(step, parser_panicked()))
+        })
+    }
+
+    async fn connect_unguarded(
         endpoint: &Endpoint,
         opts: &ConnectOptions,
         creds: &Credentials,
@@ -458,9 +555,9 @@ impl ImapClient {
         let stream = open(endpoint, opts, steps).await?;
         let mut client = if endpoint.security == Security::StartTls {
             let tls = starttls(stream, endpoint, opts, steps).await?;
-            Client::new(SecretSwap::new(tls))
+            Client::new(guarded(tls))
         } else {
-            let mut client = Client::new(SecretSwap::new(stream));
+            let mut client = Client::new(guarded(stream));
             steps
                 .run_detailed(Step::Greeting, async {
                     let g = read_greeting(&mut client).await?;
@@ -469,7 +566,7 @@ impl ImapClient {
                 .await?;
             client
         };
-        let encrypted = client.get_ref().get_ref().is_encrypted();
+        let encrypted = client.get_ref().get_ref().get_ref().is_encrypted();
         let capabilities = steps
             .run_detailed(Step::Capabilities, async {
                 let c = raw_capability(&mut client, "ms1").await?;
@@ -503,10 +600,8 @@ impl ImapClient {
                     .map_err(|error| StepError::new(Step::Capabilities, error))?,
             ),
         };
-        if matches!(creds, Credentials::Password { .. }) {
-            check_plaintext_allowed(encrypted, endpoint)
-                .map_err(|error| StepError::new(Step::Authenticate, error))?;
-        }
+        check_plaintext_allowed(encrypted, endpoint, creds, opts.allow_plaintext_on_loopback)
+            .map_err(|error| StepError::new(Step::Authenticate, error))?;
         let timeout = opts.timeout;
         let (session, used) = steps
             .run_detailed(Step::Authenticate, async {
@@ -560,6 +655,10 @@ impl ImapClient {
     /// Largest message [`ImapClient::uid_fetch`] downloads.
     pub fn set_max_message_size(&mut self, bytes: u64) {
         self.max_message_size = bytes;
+        self.session
+            .get_mut()
+            .get_mut()
+            .set_max_literal(max_literal(bytes));
     }
 
     /// Runs one async-imap command with the timeout and error mapping.
@@ -576,9 +675,13 @@ impl ImapClient {
         }
         let timeout = self.timeout;
         let broken = &mut self.broken;
-        match tokio::time::timeout(timeout, f(&mut self.session)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
+        match tokio::time::timeout(timeout, parsed(f(&mut self.session))).await {
+            Ok(None) => {
+                *broken = true;
+                Err(parser_panicked())
+            }
+            Ok(Some(Ok(v))) => Ok(v),
+            Ok(Some(Err(e))) => {
                 let (err, gone) = session_error(e);
                 if gone {
                     *broken = true;
@@ -640,6 +743,9 @@ impl ImapClient {
         let bodies = self.fetch_stream(&set, "(UID BODY.PEEK[])").await?;
         for b in bodies {
             if let Some(m) = messages.iter_mut().find(|m| m.uid == b.uid) {
+                if b.raw.len() as u64 > max_literal(u64::from(m.size)) {
+                    return Err(larger_than_announced(m.uid, b.raw.len(), m.size));
+                }
                 m.raw = b.raw;
             }
         }
@@ -662,19 +768,32 @@ impl ImapClient {
         }
         let timeout = self.timeout;
         let max = self.max_message_size;
-        let result: Result<Vec<FetchedMessage>, (Error, bool)> = async {
+        let result: Result<Vec<FetchedMessage>, (Error, bool)> = parsed(async {
             let mut stream =
                 match tokio::time::timeout(timeout, self.session.uid_fetch(set, query)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return Err(session_error(e)),
                     Err(_) => return Err((timeout_error(timeout, Step::Fetch, PROTO), true)),
                 };
-            let mut out = Vec::new();
+            let mut out: Vec<FetchedMessage> = Vec::new();
+            // Responses that add nothing (a UID not asked for, or one
+            // already seen): a server that floods them is cut off.
+            let mut noise = 0usize;
+            let mut seen = std::collections::HashSet::new();
             loop {
                 match tokio::time::timeout(timeout, stream.next()).await {
                     Ok(None) => break,
                     Ok(Some(Ok(f))) => {
-                        let Some(uid) = f.uid else { continue };
+                        let wanted = f
+                            .uid
+                            .filter(|u| uid_set_contains(set, *u) && seen.insert(*u));
+                        let Some(uid) = wanted else {
+                            noise += 1;
+                            if noise > MAX_NOISE {
+                                return Err((flood_error(), true));
+                            }
+                            continue;
+                        };
                         let raw = f.body().map(<[u8]>::to_vec).unwrap_or_default();
                         if raw.len() as u64 > max.saturating_add(max / 8 + 1024) {
                             return Err((
@@ -703,8 +822,9 @@ impl ImapClient {
                 }
             }
             Ok(out)
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|| Err((parser_panicked(), true)));
         result.map_err(|(e, gone)| {
             if gone {
                 self.broken = true;
@@ -742,7 +862,7 @@ impl ImapClient {
         let timeout = self.timeout;
         let started = tokio::time::Instant::now();
         let end = started + deadline;
-        let result: Result<(), (Error, bool)> = async {
+        let result: Result<(), (Error, bool)> = parsed(async {
             let tag = match tokio::time::timeout(
                 timeout,
                 self.session.run_command(format!("UID FETCH {set} {items}")),
@@ -763,7 +883,7 @@ impl ImapClient {
                 {
                     Ok(Ok(Some(r))) => r,
                     Ok(Ok(None)) => return Err((session_gone(), true)),
-                    Ok(Err(e)) => return Err((super::io_error(PROTO, &e), true)),
+                    Ok(Err(e)) => return Err((io_error(&e), true)),
                     Err(_) if tokio::time::Instant::now() >= end => {
                         return Err((deadline_error(deadline), true));
                     }
@@ -771,7 +891,16 @@ impl ImapClient {
                 };
                 match response.parsed() {
                     Response::Fetch(_, attrs) => {
-                        each(fetch_attributes(attrs)).map_err(|e| (e, false))?;
+                        let a = fetch_attributes(attrs);
+                        if let (Some(size), Some(body)) = (a.size, &a.body)
+                            && body.len() as u64 > max_literal(u64::from(size))
+                        {
+                            return Err((
+                                larger_than_announced(a.uid.unwrap_or(0), body.len(), size),
+                                false,
+                            ));
+                        }
+                        each(a).map_err(|e| (e, false))?;
                     }
                     Response::Done {
                         tag: done,
@@ -812,8 +941,9 @@ impl ImapClient {
                     _ => {}
                 }
             }
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|| Err((parser_panicked(), true)));
         result.map_err(|(e, gone)| {
             if gone {
                 self.broken = true;
@@ -902,6 +1032,64 @@ fn fetch_refusal_code(outcome: &imap_proto::Outcome<'_>) -> ErrorCode {
     }
 }
 
+/// How many FETCH responses that add nothing one `UID FETCH` tolerates.
+const MAX_NOISE: usize = 10_000;
+
+fn flood_error() -> Error {
+    Error::new(
+        ErrorCode::ProtocolError,
+        format!(
+            "the IMAP server sent more than {MAX_NOISE} FETCH responses for messages not asked for"
+        ),
+    )
+}
+
+fn larger_than_announced(uid: u32, got: usize, size: u32) -> Error {
+    Error::new(
+        ErrorCode::ProtocolError,
+        format!(
+            "the IMAP server sent {got} bytes for UID {uid}, whose RFC822.SIZE it gave as {size}"
+        ),
+    )
+}
+
+/// Whether `uid` is in an IMAP set such as `1:3,7,9:*` (as
+/// [`uid_set`] and [`UidRange`] write them; `*` is the largest UID).
+fn uid_set_contains(set: &str, uid: u32) -> bool {
+    let bound = |t: &str| -> Option<u32> {
+        if t == "*" {
+            Some(u32::MAX)
+        } else {
+            t.parse().ok()
+        }
+    };
+    set.split(',').any(|part| match part.split_once(':') {
+        Some((a, b)) => match (bound(a), bound(b)) {
+            (Some(a), Some(b)) => (a.min(b)..=a.max(b)).contains(&uid),
+            _ => false,
+        },
+        None => bound(part) == Some(uid),
+    })
+}
+
+/// Adds what a later FETCH response for the same message says.
+fn merge_attributes(into: &mut FetchAttributes, from: FetchAttributes) {
+    into.size = from.size.or(into.size);
+    into.internal_date = from.internal_date.or(into.internal_date);
+    if !from.flags.is_empty() {
+        into.flags = from.flags;
+    }
+    into.modseq = from.modseq.or(into.modseq);
+    into.gmail_message_id = from.gmail_message_id.or(into.gmail_message_id);
+    into.gmail_thread_id = from.gmail_thread_id.or(into.gmail_thread_id);
+    if from.body.is_some() {
+        into.body = from.body;
+    }
+    if from.header.is_some() {
+        into.header = from.header;
+    }
+}
+
 fn deadline_error(deadline: Duration) -> Error {
     Error::new(
         ErrorCode::Timeout,
@@ -927,7 +1115,7 @@ fn session_error(e: async_imap::error::Error) -> (Error, bool) {
             Error::new(ErrorCode::Network, "the IMAP server closed the connection"),
             true,
         ),
-        E::Io(io) => (super::io_error(PROTO, &io), true),
+        E::Io(io) => (io_error(&io), true),
         E::No(s) => {
             let (_, info) = parse_no(&s);
             let upper = info.to_ascii_uppercase();
@@ -1110,12 +1298,23 @@ async fn authenticate(
         mechanism.as_str().to_owned()
     };
     placeholders.reverse();
+    let too_many = Arc::new(tokio::sync::Notify::new());
     let mut driver = SaslDriver {
         pending: placeholders,
         answer: mechanism.error_challenge_answer(),
         challenge: None,
+        rounds: 0,
+        too_many: too_many.clone(),
     };
-    let result = client.authenticate(command.as_str(), &mut driver).await;
+    let result = tokio::select! {
+        r = client.authenticate(command.as_str(), &mut driver) => r,
+        () = too_many.notified() => {
+            return Err(Error::new(
+                ErrorCode::ProtocolError,
+                "the IMAP server kept sending SASL challenges",
+            ));
+        }
+    };
     match result {
         Ok(mut session) => {
             session.get_mut().clear_swaps();
@@ -1338,27 +1537,39 @@ impl ImapMailbox {
         items: &str,
         deadline: Duration,
     ) -> Result<Vec<FetchAttributes>> {
-        let mut out = Vec::new();
+        // One entry per UID asked for, so a server that floods FETCH
+        // responses cannot grow the list.
+        let mut out: Vec<FetchAttributes> = Vec::new();
+        let mut collect = |a: FetchAttributes| {
+            let Some(uid) = a.uid.filter(|u| uid_set_contains(set, *u)) else {
+                return Ok(());
+            };
+            match out.iter_mut().find(|o| o.uid == Some(uid)) {
+                Some(o) => merge_attributes(o, a),
+                None => out.push(a),
+            }
+            Ok(())
+        };
         let client = self.ensure().await?;
-        match client
-            .fetch_each(set, items, deadline, |a| {
-                out.push(a);
-                Ok(())
-            })
-            .await
-        {
+        match client.fetch_each(set, items, deadline, &mut collect).await {
             Ok(()) => Ok(out),
             Err(e) if client.is_broken() && e.code() != ErrorCode::Timeout => {
-                out.clear();
                 self.reconnect().await?;
+                let mut again: Vec<FetchAttributes> = Vec::new();
                 self.ensure()
                     .await?
                     .fetch_each(set, items, deadline, |a| {
-                        out.push(a);
+                        let Some(uid) = a.uid.filter(|u| uid_set_contains(set, *u)) else {
+                            return Ok(());
+                        };
+                        match again.iter_mut().find(|o| o.uid == Some(uid)) {
+                            Some(o) => merge_attributes(o, a),
+                            None => again.push(a),
+                        }
                         Ok(())
                     })
                     .await?;
-                Ok(out)
+                Ok(again)
             }
             Err(e) => Err(e),
         }
@@ -1384,6 +1595,15 @@ mod tests {
         assert_eq!(UidRange::between(3, 9).to_imap(), "3:9");
         assert!(UidRange::from(5).contains(5));
         assert!(!UidRange::from(5).contains(4));
+        for (set, yes, no) in [
+            ("1:3,7,9:10", &[1, 3, 7, 10][..], &[4, 8, 11][..]),
+            ("5:*", &[5, u32::MAX], &[4]),
+            ("9:2", &[2, 9], &[1, 10]),
+            ("x,3", &[3], &[0]),
+        ] {
+            assert!(yes.iter().all(|u| uid_set_contains(set, *u)), "{set}");
+            assert!(!no.iter().any(|u| uid_set_contains(set, *u)), "{set}");
+        }
     }
 
     #[test]
@@ -1446,6 +1666,8 @@ mod tests {
             pending: vec![r.clone()],
             answer: Mechanism::XOAuth2.error_challenge_answer(),
             challenge: None,
+            rounds: 0,
+            too_many: Arc::default(),
         };
         let mut a = &mut d;
         assert_eq!(Authenticator::process(&mut a, b""), r);

@@ -188,6 +188,11 @@ impl<S> SecretSwap<S> {
         &self.inner
     }
 
+    /// The wrapped stream, mutably.
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// Replaces the next occurrence of `placeholder` with `secret`.
     pub(crate) fn swap(&mut self, placeholder: String, secret: zeroize::Zeroizing<String>) {
         self.swaps.push((placeholder, secret));
@@ -280,6 +285,221 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecretSwap<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.as_mut().poll_flush(cx))?;
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A limit a server broke: the read fails with this inside an
+/// [`io::Error`] of kind `InvalidData`, and the protocol reports it as a
+/// `protocol_error` (see [`limit_exceeded`]).
+#[derive(Debug)]
+pub(crate) struct LimitExceeded(pub(crate) String);
+
+impl std::fmt::Display for LimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LimitExceeded {}
+
+/// The broken limit inside an I/O error, if that is what it is.
+pub(crate) fn limit_exceeded(e: &io::Error) -> Option<&LimitExceeded> {
+    e.get_ref()?.downcast_ref::<LimitExceeded>()
+}
+
+/// Where [`ImapReadGuard`] is in the server's byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Ordinary line text.
+    Text,
+    /// After `{`, with the digits so far.
+    Brace(Option<u64>),
+    /// After `{n}`.
+    Closed(u64),
+    /// After `{n}\r`.
+    ClosedCr(u64),
+    /// Inside a literal: this many bytes remain.
+    Literal(u64),
+}
+
+/// Sits under async-imap and enforces what it does not: a line (outside
+/// literals) of at most `max_line` bytes, and a literal of at most
+/// `max_literal` bytes, refused when it is announced (`{n}\r\n`), before
+/// async-imap reserves a buffer of that size (it would, up to 512 MiB).
+///
+/// Text is handed on only in whole lines, so async-imap parses each line
+/// once rather than again after every read (quadratic on long lines);
+/// literal data is handed on as it arrives. The guard itself holds at most
+/// one line.
+#[derive(Debug)]
+pub struct ImapReadGuard<S> {
+    inner: S,
+    /// Bytes read and not yet handed on.
+    buf: Vec<u8>,
+    /// `buf[..ready]` may be handed on (whole lines, literal data).
+    ready: usize,
+    /// `buf[..scanned]` went through the scanner.
+    scanned: usize,
+    state: Scan,
+    /// Bytes of the current line (or of its part after the last literal).
+    line: usize,
+    max_line: usize,
+    max_literal: u64,
+    eof: bool,
+    failed: Option<String>,
+}
+
+impl<S> ImapReadGuard<S> {
+    /// Wraps `inner` with the limits.
+    pub(crate) fn new(inner: S, max_line: usize, max_literal: u64) -> Self {
+        ImapReadGuard {
+            inner,
+            buf: Vec::new(),
+            ready: 0,
+            scanned: 0,
+            state: Scan::Text,
+            line: 0,
+            max_line,
+            max_literal,
+            eof: false,
+            failed: None,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Changes the largest literal accepted from now on.
+    pub(crate) fn set_max_literal(&mut self, max: u64) {
+        self.max_literal = max;
+    }
+
+    /// Runs the scanner over the bytes not scanned yet; moves `ready` to
+    /// the end of the last whole line or literal data.
+    fn scan(&mut self) -> Result<(), String> {
+        let mut i = self.scanned;
+        while i < self.buf.len() {
+            if let Scan::Literal(remaining) = self.state {
+                let take = remaining.min((self.buf.len() - i) as u64);
+                i += take as usize;
+                self.ready = i;
+                let left = remaining - take;
+                self.state = if left == 0 {
+                    Scan::Text
+                } else {
+                    Scan::Literal(left)
+                };
+                self.line = 0;
+                continue;
+            }
+            let b = self.buf[i];
+            i += 1;
+            if b == b'\n' {
+                self.ready = i;
+                self.line = 0;
+                self.state = match self.state {
+                    Scan::ClosedCr(n) if n > self.max_literal => {
+                        return Err(format!(
+                            "the IMAP server announced a literal of {n} bytes, above the limit of {} bytes",
+                            self.max_literal
+                        ));
+                    }
+                    Scan::ClosedCr(0) => Scan::Text,
+                    Scan::ClosedCr(n) => Scan::Literal(n),
+                    _ => Scan::Text,
+                };
+                continue;
+            }
+            self.line += 1;
+            if self.line > self.max_line {
+                return Err(format!(
+                    "the IMAP server sent a line longer than {} bytes",
+                    self.max_line
+                ));
+            }
+            self.state = match (self.state, b) {
+                (_, b'{') => Scan::Brace(None),
+                (Scan::Brace(n), b'0'..=b'9') => Scan::Brace(Some(
+                    n.unwrap_or(0)
+                        .saturating_mul(10)
+                        .saturating_add(u64::from(b - b'0')),
+                )),
+                (Scan::Brace(Some(n)), b'}') => Scan::Closed(n),
+                (Scan::Closed(n), b'\r') => Scan::ClosedCr(n),
+                _ => Scan::Text,
+            };
+        }
+        self.scanned = i;
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ImapReadGuard<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(why) = &this.failed {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    LimitExceeded(why.clone()),
+                )));
+            }
+            if this.ready > 0 {
+                let n = this.ready.min(out.remaining());
+                out.put_slice(&this.buf[..n]);
+                this.buf.drain(..n);
+                this.ready -= n;
+                this.scanned -= n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                // What is left is an unfinished line: async-imap reports it.
+                this.ready = this.buf.len();
+                this.scanned = this.buf.len();
+                if this.ready == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.eof = true;
+                continue;
+            }
+            this.buf.extend_from_slice(read.filled());
+            if let Err(why) = this.scan() {
+                this.buf = Vec::new();
+                this.ready = 0;
+                this.scanned = 0;
+                this.failed = Some(why);
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ImapReadGuard<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
@@ -408,6 +628,78 @@ mod tests {
         assert_eq!(ls.read_line().await.unwrap(), b"third");
         drop(w.await.unwrap());
         assert!(matches!(ls.read_line().await, Err(ReadError::Eof)));
+    }
+
+    /// Reads everything the guard hands on, seven bytes at a time.
+    async fn through_guard(
+        parts: &[&[u8]],
+        max_line: usize,
+        max_literal: u64,
+    ) -> (Vec<u8>, Option<io::Error>) {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        let w = tokio::spawn(async move {
+            for part in parts {
+                server.write_all(&part).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let mut guard = ImapReadGuard::new(client, max_line, max_literal);
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 7];
+        loop {
+            match guard.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        w.await.unwrap();
+        (out, None)
+    }
+
+    #[tokio::test]
+    async fn imap_guard_passes_lines_and_literals_through() {
+        // The literal's data looks like a huge announcement: it is data.
+        let data: &[&[u8]] = &[
+            b"* OK ready\r\n* 1 FETCH (BODY[] {1",
+            b"9}\r\n{99999999999}\r\nab)\r\n",
+            b"a1 OK done\r\n* OK {0}\r\n\r\nlast",
+        ];
+        let (out, err) = through_guard(data, 64, 100).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(out, data.concat());
+    }
+
+    #[tokio::test]
+    async fn imap_guard_refuses_big_literals_and_long_lines() {
+        let (out, err) =
+            through_guard(&[b"* OK hi\r\n* 1 FETCH (BODY[] {10", b"1}\r\nxx"], 64, 100).await;
+        let err = err.expect("refused");
+        assert_eq!(
+            limit_exceeded(&err).unwrap().to_string(),
+            "the IMAP server announced a literal of 101 bytes, above the limit of 100 bytes"
+        );
+        assert_eq!(out, b"* OK hi\r\n", "the announcement is not handed on");
+        let (_, err) =
+            through_guard(&[b"* OK {4294967295}\r\n"], 64, u64::from(u32::MAX) - 1).await;
+        assert!(limit_exceeded(&err.unwrap()).is_some());
+        // A line over the limit, also in pieces and without an end.
+        let (out, err) = through_guard(&[b"* OK ", &[b'a'; 40], &[b'a'; 40]], 64, 100).await;
+        assert!(out.is_empty(), "a partial line is held back");
+        let err = err.expect("refused");
+        assert!(
+            limit_exceeded(&err).unwrap().0.contains("longer than 64"),
+            "{err}"
+        );
+        // Text after a literal starts a new count.
+        let (_, err) = through_guard(
+            &[b"* 1 FETCH (BODY[] {80}\r\n", &[b'x'; 80], b")\r\n"],
+            64,
+            100,
+        )
+        .await;
+        assert!(err.is_none(), "{err:?}");
     }
 
     #[tokio::test]

@@ -29,14 +29,17 @@
 //! # Error classification
 //!
 //! Failures use the crate's [`Error`] with a stable code: `network`
-//! (refused, unreachable, DNS, reset), `tls` (certificate not trusted / not
-//! valid for the host / not TLS), `timeout`, `protocol_error`,
+//! (refused, unreachable, DNS, reset or EOF — also in the middle of the TLS
+//! handshake), `tls` (certificate not trusted / not valid for the host /
+//! not TLS), `timeout`, `protocol_error`,
 //! `auth_rejected` (with the decoded SASL challenge), `server_unavailable`
 //! (transient server-side failure: IMAP `NO [UNAVAILABLE]`, POP3
 //! `-ERR [SYS/TEMP]`, SMTP `454 4.7.0`), `protocol_disabled`,
 //! `mechanism_unsupported` (lists what the server offers),
-//! `insecure_connection` (a password would go over an unencrypted,
-//! non-loopback connection), `send_deferred` (SMTP 4xx), `send_rejected`
+//! `insecure_connection` (a password or an access token would go over an
+//! unencrypted connection, other than to a loopback host with
+//! [`ConnectOptions::allow_plaintext_on_loopback`]), `send_deferred` (SMTP
+//! 4xx), `send_rejected`
 //! (SMTP 5xx). Messages never contain tokens or passwords.
 
 pub mod imap;
@@ -44,7 +47,7 @@ pub mod pop3;
 pub mod smtp;
 pub mod tls;
 
-mod io;
+pub(crate) mod io;
 
 pub use io::MailStream;
 pub use tls::TlsSettings;
@@ -59,7 +62,8 @@ use crate::model::Secret;
 use crate::model::profile::{Endpoint, IncomingProtocol};
 use crate::sasl::Mechanism;
 
-/// How to connect: the per-step timeout and the TLS trust settings.
+/// How to connect: the per-step timeout, the TLS trust settings, and
+/// whether credentials may cross an unencrypted loopback connection.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     /// Bound for every network step (connect, handshake, greeting, each
@@ -67,21 +71,34 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// Trusted roots.
     pub tls: TlsSettings,
+    /// Whether a password or an access token may be sent over an
+    /// unencrypted connection to a loopback host (the profile's
+    /// `allow_plaintext_on_loopback`). Default `false`: credentials only
+    /// ever travel encrypted.
+    pub allow_plaintext_on_loopback: bool,
 }
 
 impl ConnectOptions {
-    /// Options with a timeout and TLS settings.
+    /// Options with a timeout and TLS settings; plaintext never allowed.
     pub fn new(timeout: Duration, tls: TlsSettings) -> Self {
-        ConnectOptions { timeout, tls }
+        ConnectOptions {
+            timeout,
+            tls,
+            allow_plaintext_on_loopback: false,
+        }
+    }
+
+    /// Allows (or not) credentials over an unencrypted connection to a
+    /// loopback host, as a profile's `allow_plaintext_on_loopback` does.
+    pub fn with_plaintext_on_loopback(mut self, allow: bool) -> Self {
+        self.allow_plaintext_on_loopback = allow;
+        self
     }
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions {
-            timeout: Duration::from_secs(60),
-            tls: TlsSettings::default(),
-        }
+        ConnectOptions::new(Duration::from_secs(60), TlsSettings::default())
     }
 }
 
@@ -401,19 +418,35 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// Refuses a password over an unencrypted connection unless the host is loopback.
-pub(crate) fn check_plaintext_allowed(encrypted: bool, endpoint: &Endpoint) -> Result<()> {
-    if encrypted || endpoint.is_loopback() {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorCode::InsecureConnection,
-            format!(
-                "refusing to send a password to {}:{} over an unencrypted connection",
-                endpoint.host, endpoint.port
-            ),
-        ))
+/// Refuses credentials — a password or an OAuth access token alike — over
+/// an unencrypted connection, unless the host is loopback *and* the
+/// profile allows plaintext there explicitly (`allow`).
+pub(crate) fn check_plaintext_allowed(
+    encrypted: bool,
+    endpoint: &Endpoint,
+    creds: &Credentials,
+    allow: bool,
+) -> Result<()> {
+    if encrypted || (allow && endpoint.is_loopback()) {
+        return Ok(());
     }
+    let what = if creds.is_oauth() {
+        "an access token"
+    } else {
+        "a password"
+    };
+    let why = if endpoint.is_loopback() {
+        " (the profile does not allow plaintext on loopback)"
+    } else {
+        ""
+    };
+    Err(Error::new(
+        ErrorCode::InsecureConnection,
+        format!(
+            "refusing to send {what} to {}:{} over an unencrypted connection{why}",
+            endpoint.host, endpoint.port
+        ),
+    ))
 }
 
 /// Chooses the mechanism: the caller's preference if advertised, else the
@@ -561,12 +594,27 @@ fn handshake_error(e: &std::io::Error, host: &str) -> Error {
     {
         return Error::new(ErrorCode::Tls, tls::describe_rustls_error(tls, host));
     }
+    // The connection ended under the handshake without a TLS error: a
+    // reset, an EOF, a broken pipe. That is the network (a load balancer
+    // dropping connections, a server restarting), not the certificate:
+    // transient, retried later. A server that answers in plaintext was
+    // recognized before (`protocol_error`).
+    use std::io::ErrorKind as K;
     match e.kind() {
-        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => Error::new(
-            ErrorCode::Tls,
+        K::UnexpectedEof
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::BrokenPipe
+        | K::NotConnected => Error::new(
+            ErrorCode::Network,
             format!(
-                "TLS handshake with {host} failed: the server closed the connection (is the port right?)"
+                "TLS handshake with {host} failed: the server closed the connection before the handshake \
+                 completed ({e}); if it persists, check that the port speaks TLS"
             ),
+        ),
+        K::TimedOut => Error::new(
+            ErrorCode::Network,
+            format!("TLS handshake with {host} failed: {e}"),
         ),
         _ => Error::new(
             ErrorCode::Tls,
@@ -778,16 +826,161 @@ mod tests {
     }
 
     #[test]
-    fn plaintext_only_on_loopback() {
+    fn plaintext_only_on_loopback_when_allowed_for_tokens_and_passwords() {
         use crate::model::profile::Security;
         let remote = Endpoint::new("mail.example.com", 143, Security::Plaintext);
         let local = Endpoint::new("127.0.0.1", 143, Security::Plaintext);
-        assert_eq!(
-            check_plaintext_allowed(false, &remote).unwrap_err().code(),
-            ErrorCode::InsecureConnection
-        );
-        assert!(check_plaintext_allowed(false, &local).is_ok());
-        assert!(check_plaintext_allowed(true, &remote).is_ok());
+        let token = Credentials::OAuth {
+            user: "a@b".into(),
+            access_token: Secret::new("ya29.token"),
+        };
+        let password = Credentials::Password {
+            user: "a@b".into(),
+            password: Secret::new("hunter2"),
+        };
+        for creds in [&token, &password] {
+            for allow in [false, true] {
+                let e = check_plaintext_allowed(false, &remote, creds, allow).unwrap_err();
+                assert_eq!(e.code(), ErrorCode::InsecureConnection);
+                assert!(check_plaintext_allowed(true, &remote, creds, allow).is_ok());
+                assert!(check_plaintext_allowed(true, &local, creds, allow).is_ok());
+            }
+            // Loopback needs the profile's explicit permission.
+            let e = check_plaintext_allowed(false, &local, creds, false).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InsecureConnection, "{creds:?}");
+            assert!(e.message().contains("does not allow plaintext"), "{e}");
+            assert!(check_plaintext_allowed(false, &local, creds, true).is_ok());
+        }
+        let e = check_plaintext_allowed(false, &remote, &token, true).unwrap_err();
+        assert!(e.message().contains("an access token"), "{e}");
+        assert!(!e.message().contains("ya29"), "{e}");
+    }
+
+    /// A server on 127.0.0.1 that takes the TLS ClientHello and then ends the
+    /// connection: with a reset (`reset`) or a plain close (EOF).
+    async fn ends_during_handshake(reset: bool) -> u16 {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut hello = [0u8; 5];
+                // The record header of the ClientHello: the handshake has begun.
+                let _ = conn.read_exact(&mut hello).await;
+                if reset {
+                    conn.set_zero_linger().unwrap();
+                }
+                drop(conn);
+            }
+        });
+        port
+    }
+
+    /// The connection ending under the TLS handshake is the network
+    /// (transient), not a certificate problem: implicit TLS for each
+    /// protocol, and STARTTLS / STLS after a plaintext greeting.
+    #[tokio::test]
+    async fn reset_or_eof_during_the_tls_handshake_is_network() {
+        use crate::model::profile::Security;
+        let creds = StaticCredentials(Credentials::OAuth {
+            user: "a@b".into(),
+            access_token: Secret::new("t"),
+        });
+        let opts = ConnectOptions::new(Duration::from_secs(5), TlsSettings::webpki());
+        for reset in [true, false] {
+            let port = ends_during_handshake(reset).await;
+            let endpoint = Endpoint::new("127.0.0.1", port, Security::Tls);
+            for report in [
+                probe_imap(&endpoint, &opts, &creds, None).await,
+                probe_pop3(&endpoint, &opts, &creds, None).await,
+                probe_smtp(&endpoint, &opts, &creds, None).await,
+            ] {
+                let e = report.result.unwrap_err();
+                assert_eq!(e.step, Step::Tls, "reset={reset} {}: {e}", report.protocol);
+                assert_eq!(
+                    e.error.code(),
+                    ErrorCode::Network,
+                    "reset={reset} {}: {e}",
+                    report.protocol
+                );
+                assert!(e.error.is_transient());
+            }
+        }
+    }
+
+    /// A plaintext greeting and an accepted STARTTLS, then a reset in the
+    /// handshake (IMAP STARTTLS, POP3 STLS, SMTP STARTTLS).
+    #[tokio::test]
+    async fn reset_during_the_starttls_handshake_is_network() {
+        use crate::model::profile::Security;
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        /// `script` answers each command line; `true` means "then upgrade".
+        async fn serve(greeting: &'static str, script: fn(&str) -> (&'static str, bool)) -> u16 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let mut conn = BufReader::new(conn);
+                        let _ = conn.get_mut().write_all(greeting.as_bytes()).await;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let (answer, upgrade) = script(line.trim_end());
+                            let _ = conn.get_mut().write_all(answer.as_bytes()).await;
+                            if upgrade {
+                                let mut tcp = conn.into_inner();
+                                let mut hello = [0u8; 5];
+                                let _ = tcp.read_exact(&mut hello).await;
+                                tcp.set_zero_linger().unwrap();
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            port
+        }
+        let imap = serve("* OK ready\r\n", |l| match l {
+            "ms0 STARTTLS" => ("ms0 OK begin TLS\r\n", true),
+            _ => ("* BAD\r\n", false),
+        })
+        .await;
+        let pop3 = serve("+OK ready\r\n", |l| match l {
+            "CAPA" => ("+OK\r\nSTLS\r\nSASL XOAUTH2\r\n.\r\n", false),
+            "STLS" => ("+OK begin TLS\r\n", true),
+            _ => ("-ERR\r\n", false),
+        })
+        .await;
+        let smtp = serve("220 localhost ESMTP\r\n", |l| match l {
+            l if l.starts_with("EHLO") => ("250-localhost\r\n250 STARTTLS\r\n", false),
+            "STARTTLS" => ("220 2.0.0 begin TLS\r\n", true),
+            _ => ("500 no\r\n", false),
+        })
+        .await;
+        let creds = StaticCredentials(Credentials::OAuth {
+            user: "a@b".into(),
+            access_token: Secret::new("t"),
+        });
+        let opts = ConnectOptions::new(Duration::from_secs(5), TlsSettings::webpki());
+        let at = |port| Endpoint::new("127.0.0.1", port, Security::StartTls);
+        for report in [
+            probe_imap(&at(imap), &opts, &creds, None).await,
+            probe_pop3(&at(pop3), &opts, &creds, None).await,
+            probe_smtp(&at(smtp), &opts, &creds, None).await,
+        ] {
+            let e = report.result.unwrap_err();
+            assert_eq!(e.step, Step::Tls, "{}: {e}", report.protocol);
+            assert_eq!(
+                e.error.code(),
+                ErrorCode::Network,
+                "{}: {e}",
+                report.protocol
+            );
+        }
     }
 
     #[tokio::test]

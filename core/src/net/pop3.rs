@@ -36,6 +36,19 @@ pub const MAX_LINE: usize = 8192;
 /// Default largest message [`Pop3Client::retr`] downloads (50 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
 
+/// Default slowest rate a multi-line answer may arrive at (64 KiB/s): it
+/// must be complete within the timeout plus its size at this rate.
+pub const DEFAULT_MIN_THROUGHPUT: u32 = 64 * 1024;
+
+/// Largest `CAPA` answer accepted.
+const MAX_CAPA: u64 = 64 * 1024;
+
+/// Largest `LIST` / `UIDL` answer accepted.
+const MAX_LISTING: u64 = 64 * 1024 * 1024;
+
+/// Largest `TOP n 0` answer accepted.
+const MAX_HEADERS: u64 = 1024 * 1024;
+
 const PROTO: &str = "POP3";
 
 /// How `AUTH` sends the initial response.
@@ -93,6 +106,17 @@ fn parse_status(line: &[u8]) -> Result<Status> {
             truncate(&text, 80)
         ),
     ))
+}
+
+/// A multi-line answer that did not arrive within its deadline.
+fn deadline_error(step: Step) -> Error {
+    Error::new(
+        ErrorCode::Timeout,
+        format!(
+            "the POP3 server did not send {} within its deadline (it sends too slowly)",
+            step.waiting_for(PROTO)
+        ),
+    )
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -177,6 +201,7 @@ pub struct Pop3Client {
     mechanism: Mechanism,
     capabilities: Vec<String>,
     max_message_size: u64,
+    min_throughput: u32,
 }
 
 /// Line connection with the per-read timeout and a broken flag.
@@ -197,17 +222,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn read_line(&mut self, step: Step) -> Result<Vec<u8>> {
+        self.read_line_within(step, self.timeout).await
+    }
+
+    /// Reads a line that must arrive within `wait` (at most the timeout).
+    async fn read_line_within(&mut self, step: Step, wait: std::time::Duration) -> Result<Vec<u8>> {
         if self.broken {
             return Err(Error::new(
                 ErrorCode::Network,
                 "the POP3 connection is no longer usable after an earlier failure",
             ));
         }
-        match tokio::time::timeout(self.timeout, self.lines.read_line()).await {
+        match tokio::time::timeout(wait.min(self.timeout), self.lines.read_line()).await {
             Ok(Ok(line)) => Ok(line),
             Ok(Err(e)) => {
                 self.broken = true;
                 Err(e.into_error(PROTO))
+            }
+            Err(_) if wait < self.timeout => {
+                self.broken = true;
+                Err(deadline_error(step))
             }
             Err(_) => {
                 self.broken = true;
@@ -267,11 +301,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Reads a dot-terminated multi-line body, dot-unstuffed, lines joined
-    /// with CRLF. Aborts (and marks the connection broken) above `max` bytes.
-    async fn multiline(&mut self, step: Step, max: u64) -> Result<Vec<u8>> {
+    /// with CRLF. Aborts (and marks the connection broken) above `max` bytes
+    /// or when the whole answer has not arrived within `deadline`.
+    async fn multiline(
+        &mut self,
+        step: Step,
+        max: u64,
+        deadline: std::time::Duration,
+    ) -> Result<Vec<u8>> {
+        let end = tokio::time::Instant::now() + deadline;
         let mut out = Vec::new();
         loop {
-            let line = self.read_line(step).await?;
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                self.broken = true;
+                return Err(deadline_error(step));
+            }
+            let line = self.read_line_within(step, left).await?;
             if line == b"." {
                 return Ok(out);
             }
@@ -293,8 +339,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Multi-line answer as text lines.
-    async fn multiline_lines(&mut self, step: Step) -> Result<Vec<String>> {
-        let body = self.multiline(step, 64 * 1024 * 1024).await?;
+    async fn multiline_lines(
+        &mut self,
+        step: Step,
+        max: u64,
+        deadline: std::time::Duration,
+    ) -> Result<Vec<String>> {
+        let body = self.multiline(step, max, deadline).await?;
         Ok(String::from_utf8_lossy(&body)
             .split("\r\n")
             .filter(|l| !l.is_empty())
@@ -307,7 +358,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 async fn capa<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>) -> Result<Vec<String>> {
     conn.send(Step::Capabilities, b"CAPA").await?;
     match conn.status(Step::Capabilities).await? {
-        Status::Ok(_) => conn.multiline_lines(Step::Capabilities).await,
+        Status::Ok(_) => {
+            let deadline = conn.timeout;
+            conn.multiline_lines(Step::Capabilities, MAX_CAPA, deadline)
+                .await
+        }
         Status::Err { .. } => Ok(Vec::new()),
         Status::Continue(_) => Err(Error::new(
             ErrorCode::ProtocolError,
@@ -373,8 +428,9 @@ impl Pop3Client {
     ///
     /// Mechanism choice: `preferred` if the server's CAPA `SASL` line lists
     /// it, else XOAUTH2 then OAUTHBEARER for OAuth credentials, PLAIN then
-    /// LOGIN (then `USER`/`PASS`) for passwords. Passwords are refused on an
-    /// unencrypted connection unless the host is loopback.
+    /// LOGIN (then `USER`/`PASS`) for passwords. Passwords and tokens alike
+    /// are refused on an unencrypted connection unless the host is loopback
+    /// and [`ConnectOptions::allow_plaintext_on_loopback`] is set.
     pub async fn connect_with(
         endpoint: &Endpoint,
         opts: &ConnectOptions,
@@ -413,7 +469,16 @@ impl Pop3Client {
             }
             let upgraded = steps
                 .run(Step::Tls, async {
-                    conn.simple(Step::Tls, "STLS").await?;
+                    conn.simple(Step::Tls, "STLS").await.map_err(|e| {
+                        if e.code() == ErrorCode::ProtocolError {
+                            Error::new(
+                                ErrorCode::Tls,
+                                format!("the POP3 server refused STLS: {}", e.message()),
+                            )
+                        } else {
+                            e
+                        }
+                    })?;
                     if conn.lines.buffered() > 0 {
                         return Err(Error::new(
                             ErrorCode::ProtocolError,
@@ -442,16 +507,15 @@ impl Pop3Client {
         let user_pass = has_capability(&capabilities, "USER") || capabilities.is_empty();
 
         let mechanism = match creds {
-            Credentials::Password { .. } if offered.is_empty() && user_pass => {
-                check_plaintext_allowed(encrypted, endpoint)
-                    .map_err(|error| StepError::new(Step::Authenticate, error))?;
-                None
-            }
+            Credentials::Password { .. } if offered.is_empty() && user_pass => None,
             _ => Some(
                 choose_mechanism(PROTO, &offered, &offered_names, creds, preferred)
                     .map_err(|error| StepError::new(Step::Capabilities, error))?,
             ),
         };
+        // Nothing secret crosses an unencrypted connection, tokens included.
+        check_plaintext_allowed(encrypted, endpoint, creds, opts.allow_plaintext_on_loopback)
+            .map_err(|error| StepError::new(Step::Authenticate, error))?;
         let used = steps
             .run_detailed(Step::Authenticate, async {
                 let used = match mechanism {
@@ -460,9 +524,6 @@ impl Pop3Client {
                         Mechanism::Login
                     }
                     Some(m) => {
-                        if m.is_password() {
-                            check_plaintext_allowed(encrypted, endpoint)?;
-                        }
                         authenticate(&mut conn, m, creds, endpoint, style).await?;
                         m
                     }
@@ -475,6 +536,7 @@ impl Pop3Client {
             mechanism: used,
             capabilities,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            min_throughput: DEFAULT_MIN_THROUGHPUT,
         })
     }
 
@@ -491,6 +553,19 @@ impl Pop3Client {
     /// Largest message [`Pop3Client::retr`] downloads.
     pub fn set_max_message_size(&mut self, bytes: u64) {
         self.max_message_size = bytes;
+    }
+
+    /// Slowest rate a multi-line answer (RETR, TOP, LIST, UIDL) may arrive
+    /// at: each must be complete within the timeout plus its size at this
+    /// rate, so a server that trickles cannot hold the session.
+    pub fn set_min_throughput(&mut self, bytes_per_sec: u32) {
+        self.min_throughput = bytes_per_sec.max(1);
+    }
+
+    /// The timeout plus `bytes` at the minimum rate.
+    fn deadline_for(&self, bytes: u64) -> std::time::Duration {
+        self.conn.timeout
+            + std::time::Duration::from_secs(bytes / u64::from(self.min_throughput.max(1)))
     }
 
     /// `STAT`: (message count, total size in octets).
@@ -510,7 +585,11 @@ impl Pop3Client {
     /// `LIST`: (message number, size) of every message.
     pub async fn list(&mut self) -> Result<Vec<(u32, u64)>> {
         self.conn.simple(Step::Fetch, "LIST").await?;
-        let lines = self.conn.multiline_lines(Step::Fetch).await?;
+        let deadline = self.deadline_for(MAX_LISTING);
+        let lines = self
+            .conn
+            .multiline_lines(Step::Fetch, MAX_LISTING, deadline)
+            .await?;
         lines
             .iter()
             .map(|l| parse_pair(l).and_then(|(n, s)| Some((n, s.parse().ok()?))))
@@ -531,7 +610,11 @@ impl Pop3Client {
     /// `UIDL`: (message number, unique id) of every message.
     pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>> {
         self.conn.simple(Step::Fetch, "UIDL").await?;
-        let lines = self.conn.multiline_lines(Step::Fetch).await?;
+        let deadline = self.deadline_for(MAX_LISTING);
+        let lines = self
+            .conn
+            .multiline_lines(Step::Fetch, MAX_LISTING, deadline)
+            .await?;
         lines
             .iter()
             .map(|l| parse_pair(l).map(|(n, u)| (n, u.to_owned())))
@@ -549,13 +632,14 @@ impl Pop3Client {
 
     /// `RETR n`: the whole message, dot-unstuffed, with CRLF line endings.
     ///
-    /// Refused without downloading when `LIST n` reports a size above the
-    /// limit; aborted if the server sends more than the limit anyway.
+    /// Refused without downloading (`message_too_large`) when `LIST n`
+    /// reports a size above the limit; aborted if the server sends more
+    /// than that size anyway.
     pub async fn retr(&mut self, n: u32) -> Result<Vec<u8>> {
         let size = self.list_one(n).await?;
         if size > self.max_message_size {
-            return Err(Error::validation(
-                "max_message_size",
+            return Err(Error::new(
+                ErrorCode::MessageTooLarge,
                 format!(
                     "POP3 message {n} is {size} bytes, above the limit of {} bytes",
                     self.max_message_size
@@ -563,18 +647,21 @@ impl Pop3Client {
             ));
         }
         self.conn.simple(Step::Fetch, &format!("RETR {n}")).await?;
-        // Allow for servers that count LF-only storage in LIST.
-        let max = self
-            .max_message_size
-            .saturating_add(self.max_message_size / 8 + 1024);
-        self.conn.multiline(Step::Fetch, max).await
+        // No more than LIST said, with room for servers that count
+        // LF-only storage there.
+        let max = size.saturating_add(size / 8 + 1024);
+        let deadline = self.deadline_for(size);
+        self.conn.multiline(Step::Fetch, max, deadline).await
     }
 
     /// `TOP n 0`: the header section of a message, without its body
     /// (RFC 1939 optional command; at most 1 MiB).
     pub async fn top_headers(&mut self, n: u32) -> Result<Vec<u8>> {
         self.conn.simple(Step::Fetch, &format!("TOP {n} 0")).await?;
-        self.conn.multiline(Step::Fetch, 1024 * 1024).await
+        let deadline = self.deadline_for(MAX_HEADERS);
+        self.conn
+            .multiline(Step::Fetch, MAX_HEADERS, deadline)
+            .await
     }
 
     /// `DELE n`: marks a message for deletion at QUIT. Only for mailboxes
@@ -792,6 +879,7 @@ async fn auth_exchange<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
     #[test]
@@ -916,16 +1004,25 @@ mod tests {
     #[tokio::test]
     async fn multiline_is_dot_unstuffed() {
         let mut c = conn_with(b"Subject: x\r\n\r\n..leading dot\r\n.\r\n..\r\nlast\r\n.\r\n").await;
-        let body = c.multiline(Step::Fetch, 1000).await.unwrap();
+        let body = c
+            .multiline(Step::Fetch, 1000, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(body, b"Subject: x\r\n\r\n.leading dot\r\n");
-        let body = c.multiline(Step::Fetch, 1000).await.unwrap();
+        let body = c
+            .multiline(Step::Fetch, 1000, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(body, b".\r\nlast\r\n");
     }
 
     #[tokio::test]
     async fn multiline_respects_size_limit() {
         let mut c = conn_with(b"0123456789\r\n0123456789\r\n.\r\n").await;
-        let e = c.multiline(Step::Fetch, 15).await.unwrap_err();
+        let e = c
+            .multiline(Step::Fetch, 15, Duration::from_secs(5))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), ErrorCode::ProtocolError);
         assert!(c.broken);
     }

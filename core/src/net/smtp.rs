@@ -3,10 +3,13 @@
 //! * Implicit TLS (465-style, [`Security::Tls`]): we open TCP and do the TLS
 //!   handshake with [`TlsSettings`](super::TlsSettings) ourselves, then hand
 //!   the encrypted stream to lettre.
-//! * STARTTLS (587-style): lettre upgrades the connection with a rustls
-//!   configuration (ring) that trusts the same roots: webpki roots if
-//!   [`TlsSettings::trusts_webpki_roots`](super::TlsSettings::trusts_webpki_roots),
-//!   plus every extra root. Verification cannot be turned off.
+//! * STARTTLS (587-style): the plaintext part — greeting, `EHLO`,
+//!   `STARTTLS` and its `220` — is read here, line by line, on the raw
+//!   stream; anything the server sent after that `220` is refused
+//!   (`protocol_error`) instead of being read later as a reply that came
+//!   over TLS (STARTTLS command injection, CVE-2011-0411 and kin). Then we
+//!   do the handshake (same trust as implicit TLS; verification cannot be
+//!   turned off) and hand lettre the TLS stream.
 //! * EHLO is read raw so every advertised mechanism is seen (lettre itself
 //!   only knows PLAIN, LOGIN and XOAUTH2).
 //! * Authentication is done here, not by lettre, for all four mechanisms:
@@ -15,30 +18,41 @@
 //!   exchange half-open. We decode the challenge, answer it (empty line for
 //!   XOAUTH2, `AQ==` for OAUTHBEARER) and report `auth_rejected` with its
 //!   status. OAUTHBEARER is therefore supported too.
+//! * [`SmtpClient::transaction`] drives `MAIL`/`RCPT`/`DATA` one command at
+//!   a time, so each recipient's reply is seen, and tells a connection lost
+//!   after the end of the data (the server may have taken the message) from
+//!   one lost before. Data always goes out with CRLF line endings: a bare
+//!   CR or LF is sent as CRLF, so a `\n.\r\n` inside a message cannot end
+//!   it early on a server that takes a bare LF as a line end.
 //!
 //! Reply mapping keeps the server's code and enhanced status in the message:
 //! during AUTH, 535 → `auth_rejected`, 454/4xx → `server_unavailable`,
 //! 504 → `mechanism_unsupported`, 530/538 → `insecure_connection`; while
 //! sending, 4xx → `send_deferred`, 5xx → `send_rejected`.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use lettre::address::Envelope;
-use lettre::transport::smtp::client::{
-    AsyncSmtpConnection, AsyncTokioStream, Certificate, CertificateStore, TlsParameters,
-};
-use lettre::transport::smtp::commands::Ehlo;
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::io::MailStream;
+use super::io::{LineStream, MailStream};
 use super::{
     ConnectOptions, Credentials, Step, StepError, Steps, check_plaintext_allowed, choose_mechanism,
-    open, with_timeout,
+    open, tls_handshake, with_timeout,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::profile::{Endpoint, Security};
 use crate::sasl::{self, Mechanism, SaslChallenge, SaslResponse};
+use crate::sync::RecipientRefusal;
 
 const PROTO: &str = "SMTP";
 
@@ -68,6 +82,10 @@ pub struct SmtpClient {
     mechanism: Mechanism,
     extensions: Vec<String>,
     encrypted: bool,
+    /// What went out on the wire, to tell whether the end of the data did.
+    written: Arc<WriteLog>,
+    /// The connection failed or the server closed it: no more commands.
+    broken: bool,
 }
 
 impl fmt::Debug for SmtpClient {
@@ -215,24 +233,6 @@ fn auth_mechanisms(extensions: &[String]) -> Vec<String> {
     out
 }
 
-fn tls_parameters(endpoint: &Endpoint, opts: &ConnectOptions) -> Result<TlsParameters> {
-    let mut builder = TlsParameters::builder(endpoint.host.clone()).certificate_store(
-        if opts.tls.trusts_webpki_roots() {
-            CertificateStore::WebpkiRoots
-        } else {
-            CertificateStore::None
-        },
-    );
-    for der in opts.tls.extra_roots() {
-        let cert = Certificate::from_der(der.to_vec())
-            .map_err(|e| Error::new(ErrorCode::Tls, format!("invalid root certificate: {e}")))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    builder
-        .build_rustls()
-        .map_err(|e| Error::new(ErrorCode::Tls, format!("TLS configuration: {e}")))
-}
-
 impl SmtpClient {
     /// Connects, secures the connection per the endpoint, reads EHLO and
     /// authenticates; each step is recorded in `steps`.
@@ -246,13 +246,48 @@ impl SmtpClient {
         preferred: Option<Mechanism>,
         steps: &mut Steps,
     ) -> Result<SmtpClient, StepError> {
+        // lettre 0.11 panics on an EHLO line of only spaces (found by the
+        // smtp_session fuzz target): a server must not crash the host.
+        use futures::FutureExt as _;
+        let connecting = Self::connect_unguarded(endpoint, opts, creds, preferred, steps);
+        match std::panic::AssertUnwindSafe(connecting)
+            .catch_unwind()
+            .await
+        {
+            Ok(done) => done,
+            Err(_) => Err(StepError::new(
+                Step::Ehlo,
+                Error::new(
+                    ErrorCode::ProtocolError,
+                    "the SMTP server sent an EHLO answer the SMTP client cannot read",
+                ),
+            )),
+        }
+    }
+
+    async fn connect_unguarded(
+        endpoint: &Endpoint,
+        opts: &ConnectOptions,
+        creds: &Credentials,
+        preferred: Option<Mechanism>,
+        steps: &mut Steps,
+    ) -> Result<SmtpClient, StepError> {
         let host = endpoint.host.clone();
         let hello = ClientId::default();
         let stream = open(endpoint, opts, steps).await?;
         let mut encrypted = stream.is_encrypted();
-        let mut conn = steps
-            .run(Step::Greeting, async {
-                AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
+        let written = Arc::new(WriteLog::default());
+        let connect = |stream: MailStream, greeting: &[u8]| {
+            let wire = Wire {
+                stream,
+                greeting: greeting.to_vec(),
+                read: 0,
+                written: written.clone(),
+            };
+            let hello = hello.clone();
+            let host = host.clone();
+            async move {
+                AsyncSmtpConnection::connect_with_transport(Box::new(wire), &hello)
                     .await
                     .map_err(|e| match code_of(&e) {
                         Some(_) => Error::new(
@@ -261,37 +296,34 @@ impl SmtpClient {
                         ),
                         None => transport_error(&e, &host),
                     })
-            })
-            .await?;
-        if endpoint.security == Security::StartTls {
-            steps
-                .run(Step::Tls, async {
-                    if !conn.can_starttls() {
-                        return Err(Error::new(
-                            ErrorCode::Tls,
-                            format!(
-                                "the SMTP server at {}:{} does not offer STARTTLS",
-                                endpoint.host, endpoint.port
-                            ),
-                        ));
-                    }
-                    let params = tls_parameters(endpoint, opts)?;
-                    conn.starttls(params, &hello)
-                        .await
-                        .map_err(|e| transport_error(&e, &host))
-                })
-                .await?;
+            }
+        };
+        // STARTTLS: the plaintext exchange is ours; lettre starts over TLS,
+        // where the server sends no new greeting, so it reads ours.
+        let (conn, tls) = if endpoint.security == Security::StartTls {
+            let tls = starttls(stream, endpoint, opts, &hello, steps).await?;
             encrypted = true;
-        }
-        let extensions = steps
+            (None, Some(tls))
+        } else {
+            let conn = steps.run(Step::Greeting, connect(stream, b"")).await?;
+            (Some(conn), None)
+        };
+        let (mut conn, extensions) = steps
             .run_detailed(Step::Ehlo, async {
+                let mut conn = match (conn, tls) {
+                    (Some(conn), _) => conn,
+                    (None, Some(tls)) => connect(tls, AFTER_STARTTLS).await?,
+                    (None, None) => {
+                        return Err(Error::new(ErrorCode::Internal, "no SMTP connection"));
+                    }
+                };
                 let resp = conn
                     .command(Ehlo::new(hello.clone()))
                     .await
                     .map_err(|e| transport_error(&e, &host))?;
                 let ext: Vec<String> = resp.message().skip(1).map(str::to_owned).collect();
                 let d = ext.join(" | ");
-                Ok((ext, Some(d)))
+                Ok(((conn, ext), Some(d)))
             })
             .await?;
         let offered_names = auth_mechanisms(&extensions);
@@ -301,10 +333,8 @@ impl SmtpClient {
             .collect();
         let mechanism = choose_mechanism(PROTO, &offered, &offered_names, creds, preferred)
             .map_err(|error| StepError::new(Step::Ehlo, error))?;
-        if mechanism.is_password() {
-            check_plaintext_allowed(encrypted, endpoint)
-                .map_err(|error| StepError::new(Step::Authenticate, error))?;
-        }
+        check_plaintext_allowed(encrypted, endpoint, creds, opts.allow_plaintext_on_loopback)
+            .map_err(|error| StepError::new(Step::Authenticate, error))?;
         steps
             .run_detailed(Step::Authenticate, async {
                 authenticate(&mut conn, mechanism, creds, endpoint).await?;
@@ -317,6 +347,8 @@ impl SmtpClient {
             mechanism,
             extensions,
             encrypted,
+            written,
+            broken: false,
         })
     }
 
@@ -333,9 +365,8 @@ impl SmtpClient {
     /// Sends a raw RFC 5322 message to the envelope's recipients. Returns
     /// the server's final reply (e.g. `250 2.0.0 Ok: queued as …`).
     pub async fn send_raw(&mut self, envelope: &Envelope, raw: &[u8]) -> Result<String> {
-        // lettre terminates DATA with "\r\n.\r\n"; a message that already
-        // ends with CRLF would otherwise gain an empty last line.
-        let raw = raw.strip_suffix(b"\r\n").unwrap_or(raw);
+        let raw = normalize_line_endings(raw);
+        let raw = data_without_last_crlf(&raw);
         let conn = &mut self.conn;
         let resp = with_timeout(self.timeout, Step::Send, PROTO, async {
             conn.send(envelope, raw)
@@ -357,6 +388,512 @@ impl SmtpClient {
     pub async fn quit(&mut self) {
         let conn = &mut self.conn;
         let _ = tokio::time::timeout(self.timeout, conn.quit()).await;
+    }
+}
+
+/// What lettre reads as the greeting after our STARTTLS: over TLS the
+/// server sends none (it waits for EHLO), and lettre always reads one
+/// before its EHLO. Made here, never taken from the wire.
+const AFTER_STARTTLS: &[u8] = b"220 TLS established (mailsync)\r\n";
+
+/// The longest SMTP reply line we read before TLS (RFC 5321 §4.5.3.1.5
+/// says 512; servers send longer ones).
+const MAX_REPLY_LINE: usize = 4096;
+
+/// How many lines one reply may have.
+const MAX_REPLY_LINES: usize = 100;
+
+/// Bytes written to the server: how many, and the last five, so a failure
+/// after the end-of-data marker (`CRLF . CRLF`) can be told from one before.
+#[derive(Debug, Default)]
+struct WriteLog {
+    inner: Mutex<(u64, [u8; 5])>,
+}
+
+impl WriteLog {
+    fn record(&self, bytes: &[u8]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.0 += bytes.len() as u64;
+        for &b in bytes.iter().rev().take(5).rev() {
+            inner.1.rotate_left(1);
+            inner.1[4] = b;
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// Whether the last bytes written since `mark` end the data.
+    fn ended_data_since(&self, mark: u64) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.0 >= mark + 5 && &inner.1 == b"\r\n.\r\n"
+    }
+}
+
+/// The stream handed to lettre: the connection, the greeting lettre reads
+/// after our STARTTLS, and the log of what went out.
+#[derive(Debug)]
+struct Wire {
+    stream: MailStream,
+    greeting: Vec<u8>,
+    read: usize,
+    written: Arc<WriteLog>,
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        if me.read < me.greeting.len() {
+            let rest = &me.greeting[me.read..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            me.read += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            me.written.record(&buf[..*n]);
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for Wire {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.stream.peer_addr()
+    }
+}
+
+/// Reads one (multi-line) reply: its code and the text of each line.
+async fn read_reply(lines: &mut LineStream<MailStream>) -> Result<(u16, Vec<String>)> {
+    let mut texts = Vec::new();
+    loop {
+        let line = lines.read_line().await.map_err(|e| e.into_error(PROTO))?;
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let code = text
+            .get(..3)
+            .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|c| c.parse::<u16>().ok());
+        let (Some(code), Some(sep)) = (code, text.as_bytes().get(3).copied().or(Some(b' '))) else {
+            return Err(Error::new(
+                ErrorCode::ProtocolError,
+                format!("malformed SMTP reply: {}", truncated(&text)),
+            ));
+        };
+        texts.push(text.get(4..).unwrap_or("").to_owned());
+        match sep {
+            b' ' => return Ok((code, texts)),
+            b'-' if texts.len() < MAX_REPLY_LINES => {}
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::ProtocolError,
+                    format!("malformed SMTP reply: {}", truncated(&text)),
+                ));
+            }
+        }
+    }
+}
+
+fn truncated(text: &str) -> String {
+    let mut end = text.len().min(120);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// The plaintext part of STARTTLS, done on the raw stream: greeting,
+/// `EHLO`, `STARTTLS`, its `220`, then the TLS handshake. Bytes the server
+/// sent after that `220` would be read as replies sent over TLS: refused.
+async fn starttls(
+    stream: MailStream,
+    endpoint: &Endpoint,
+    opts: &ConnectOptions,
+    hello: &ClientId,
+    steps: &mut Steps,
+) -> Result<MailStream, StepError> {
+    let mut lines = LineStream::new(stream, MAX_REPLY_LINE);
+    let extensions = steps
+        .run(Step::Greeting, async {
+            let (code, text) = read_reply(&mut lines).await?;
+            if code != 220 {
+                return Err(Error::new(
+                    ErrorCode::ServerUnavailable,
+                    format!(
+                        "the SMTP server refused the session: {code} {}",
+                        text.join(" ")
+                    ),
+                ));
+            }
+            lines
+                .write_all(Ehlo::new(hello.clone()).to_string().as_bytes())
+                .await
+                .map_err(|e| super::io_error(PROTO, &e))?;
+            let (code, text) = read_reply(&mut lines).await?;
+            if code != 250 {
+                return Err(Error::new(
+                    ErrorCode::ProtocolError,
+                    format!("the SMTP server refused EHLO: {code} {}", text.join(" ")),
+                ));
+            }
+            Ok(text)
+        })
+        .await?;
+    steps
+        .run(Step::Tls, async {
+            let offered = extensions.iter().skip(1).any(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|k| k.eq_ignore_ascii_case("STARTTLS"))
+            });
+            if !offered {
+                return Err(Error::new(
+                    ErrorCode::Tls,
+                    format!(
+                        "the SMTP server at {}:{} does not offer STARTTLS",
+                        endpoint.host, endpoint.port
+                    ),
+                ));
+            }
+            lines
+                .write_all(b"STARTTLS\r\n")
+                .await
+                .map_err(|e| super::io_error(PROTO, &e))?;
+            let (code, text) = read_reply(&mut lines).await?;
+            if code != 220 {
+                return Err(Error::new(
+                    ErrorCode::Tls,
+                    format!("the SMTP server refused STARTTLS: {code} {}", text.join(" ")),
+                ));
+            }
+            if lines.buffered() > 0 {
+                return Err(Error::new(
+                    ErrorCode::ProtocolError,
+                    format!(
+                        "the SMTP server at {}:{} sent {} byte(s) after its 220 to STARTTLS, before the TLS \
+                         handshake; refusing them (they would be taken for replies sent over TLS)",
+                        endpoint.host,
+                        endpoint.port,
+                        lines.buffered()
+                    ),
+                ));
+            }
+            let MailStream::Plain(tcp) = lines.into_inner() else {
+                return Err(Error::new(ErrorCode::Internal, "STARTTLS on a TLS stream"));
+            };
+            let tls = tls_handshake(tcp, &endpoint.host, &opts.tls).await?;
+            Ok(MailStream::Tls(Box::new(tls)))
+        })
+        .await
+}
+
+/// The data with every bare CR and bare LF turned into CRLF.
+pub(crate) fn normalize_line_endings(data: &[u8]) -> Cow<'_, [u8]> {
+    let bare = data.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => data.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || data[i - 1] != b'\r',
+        _ => false,
+    });
+    if !bare {
+        return Cow::Borrowed(data);
+    }
+    let mut out = Vec::with_capacity(data.len() + data.len() / 32);
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if data.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// lettre ends the data with `CRLF . CRLF`; a message that already ends
+/// with CRLF would otherwise gain an empty last line.
+fn data_without_last_crlf(data: &[u8]) -> &[u8] {
+    data.strip_suffix(b"\r\n").unwrap_or(data)
+}
+
+/// Where in a transaction the server answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpStage {
+    /// `MAIL FROM`.
+    MailFrom,
+    /// `RCPT TO` (see the refused recipients).
+    RcptTo,
+    /// The `DATA` command.
+    Data,
+    /// The end of the data (`CRLF . CRLF`).
+    EndOfData,
+}
+
+/// How one SMTP transaction ended ([`SmtpClient::transaction`]).
+#[derive(Debug)]
+pub enum Transaction {
+    /// The server accepted the message: its reply to the end of the data.
+    Accepted {
+        /// E.g. `250 2.0.0 Ok: queued as 4Xc1`.
+        reply: String,
+        /// Recipients it refused while taking the others (partial sends).
+        refused: Vec<RecipientRefusal>,
+    },
+    /// The server refused it (4xx or 5xx); the connection can go on
+    /// unless [`SmtpClient::is_broken`].
+    Refused {
+        /// Where.
+        stage: SmtpStage,
+        /// The reply code (for recipients: the first 5xx, else the first 4xx).
+        code: u16,
+        /// The reply.
+        reply: String,
+        /// Refused recipients, one by one.
+        refused: Vec<RecipientRefusal>,
+    },
+    /// The message cannot go through this server as it is (e.g. 8-bit data
+    /// and no `8BITMIME`); nothing was sent.
+    Unsendable(Error),
+    /// The connection failed (network, timeout, malformed reply) and is
+    /// unusable. `after_data`: the end of the data had gone out, so the
+    /// server may have accepted the message.
+    Broken {
+        /// What failed.
+        error: Error,
+        /// Whether the end-of-data marker had been written.
+        after_data: bool,
+    },
+}
+
+/// One command's outcome.
+enum Reply {
+    Positive,
+    Negative(u16, String),
+    Broken(Error),
+}
+
+impl SmtpClient {
+    /// Whether the connection failed or was closed by the server; it
+    /// cannot be used any more.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    async fn reply_to<C: fmt::Display>(&mut self, command: C, deadline: Duration) -> Reply {
+        let outcome = match tokio::time::timeout(deadline, self.conn.command(command)).await {
+            Err(_) => Reply::Broken(super::timeout_error(deadline, Step::Send, PROTO)),
+            Ok(Ok(_)) => Reply::Positive,
+            Ok(Err(e)) => match code_of(&e) {
+                Some(code) => Reply::Negative(code, reply_text(&e)),
+                None => Reply::Broken(transport_error(&e, "the SMTP server")),
+            },
+        };
+        match &outcome {
+            Reply::Broken(_) => self.broken = true,
+            // 421: the server is closing the connection.
+            Reply::Negative(421, _) => self.broken = true,
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Ends a transaction the server refused part of (errors make the
+    /// connection broken).
+    async fn reset(&mut self) {
+        if !self.broken
+            && let Reply::Negative(..) = self.reply_to(Rset, self.timeout).await
+        {
+            self.broken = true;
+        }
+    }
+
+    /// One transaction: `MAIL FROM:<from>`, `RCPT TO` for each recipient
+    /// (each reply kept), `DATA` and the data. With refused recipients the
+    /// message is sent to the others only if `partial`, else the
+    /// transaction is reset (`RSET`) and nothing is sent. The data goes out
+    /// with CRLF line endings (see the module docs); `data_deadline`
+    /// bounds sending it and reading the server's answer.
+    pub async fn transaction(
+        &mut self,
+        from: &lettre::Address,
+        recipients: &[lettre::Address],
+        data: &[u8],
+        partial: bool,
+        data_deadline: Duration,
+    ) -> Transaction {
+        if self.broken {
+            return Transaction::Broken {
+                error: Error::new(ErrorCode::Network, "the SMTP connection is closed"),
+                after_data: false,
+            };
+        }
+        let data = normalize_line_endings(data);
+        let data = data_without_last_crlf(&data);
+        let info = self.conn.server_info();
+        let mut params = Vec::new();
+        let ascii = |a: &lettre::Address| <lettre::Address as AsRef<str>>::as_ref(a).is_ascii();
+        let non_ascii = !ascii(from) || recipients.iter().any(|r| !ascii(r));
+        if non_ascii {
+            if !info.supports_feature(Extension::SmtpUtfEight) {
+                return Transaction::Unsendable(Error::new(
+                    ErrorCode::SendRejected,
+                    "an address is not ASCII and the SMTP server does not offer SMTPUTF8",
+                ));
+            }
+            params.push(MailParameter::SmtpUtfEight);
+        }
+        if !data.is_ascii() {
+            if !info.supports_feature(Extension::EightBitMime) {
+                return Transaction::Unsendable(Error::new(
+                    ErrorCode::SendRejected,
+                    "the message has 8-bit data and the SMTP server does not offer 8BITMIME",
+                ));
+            }
+            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let timeout = self.timeout;
+        match self
+            .reply_to(Mail::new(Some(from.clone()), params), timeout)
+            .await
+        {
+            Reply::Positive => {}
+            Reply::Negative(code, reply) => {
+                return Transaction::Refused {
+                    stage: SmtpStage::MailFrom,
+                    code,
+                    reply,
+                    refused: Vec::new(),
+                };
+            }
+            Reply::Broken(error) => {
+                return Transaction::Broken {
+                    error,
+                    after_data: false,
+                };
+            }
+        }
+        let mut accepted = 0usize;
+        let mut refused = Vec::new();
+        for rcpt in recipients {
+            match self
+                .reply_to(Rcpt::new(rcpt.clone(), Vec::new()), timeout)
+                .await
+            {
+                Reply::Positive => accepted += 1,
+                Reply::Negative(code, reply) => refused.push(RecipientRefusal {
+                    address: rcpt.to_string(),
+                    smtp_code: code,
+                    reply,
+                }),
+                Reply::Broken(error) => {
+                    return Transaction::Broken {
+                        error,
+                        after_data: false,
+                    };
+                }
+            }
+            if self.broken {
+                break;
+            }
+        }
+        if !refused.is_empty() && (!partial || accepted == 0 || self.broken) {
+            self.reset().await;
+            let worst = refused
+                .iter()
+                .find(|r| r.smtp_code >= 500)
+                .or_else(|| refused.first())
+                .map(|r| (r.smtp_code, r.reply.clone()))
+                .unwrap_or((0, String::new()));
+            return Transaction::Refused {
+                stage: SmtpStage::RcptTo,
+                code: worst.0,
+                reply: worst.1,
+                refused,
+            };
+        }
+        match self.reply_to(Data, timeout).await {
+            Reply::Positive => {}
+            Reply::Negative(code, reply) => {
+                self.reset().await;
+                return Transaction::Refused {
+                    stage: SmtpStage::Data,
+                    code,
+                    reply,
+                    refused,
+                };
+            }
+            Reply::Broken(error) => {
+                return Transaction::Broken {
+                    error,
+                    after_data: false,
+                };
+            }
+        }
+        let mark = self.written.count();
+        let sent = tokio::time::timeout(data_deadline, self.conn.message(data)).await;
+        let broken = |error: Error, written: &WriteLog| Transaction::Broken {
+            error,
+            after_data: written.ended_data_since(mark),
+        };
+        match sent {
+            Ok(Ok(resp)) => Transaction::Accepted {
+                reply: response_text(&resp),
+                refused,
+            },
+            Ok(Err(e)) => match code_of(&e) {
+                Some(code) => {
+                    if code == 421 {
+                        self.broken = true;
+                    }
+                    Transaction::Refused {
+                        stage: SmtpStage::EndOfData,
+                        code,
+                        reply: reply_text(&e),
+                        refused,
+                    }
+                }
+                None => {
+                    self.broken = true;
+                    broken(transport_error(&e, "the SMTP server"), &self.written)
+                }
+            },
+            Err(_) => {
+                self.broken = true;
+                broken(
+                    super::timeout_error(data_deadline, Step::Send, PROTO),
+                    &self.written,
+                )
+            }
+        }
     }
 }
 
@@ -457,6 +994,62 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         assert_eq!(auth_mechanisms(&ext), vec!["PLAIN", "LOGIN", "XOAUTH2"]);
+    }
+
+    #[test]
+    fn bare_cr_and_lf_become_crlf() {
+        let n = |d: &[u8]| normalize_line_endings(d).into_owned();
+        assert_eq!(n(b"a\r\nb"), b"a\r\nb");
+        assert!(matches!(
+            normalize_line_endings(b"a\r\nb"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(n(b"a\nb\rc\r\n"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(n(b"\n.\r\nMAIL FROM"), b"\r\n.\r\nMAIL FROM");
+        assert_eq!(n(b"x\r\r\n"), b"x\r\n\r\n");
+        assert_eq!(n(b"\r"), b"\r\n");
+    }
+
+    #[test]
+    fn the_write_log_sees_the_end_of_the_data() {
+        let log = WriteLog::default();
+        log.record(b"MAIL FROM:<a@b>\r\n");
+        let mark = log.count();
+        assert!(!log.ended_data_since(mark));
+        log.record(b"Subject: x\r\n\r\nbody");
+        assert!(!log.ended_data_since(mark));
+        log.record(b"\r\n.");
+        log.record(b"\r\n");
+        assert!(log.ended_data_since(mark));
+        assert!(!log.ended_data_since(log.count()));
+    }
+
+    #[tokio::test]
+    async fn replies_are_read_whole_and_checked() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"250-first\r\n250-SIZE 10\r\n250 last\r\n354\r\nnonsense\r\n")
+                .await
+                .unwrap();
+            s
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut lines = LineStream::new(MailStream::Plain(tcp), MAX_REPLY_LINE);
+        let (code, text) = read_reply(&mut lines).await.unwrap();
+        assert_eq!(
+            (code, text),
+            (250, vec!["first".into(), "SIZE 10".into(), "last".into()])
+        );
+        assert_eq!(
+            read_reply(&mut lines).await.unwrap(),
+            (354, vec![String::new()])
+        );
+        let e = read_reply(&mut lines).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ProtocolError);
+        drop(server.await.unwrap());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
 
 use crate::error::{Error, ErrorCode, Result};
@@ -56,9 +57,8 @@ impl TlsSettings {
 
     /// Adds the root certificates in PEM text (one or more `CERTIFICATE` blocks).
     pub fn with_root_pem(self, pem: &[u8]) -> Result<Self> {
-        let mut reader = pem;
         let mut certs = Vec::new();
-        for item in rustls_pemfile::certs(&mut reader) {
+        for item in CertificateDer::pem_slice_iter(pem) {
             let cert = item.map_err(|e| {
                 Error::new(
                     ErrorCode::Tls,

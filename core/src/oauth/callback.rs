@@ -6,8 +6,11 @@
 //! of the OIDC id token in the token response. The id token's signature is
 //! not verified: it was received directly from the token endpoint over TLS,
 //! which OpenID Connect Core 1.0 §3.1.3.7 (item 6) accepts in place of
-//! signature validation. `iss` and `aud` are still checked. Without an id
-//! token, or without an `email` claim, the userinfo endpoint is asked.
+//! signature validation. `iss` and `aud` must still be present and match
+//! (the provider, and the client id: a token for several audiences must name
+//! the client as `azp`), and an `email_verified` claim, when present, must be
+//! true. Without an id token, or without an `email` claim, the userinfo
+//! endpoint is asked; its `email_verified`, when present, must be true too.
 
 use base64::Engine as _;
 use oauth2::TokenResponse as _;
@@ -94,6 +97,28 @@ fn parse_callback(input: &str) -> Result<Callback> {
     Ok(cb)
 }
 
+/// The fuzz target's view of [`parse_callback`]: the `error` parameter and
+/// its description, if any.
+#[cfg(feature = "fuzzing")]
+#[allow(clippy::type_complexity)]
+pub(crate) fn fuzz_parse_callback(input: &str) -> Result<Option<(String, Option<String>)>> {
+    let cb = parse_callback(input)?;
+    if let Some(code) = &cb.code {
+        assert!(code.expose().len() <= MAX_CODE_LEN);
+    }
+    Ok(cb.error.map(|e| (e, cb.error_description)))
+}
+
+/// [`account_of_id_token`] for the fuzz target.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_account_of_id_token(
+    id_token: &Secret,
+    issuer: &str,
+    client_id: &str,
+) -> Result<Option<String>> {
+    account_of_id_token(id_token, issuer, client_id)
+}
+
 /// Maps an RFC 6749 §4.1.2.1 error (and Google's extensions) to a code.
 pub(crate) fn consent_error(error: &str, description: Option<&str>, email: &str) -> Error {
     let detail = description.map(|d| format!(" ({d})")).unwrap_or_default();
@@ -129,6 +154,7 @@ pub(crate) fn consent_error(error: &str, description: Option<&str>, email: &str)
 struct Claims {
     iss: Option<String>,
     aud: Option<serde_json::Value>,
+    azp: Option<String>,
     email: Option<String>,
     email_verified: Option<serde_json::Value>,
 }
@@ -140,6 +166,101 @@ fn decode_claims(id_token: &str) -> Result<Claims> {
         .decode(payload.trim_end_matches('='))
         .map_err(|_| bad())?;
     serde_json::from_slice(&bytes).map_err(|_| bad())
+}
+
+/// Whether an `email_verified` claim says yes: JSON `true`, or the string
+/// `"true"` (some providers send strings). Anything else present — `false`,
+/// `"false"`, a number, garbage — is not a verified address.
+fn claims_verified(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::String(v) => v.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// Refuses (`account_mismatch`) an address whose `email_verified` claim is
+/// present and not true. An absent claim is accepted: Google always sends
+/// it, and providers that leave it out vouch for their addresses otherwise.
+fn check_email_verified(email: &str, verified: Option<&serde_json::Value>) -> Result<()> {
+    match verified {
+        Some(v) if !claims_verified(v) => Err(Error::new(
+            ErrorCode::AccountMismatch,
+            format!(
+                "the provider says the address {} of the consenting account is not verified",
+                sanitize(email)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks an id token from the token endpoint (OIDC Core §3.1.3.7, items
+/// 2–4, without the signature: see the module docs) and returns its
+/// `email`, if it has one:
+///
+/// * `iss` must be present and name the provider;
+/// * `aud` must be present and contain `client_id`; when it names other
+///   audiences too, an `azp` must be present and be `client_id`;
+/// * `email_verified`, when present, must be true ([`check_email_verified`]).
+///
+/// Any failure is `provider_error`, except an unverified address
+/// (`account_mismatch`).
+fn account_of_id_token(id_token: &Secret, issuer: &str, client_id: &str) -> Result<Option<String>> {
+    let claims = decode_claims(id_token.expose())?;
+    match &claims.iss {
+        Some(iss) if same_issuer(iss, issuer) => {}
+        Some(iss) => {
+            return Err(Error::new(
+                ErrorCode::ProviderError,
+                format!(
+                    "the id token's issuer '{}' is not '{issuer}'",
+                    sanitize(iss)
+                ),
+            ));
+        }
+        None => {
+            return Err(Error::new(
+                ErrorCode::ProviderError,
+                "the id token names no issuer (iss)",
+            ));
+        }
+    }
+    let (contains, others) = match &claims.aud {
+        Some(serde_json::Value::String(a)) => (a == client_id, false),
+        Some(serde_json::Value::Array(list)) => (
+            list.iter().any(|a| a.as_str() == Some(client_id)),
+            list.iter().any(|a| a.as_str() != Some(client_id)),
+        ),
+        _ => (false, false),
+    };
+    if !contains {
+        return Err(Error::new(
+            ErrorCode::ProviderError,
+            if claims.aud.is_none() {
+                "the id token names no audience (aud)"
+            } else {
+                "the id token was issued to another client"
+            },
+        ));
+    }
+    let azp_ok = match &claims.azp {
+        Some(azp) => azp == client_id,
+        None => !others,
+    };
+    if !azp_ok {
+        return Err(Error::new(
+            ErrorCode::ProviderError,
+            "the id token was issued to another authorized party (azp)",
+        ));
+    }
+    match claims.email {
+        Some(email) => {
+            check_email_verified(&email, claims.email_verified.as_ref())?;
+            Ok(Some(email.to_ascii_lowercase()))
+        }
+        None => Ok(None),
+    }
 }
 
 fn same_issuer(a: &str, b: &str) -> bool {
@@ -332,7 +453,7 @@ impl MailSync {
     }
 
     /// Discards a grant that failed the checks. It is also revoked at the
-    /// provider, but only when no mailbox holds a grant of the same account
+    /// provider (queued and retried when that fails transiently), but only when no mailbox holds a grant of the same account
     /// on the same OAuth client: at Google, revoking one token revokes the
     /// account's whole grant for the client, so revoking here would
     /// disconnect that other mailbox (e.g. bob consenting on alice's connect
@@ -359,8 +480,9 @@ impl MailSync {
                 return;
             }
         }
+        // A transient failure is queued and sent again later.
         if let Err(e) = self
-            .revoke_grant(ctx, &tokens.access_token, tokens.refresh_token.as_ref())
+            .revoke_or_queue(ctx, &tokens.access_token, tokens.refresh_token.as_ref())
             .await
         {
             tracing::warn!(mailbox = %ctx.mailbox.id, code = %e.code(), "could not revoke a refused grant");
@@ -375,48 +497,11 @@ impl MailSync {
     }
 
     async fn consenting_account(&self, ctx: &Context, tokens: &Exchanged) -> Result<String> {
-        if let Some(id_token) = &tokens.id_token {
-            let claims = decode_claims(id_token.expose())?;
-            if let Some(iss) = &claims.iss
-                && !same_issuer(iss, &ctx.provider.issuer)
-            {
-                return Err(Error::new(
-                    ErrorCode::ProviderError,
-                    format!(
-                        "the id token's issuer '{}' is not '{}'",
-                        sanitize(iss),
-                        ctx.provider.issuer
-                    ),
-                ));
-            }
-            let client_id = &ctx.app().client_id;
-            let aud_ok = match &claims.aud {
-                Some(serde_json::Value::String(a)) => a == client_id,
-                Some(serde_json::Value::Array(list)) => {
-                    list.iter().any(|a| a.as_str() == Some(client_id))
-                }
-                _ => true,
-            };
-            if !aud_ok {
-                return Err(Error::new(
-                    ErrorCode::ProviderError,
-                    "the id token was issued to another client",
-                ));
-            }
-            if let Some(email) = claims.email {
-                let verified = match &claims.email_verified {
-                    Some(serde_json::Value::Bool(b)) => *b,
-                    Some(serde_json::Value::String(v)) => v != "false",
-                    _ => true,
-                };
-                if !verified {
-                    return Err(Error::new(
-                        ErrorCode::AccountMismatch,
-                        format!("the consenting account {email} has no verified address"),
-                    ));
-                }
-                return Ok(email.to_ascii_lowercase());
-            }
+        if let Some(id_token) = &tokens.id_token
+            && let Some(email) =
+                account_of_id_token(id_token, &ctx.provider.issuer, &ctx.app().client_id)?
+        {
+            return Ok(email);
         }
         // Userinfo (OIDC Core §5.3).
         let userinfo = match &ctx.provider.userinfo_endpoint {
@@ -443,9 +528,12 @@ impl MailSync {
             .http()
             .get_json(&userinfo, Some(tokens.access_token.expose()))
             .await
-            .map_err(|e| Error::new(ErrorCode::ProviderUnavailable, format!("userinfo: {e}")))?;
+            .map_err(|e| Error::new(e.code(), format!("userinfo: {e}")))?;
         match body.get("email").and_then(|e| e.as_str()) {
-            Some(email) if status == 200 => Ok(email.to_ascii_lowercase()),
+            Some(email) if status == 200 => {
+                check_email_verified(email, body.get("email_verified"))?;
+                Ok(email.to_ascii_lowercase())
+            }
             _ => Err(Error::new(
                 ErrorCode::ProviderError,
                 format!(
@@ -599,6 +687,114 @@ mod tests {
         let other = consent_error("redirect_uri_mismatch", Some("bad uri"), "a@b.c");
         assert_eq!(other.code(), ErrorCode::ConsentFailed);
         assert!(other.message().contains("redirect_uri_mismatch"));
+    }
+
+    fn id_token(claims: serde_json::Value) -> Secret {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&claims).unwrap());
+        Secret::new(format!("eyJhbGciOiJSUzI1NiJ9.{payload}.sig"))
+    }
+
+    /// `aud` must be present and name the client (with `azp` when it names
+    /// others too); `iss` must be present and match; `email_verified`, when
+    /// present, must be true.
+    #[test]
+    fn id_token_audience_issuer_and_verified_address() {
+        use serde_json::json;
+        const ISS: &str = "https://accounts.google.com";
+        let check = |claims: serde_json::Value| account_of_id_token(&id_token(claims), ISS, "cid");
+        let code = |claims: serde_json::Value| check(claims).unwrap_err().code();
+        // Google's shape.
+        assert_eq!(
+            check(
+                json!({"iss": "accounts.google.com", "aud": "cid", "azp": "cid",
+                         "email": "A@x.com", "email_verified": true})
+            )
+            .unwrap(),
+            Some("a@x.com".to_owned())
+        );
+        // The generic provider's: no email in the id token, userinfo is asked.
+        assert_eq!(
+            check(json!({"iss": ISS, "aud": "cid", "sub": "1"})).unwrap(),
+            None
+        );
+        // No email_verified claim: accepted (documented).
+        assert!(check(json!({"iss": ISS, "aud": "cid", "email": "a@x.com"})).is_ok());
+        assert!(
+            check(json!({"iss": ISS, "aud": "cid", "email": "a@x.com", "email_verified": "true"}))
+                .is_ok()
+        );
+        // The audience.
+        assert_eq!(
+            code(json!({"iss": ISS, "email": "a@x.com"})),
+            ErrorCode::ProviderError
+        );
+        assert_eq!(
+            code(json!({"iss": ISS, "aud": null, "email": "a@x.com"})),
+            ErrorCode::ProviderError
+        );
+        assert_eq!(
+            code(json!({"iss": ISS, "aud": "other", "email": "a@x.com"})),
+            ErrorCode::ProviderError
+        );
+        assert_eq!(
+            code(json!({"iss": ISS, "aud": ["other"], "email": "a@x.com"})),
+            ErrorCode::ProviderError
+        );
+        assert_eq!(
+            code(json!({"iss": ISS, "aud": [], "email": "a@x.com"})),
+            ErrorCode::ProviderError
+        );
+        assert_eq!(
+            code(json!({"iss": ISS, "aud": 7, "email": "a@x.com"})),
+            ErrorCode::ProviderError
+        );
+        assert!(check(json!({"iss": ISS, "aud": ["cid"], "email": "a@x.com"})).is_ok());
+        // Several audiences: azp must name the client.
+        assert_eq!(
+            code(json!({"iss": ISS, "aud": ["cid", "other"]})),
+            ErrorCode::ProviderError
+        );
+        assert_eq!(
+            code(json!({"iss": ISS, "aud": ["cid", "other"], "azp": "other"})),
+            ErrorCode::ProviderError
+        );
+        assert!(check(json!({"iss": ISS, "aud": ["cid", "other"], "azp": "cid"})).is_ok());
+        assert_eq!(
+            code(json!({"iss": ISS, "aud": "cid", "azp": "other"})),
+            ErrorCode::ProviderError
+        );
+        // The issuer.
+        assert_eq!(
+            code(json!({"aud": "cid", "email": "a@x.com"})),
+            ErrorCode::ProviderError
+        );
+        assert_eq!(
+            code(json!({"iss": "https://evil.example", "aud": "cid"})),
+            ErrorCode::ProviderError
+        );
+        // An address the provider does not vouch for.
+        for verified in [
+            json!(false),
+            json!("false"),
+            json!("no"),
+            json!(0),
+            json!(1),
+            json!({}),
+        ] {
+            let claims =
+                json!({"iss": ISS, "aud": "cid", "email": "a@x.com", "email_verified": verified});
+            assert_eq!(code(claims), ErrorCode::AccountMismatch, "{verified}");
+        }
+        // Userinfo's answer is held to the same rule.
+        assert!(check_email_verified("a@x.com", None).is_ok());
+        assert!(check_email_verified("a@x.com", Some(&json!(true))).is_ok());
+        assert_eq!(
+            check_email_verified("a@x.com", Some(&json!(false)))
+                .unwrap_err()
+                .code(),
+            ErrorCode::AccountMismatch
+        );
     }
 
     #[test]

@@ -5,15 +5,30 @@
 //!
 //! [`HttpClient::oauth2`] adapts it to the `oauth2` crate's async HTTP
 //! interface (reference.md §B pitfall 1: oauth2 5.0's own reqwest support
-//! is reqwest 0.12 only). Server errors (5xx) are returned as
-//! [`HttpError::Status`] so the caller can treat them as transient.
+//! is reqwest 0.12 only). Server errors (5xx) and `429 Too Many Requests`
+//! are returned as [`HttpError::Status`] so the caller can treat them as
+//! transient.
+//!
+//! Every body read here (token, discovery, userinfo, revocation) is read
+//! with a cap of [`MAX_BODY_BYTES`]: a longer answer (by its
+//! `Content-Length`, or by what actually arrives) is dropped unread past
+//! the cap and reported as [`HttpError::TooLarge`], which callers map to
+//! `provider_error`. No decompression is enabled, so the cap is on the
+//! bytes that arrive.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
 use crate::error::{Error, ErrorCode, Result};
+
+/// The most bytes read of one answer from an OAuth provider (1 MiB). Real
+/// token, metadata, userinfo and revocation answers are a few KiB.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// A transport-level failure (never contains request bodies or headers).
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +36,46 @@ pub enum HttpError {
     /// Connecting, TLS, timeout or I/O failed.
     #[error("{0}")]
     Transport(String),
-    /// The server answered 5xx.
+    /// The server answered 5xx or 429 (overloaded or rate limiting).
     #[error("the server answered HTTP {0}")]
     Status(u16),
+    /// The answer's body is longer than [`MAX_BODY_BYTES`].
+    #[error("the answer is larger than {limit} bytes", limit = MAX_BODY_BYTES)]
+    TooLarge,
+}
+
+impl HttpError {
+    /// The code a failed request to a provider gets: the provider is
+    /// unavailable (transient), except an oversized answer, which is a
+    /// broken or hostile provider (`provider_error`).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            HttpError::Transport(_) | HttpError::Status(_) => ErrorCode::ProviderUnavailable,
+            HttpError::TooLarge => ErrorCode::ProviderError,
+        }
+    }
+}
+
+/// Whether an answer's status means "try again later": any 5xx, and 429.
+fn is_unavailable(status: reqwest::StatusCode) -> bool {
+    status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Reads a body, at most `limit` bytes: refused up front when its
+/// `Content-Length` says more, else read chunk by chunk and dropped as soon
+/// as more arrives.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, HttpError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(HttpError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(describe)? {
+        if body.len() + chunk.len() > limit {
+            return Err(HttpError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The shared HTTP client (cheap to clone).
@@ -48,7 +100,7 @@ impl HttpClient {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for (i, pem) in extra_roots_pem.iter().enumerate() {
             let mut added = 0;
-            for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
                 let cert = cert.map_err(|e| {
                     Error::validation(
                         format!("extra_root_certs_pem[{i}]"),
@@ -89,7 +141,8 @@ impl HttpClient {
         Ok(HttpClient { client })
     }
 
-    /// Sends one `oauth2` request. 5xx answers become [`HttpError::Status`].
+    /// Sends one `oauth2` request. 5xx and 429 answers become
+    /// [`HttpError::Status`]; bodies are capped at [`MAX_BODY_BYTES`].
     pub fn execute(
         &self,
         request: oauth2::HttpRequest,
@@ -104,12 +157,12 @@ impl HttpClient {
             }
             let response = builder.send().await.map_err(describe)?;
             let status = response.status();
-            if status.is_server_error() {
+            if is_unavailable(status) {
                 return Err(HttpError::Status(status.as_u16()));
             }
             let headers = response.headers().clone();
-            let bytes = response.bytes().await.map_err(describe)?;
-            let mut out = oauth2::HttpResponse::new(bytes.to_vec());
+            let bytes = read_capped(response, MAX_BODY_BYTES).await?;
+            let mut out = oauth2::HttpResponse::new(bytes);
             *out.status_mut() = status;
             *out.headers_mut() = headers;
             Ok(out)
@@ -140,10 +193,10 @@ impl HttpClient {
         }
         let response = builder.send().await.map_err(describe)?;
         let status = response.status();
-        if status.is_server_error() {
+        if is_unavailable(status) {
             return Err(HttpError::Status(status.as_u16()));
         }
-        let bytes = response.bytes().await.map_err(describe)?;
+        let bytes = read_capped(response, MAX_BODY_BYTES).await?;
         let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         Ok((status.as_u16(), value))
     }
@@ -170,10 +223,10 @@ impl HttpClient {
             .await
             .map_err(describe)?;
         let status = response.status();
-        if status.is_server_error() {
+        if is_unavailable(status) {
             return Err(HttpError::Status(status.as_u16()));
         }
-        let bytes = response.bytes().await.map_err(describe)?;
+        let bytes = read_capped(response, MAX_BODY_BYTES).await?;
         let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         Ok((status.as_u16(), value))
     }

@@ -206,6 +206,9 @@ impl Provider {
                         format!("discovery at {base}: {e}"),
                     ));
                 }
+                Err(e @ HttpError::TooLarge) => {
+                    return Err(Error::new(e.code(), format!("discovery at {url}: {e}")));
+                }
             }
         }
         Err(Error::new(

@@ -271,7 +271,11 @@ impl MailSync {
     fn refresh_deadline(&self) -> Duration {
         let o = self.options();
         let attempts = o.refresh_retry.attempts.max(1);
-        (o.http_timeout() + o.refresh_retry.max_backoff()) * attempts + o.refresh_lease()
+        // Validation bounds every term; saturate anyway rather than panic.
+        o.http_timeout()
+            .saturating_add(o.refresh_retry.max_backoff())
+            .saturating_mul(attempts)
+            .saturating_add(o.refresh_lease())
     }
 
     /// Takes the lease (or waits for whoever holds it) and refreshes.
@@ -280,7 +284,10 @@ impl MailSync {
         mailbox: &MailboxId,
         rejected: Option<&Secret>,
     ) -> Result<AccessToken> {
-        let deadline = Instant::now() + self.refresh_deadline();
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(self.refresh_deadline())
+            .unwrap_or(now + Duration::from_secs(u64::from(crate::options::MAX_SECS)));
         let mut backoff = Duration::from_millis(10);
         loop {
             let lease = Lease::acquire(
@@ -539,6 +546,55 @@ impl MailSync {
             obtained_at: g.obtained_at,
             version: g.version,
         }))
+    }
+
+    /// Revokes a mailbox's grant before the mailbox is deleted (see
+    /// [`crate::Directory::delete_mailbox`]). A transient failure queues the
+    /// revocation; a permanent one (the client refused) is logged, since
+    /// the grant is deleted anyway. A grant whose issuer or client no longer
+    /// matches the profile is never sent anywhere. Fails only when the
+    /// provider's configuration cannot be loaded for now (discovery
+    /// unavailable: nothing to queue without an endpoint) or the queue
+    /// cannot be written; the mailbox is then left as it is.
+    pub(crate) async fn revoke_before_delete(&self, mailbox: &MailboxId) -> Result<()> {
+        let flight = self.oauth().flight(mailbox);
+        let _state = flight.lock().await;
+        let Some(record) = self.store().get_mailbox(mailbox).await? else {
+            return Err(Error::not_found("mailbox", mailbox));
+        };
+        let Some(grant) = self.store().get_grant(mailbox).await? else {
+            return Ok(());
+        };
+        let profile = self.profile_of(&record).await;
+        let matches = profile
+            .as_ref()
+            .ok()
+            .and_then(|p| self.binding_of(p).ok())
+            .is_some_and(|b| b.issuer == grant.issuer && b.client_id == grant.client_id);
+        if !matches {
+            tracing::warn!(mailbox = %mailbox, "the profile no longer matches the grant's issuer; deleting it without revocation");
+            return Ok(());
+        }
+        match self.oauth_context(mailbox).await {
+            Ok(ctx) => {
+                if let Err(e) = self
+                    .revoke_or_queue(&ctx, &grant.access_token, grant.refresh_token.as_ref())
+                    .await
+                {
+                    if e.is_transient() {
+                        // The queue could not be written (store unavailable).
+                        return Err(e);
+                    }
+                    tracing::warn!(mailbox = %mailbox, code = %e.code(), "revocation failed; deleting the grant anyway");
+                }
+                Ok(())
+            }
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                tracing::warn!(mailbox = %mailbox, code = %e.code(), "cannot revoke; deleting the grant");
+                Ok(())
+            }
+        }
     }
 
     /// See [`crate::Connections::disconnect`].

@@ -8,9 +8,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{
     Commit, CommitOutcome, DirectoryStore, Grant, GrantChange, GrantStore, LeaseKind, LeaseRecord,
-    LeaseStore, PendingAuthorization, PendingChange, StateStore, Store, SyncStore,
-    capacity_below_count, capacity_error, duplicate_mailbox, duplicate_profile, profile_in_use,
-    stale, state_key,
+    LeaseStore, OutboxStore, PendingAuthorization, PendingChange, PendingRevocation,
+    RevocationStore, StateStore, Store, SyncStore, capacity_below_count, capacity_error,
+    duplicate_mailbox, duplicate_profile, profile_in_use, stale, state_key, sync_due_at,
 };
 use crate::error::{Error, Result};
 use crate::lifecycle::MailboxState;
@@ -19,7 +19,7 @@ use crate::model::{
     Alert, LastTestResult, Mailbox, MailboxId, ProfileId, Secret, ServerProfile, Timestamp,
     profile_name_key,
 };
-use crate::sync::{MessageRecord, SyncCursor};
+use crate::sync::{MessageRecord, OutboxCursor, OutgoingRecord, SyncCursor};
 
 #[derive(Default)]
 struct Inner {
@@ -36,6 +36,11 @@ struct Inner {
     cursors: BTreeMap<MailboxId, SyncCursor>,
     /// mailbox -> key -> record
     records: BTreeMap<MailboxId, BTreeMap<String, MessageRecord>>,
+    /// mailbox -> host id -> outgoing record
+    outgoing: BTreeMap<MailboxId, BTreeMap<String, OutgoingRecord>>,
+    outbox_cursors: BTreeMap<MailboxId, OutboxCursor>,
+    /// id -> queued revocation
+    revocations: BTreeMap<String, PendingRevocation>,
     closed: bool,
 }
 
@@ -280,6 +285,8 @@ impl DirectoryStore for MemoryStore {
         inner.leases.retain(|(m, _), _| m != id);
         inner.cursors.remove(id);
         inner.records.remove(id);
+        inner.outgoing.remove(id);
+        inner.outbox_cursors.remove(id);
         Ok(())
     }
 }
@@ -431,10 +438,13 @@ impl LeaseStore for MemoryStore {
             return Err(Error::not_found("mailbox", mailbox));
         }
         let key = (mailbox.clone(), kind);
-        if let Some(current) = inner.leases.get(&key)
-            && current.expires_at > now
-        {
-            return Ok(None);
+        if let Some(current) = inner.leases.get(&key) {
+            if current.expires_at > now {
+                return Ok(None);
+            }
+            if current.owner != owner {
+                crate::metrics::lease_taken_over(kind);
+            }
         }
         let record = LeaseRecord {
             mailbox_id: mailbox.clone(),
@@ -478,6 +488,79 @@ impl LeaseStore for MemoryStore {
 
     async fn list_leases(&self) -> Result<Vec<LeaseRecord>> {
         Ok(self.lock()?.leases.values().cloned().collect())
+    }
+
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+        skip: &[MailboxId],
+    ) -> Result<Vec<LeaseRecord>> {
+        let mut inner = self.lock()?;
+        let mut due: Vec<(i64, MailboxId)> = Vec::new();
+        for (id, mailbox) in &inner.mailboxes {
+            let Some(state) = inner.states.get(id) else {
+                continue;
+            };
+            let Some(at) = sync_due_at(
+                mailbox,
+                state,
+                inner.cursors.get(id),
+                inner.outbox_cursors.get(id),
+            ) else {
+                continue;
+            };
+            let held = inner
+                .leases
+                .get(&(id.clone(), LeaseKind::Sync))
+                .is_some_and(|l| l.expires_at > now);
+            if at <= now.unix_millis() && !held && !skip.contains(id) {
+                due.push((at, id.clone()));
+            }
+        }
+        due.sort();
+        let mut claimed = Vec::new();
+        for (_, id) in due.into_iter().take(limit) {
+            let key = (id.clone(), LeaseKind::Sync);
+            if inner.leases.get(&key).is_some_and(|l| l.owner != owner) {
+                crate::metrics::lease_taken_over(LeaseKind::Sync);
+            }
+            let record = LeaseRecord {
+                mailbox_id: id,
+                kind: LeaseKind::Sync,
+                owner: owner.to_owned(),
+                fence: inner.next_version(),
+                expires_at: until,
+            };
+            inner.leases.insert(key, record.clone());
+            claimed.push(record);
+        }
+        Ok(claimed)
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>> {
+        let inner = self.lock()?;
+        let mut next: Option<i64> = None;
+        for (id, mailbox) in &inner.mailboxes {
+            let Some(state) = inner.states.get(id) else {
+                continue;
+            };
+            let Some(mut at) = sync_due_at(
+                mailbox,
+                state,
+                inner.cursors.get(id),
+                inner.outbox_cursors.get(id),
+            ) else {
+                continue;
+            };
+            if let Some(lease) = inner.leases.get(&(id.clone(), LeaseKind::Sync)) {
+                at = at.max(lease.expires_at.unix_millis());
+            }
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        Ok(next.map(Timestamp::from_unix_millis))
     }
 }
 
@@ -548,9 +631,186 @@ impl SyncStore for MemoryStore {
     }
 }
 
+impl Inner {
+    /// Whether `fence` is still the mailbox's send lease.
+    fn holds(&self, mailbox: &MailboxId, fence: &LeaseRecord) -> bool {
+        fence.kind == LeaseKind::Send
+            && self
+                .leases
+                .get(&(mailbox.clone(), fence.kind))
+                .is_some_and(|l| l.fence == fence.fence)
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MemoryStore {
+    async fn get_outgoing(
+        &self,
+        mailbox: &MailboxId,
+        ids: &[String],
+    ) -> Result<Vec<OutgoingRecord>> {
+        let inner = self.lock()?;
+        let Some(records) = inner.outgoing.get(mailbox) else {
+            return Ok(Vec::new());
+        };
+        Ok(ids
+            .iter()
+            .filter_map(|id| records.get(id).cloned())
+            .collect())
+    }
+
+    async fn list_outgoing(&self, mailbox: &MailboxId) -> Result<Vec<OutgoingRecord>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .outgoing
+            .get(mailbox)
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn put_outgoing(
+        &self,
+        record: &OutgoingRecord,
+        expected: i64,
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>> {
+        let mut inner = self.lock()?;
+        let id = &record.mailbox_id;
+        if !inner.mailboxes.contains_key(id) {
+            return Err(Error::not_found("mailbox", id));
+        }
+        let current = inner
+            .outgoing
+            .get(id)
+            .and_then(|r| r.get(&record.id))
+            .map_or(0, |r| r.version);
+        if current != expected || !inner.holds(id, fence) {
+            return Ok(None);
+        }
+        let version = inner.next_version();
+        let mut stored = record.clone();
+        stored.version = version;
+        inner
+            .outgoing
+            .entry(id.clone())
+            .or_default()
+            .insert(stored.id.clone(), stored);
+        Ok(Some(version))
+    }
+
+    async fn get_outbox_cursor(&self, mailbox: &MailboxId) -> Result<Option<OutboxCursor>> {
+        Ok(self.lock()?.outbox_cursors.get(mailbox).cloned())
+    }
+
+    async fn list_outbox_cursors(&self) -> Result<Vec<OutboxCursor>> {
+        Ok(self.lock()?.outbox_cursors.values().cloned().collect())
+    }
+
+    async fn put_outbox_cursor(
+        &self,
+        cursor: &OutboxCursor,
+        expected: i64,
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>> {
+        let mut inner = self.lock()?;
+        let id = &cursor.mailbox_id;
+        if !inner.mailboxes.contains_key(id) {
+            return Err(Error::not_found("mailbox", id));
+        }
+        let current = inner.outbox_cursors.get(id).map_or(0, |c| c.version);
+        if current != expected || !inner.holds(id, fence) {
+            return Ok(None);
+        }
+        let version = inner.next_version();
+        let mut stored = cursor.clone();
+        stored.version = version;
+        inner.outbox_cursors.insert(id.clone(), stored);
+        Ok(Some(version))
+    }
+}
+
+fn due_order(list: &mut [PendingRevocation]) {
+    list.sort_by(|a, b| {
+        (a.next_attempt_at, &a.created_at, &a.id).cmp(&(b.next_attempt_at, &b.created_at, &b.id))
+    });
+}
+
+#[async_trait]
+impl RevocationStore for MemoryStore {
+    async fn queue_revocation(&self, revocation: &PendingRevocation) -> Result<()> {
+        let mut inner = self.lock()?;
+        if inner.revocations.contains_key(&revocation.id) {
+            return Err(Error::new(
+                crate::ErrorCode::AlreadyExists,
+                format!("revocation {} is already queued", revocation.id),
+            ));
+        }
+        inner
+            .revocations
+            .insert(revocation.id.clone(), revocation.clone());
+        Ok(())
+    }
+
+    async fn claim_revocations(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<PendingRevocation>> {
+        let mut inner = self.lock()?;
+        let mut due: Vec<PendingRevocation> = inner
+            .revocations
+            .values()
+            .filter(|r| r.next_attempt_at <= now)
+            .cloned()
+            .collect();
+        due_order(&mut due);
+        due.truncate(limit);
+        for r in &mut due {
+            r.next_attempt_at = until;
+            if let Some(stored) = inner.revocations.get_mut(&r.id) {
+                stored.next_attempt_at = until;
+            }
+        }
+        Ok(due)
+    }
+
+    async fn reschedule_revocation(
+        &self,
+        id: &str,
+        attempts: u32,
+        last_error: &str,
+        next_attempt_at: Timestamp,
+    ) -> Result<()> {
+        if let Some(r) = self.lock()?.revocations.get_mut(id) {
+            r.attempts = attempts;
+            r.last_error = Some(last_error.to_owned());
+            r.next_attempt_at = next_attempt_at;
+        }
+        Ok(())
+    }
+
+    async fn delete_revocation(&self, id: &str) -> Result<()> {
+        self.lock()?.revocations.remove(id);
+        Ok(())
+    }
+
+    async fn list_revocations(&self) -> Result<Vec<PendingRevocation>> {
+        let mut all: Vec<PendingRevocation> = self.lock()?.revocations.values().cloned().collect();
+        due_order(&mut all);
+        Ok(all)
+    }
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     async fn close(&self) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+    }
+
+    /// Nothing is sealed in memory: succeeds with nothing re-sealed.
+    async fn rotate_key(&self, _new_key: &super::SealKey) -> Result<super::KeyRotation> {
+        drop(self.lock()?);
+        Ok(super::KeyRotation::default())
     }
 }

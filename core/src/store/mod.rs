@@ -12,9 +12,14 @@
 //! * [`LeaseStore`]: leases that give one holder at a time a mailbox's
 //!   refresh or its sync work;
 //! * [`SyncStore`]: each mailbox's incoming cursor and the recorded outcome
-//!   of every message taken in, written together.
+//!   of every message taken in, written together;
+//! * [`OutboxStore`]: each outgoing message's record (its Message-ID and
+//!   where it stands) and each mailbox's outgoing cursor.
 //!
-//! [`Store`] is all five together. The library ships [`MemoryStore`], the
+//! * [`RevocationStore`]: revocations (RFC 7009) that failed transiently,
+//!   kept until they are sent again.
+//!
+//! [`Store`] is all seven together, plus [`Store::rotate_key`]. The library ships [`MemoryStore`], the
 //! embedded default [`SqliteStore`], and [`PostgresStore`] for many
 //! workers sharing one database; one conformance suite
 //! (`mailsync::store::conformance`, feature `test-support`) runs against
@@ -52,7 +57,7 @@ use crate::model::{
     Alert, Authentication, LastTestResult, Mailbox, MailboxId, ProfileId, Secret, ServerProfile,
     Timestamp,
 };
-use crate::sync::{MessageRecord, SyncCursor};
+use crate::sync::{MessageRecord, OutboxCursor, OutgoingRecord, SyncCursor};
 
 /// A consent request waiting for its redirect (RFC 6749 §4.1.1 `state`,
 /// RFC 7636 `code_verifier`), bound to the issuer and client it was made
@@ -123,14 +128,18 @@ pub enum LeaseKind {
     Refresh,
     /// Syncing the mailbox.
     Sync,
+    /// Sending the mailbox's outgoing mail (apart from [`LeaseKind::Sync`],
+    /// so incoming and outgoing do not wait for each other).
+    Send,
 }
 
 impl LeaseKind {
-    /// `"refresh"` or `"sync"`.
+    /// `"refresh"`, `"sync"` or `"send"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             LeaseKind::Refresh => "refresh",
             LeaseKind::Sync => "sync",
+            LeaseKind::Send => "send",
         }
     }
 }
@@ -331,6 +340,44 @@ pub trait LeaseStore: Send + Sync {
     async fn release_lease(&self, lease: &LeaseRecord) -> Result<()>;
     /// Every lease, held or expired, for operators.
     async fn list_leases(&self) -> Result<Vec<LeaseRecord>>;
+    /// Claims the [`LeaseKind::Sync`] leases of up to `limit` mailboxes
+    /// that are due at `now`, oldest due first, for `owner` until `until`,
+    /// each with a new fencing token. A mailbox is due by its persisted due
+    /// time ([`sync_due_at`]: a direction enabled and past its
+    /// postponement, or retrying and past its backoff). Left out: mailboxes whose sync lease is held
+    /// (not expired at `now`), those in `skip`, and those another caller is
+    /// claiming at this very moment (PostgreSQL: `FOR UPDATE SKIP LOCKED`),
+    /// so concurrent workers claim different mailboxes without waiting for
+    /// each other. Taking over an expired lease of another holder counts as
+    /// a takeover.
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+        skip: &[MailboxId],
+    ) -> Result<Vec<LeaseRecord>>;
+    /// The earliest moment a mailbox may become claimable by
+    /// [`LeaseStore::claim_due`]: over the mailboxes with a due time, the
+    /// later of it and the expiry of the sync lease held on it. `None` when
+    /// no mailbox is scheduled.
+    async fn next_due(&self) -> Result<Option<Timestamp>>;
+}
+
+/// When a mailbox is due for its next cycle, in Unix milliseconds: the
+/// earlier of its incoming direction's due time and its outgoing
+/// direction's (see [`crate::sync`]); the function of its configuration,
+/// state, sync cursor and outbox cursor that the stores persist with every
+/// write of any of the four (see [`LeaseStore::claim_due`]). `None`: not
+/// scheduled.
+pub fn sync_due_at(
+    mailbox: &Mailbox,
+    state: &MailboxState,
+    cursor: Option<&SyncCursor>,
+    outbox: Option<&OutboxCursor>,
+) -> Option<i64> {
+    crate::sync::due_at(mailbox, state, cursor, outbox).map(Timestamp::unix_millis)
 }
 
 /// Incoming sync: cursors and per-message outcomes.
@@ -365,15 +412,205 @@ pub trait SyncStore: Send + Sync {
     ) -> Result<std::collections::HashSet<String>>;
 }
 
+// ---- outgoing sync (OutboxStore) ----
+
+/// Outgoing sync: each message's record and each mailbox's outgoing
+/// cursor. Every write compares and swaps on the stored version (0: none
+/// stored yet) and requires `fence` to be the mailbox's current
+/// [`LeaseKind::Send`] lease; a stale version or lease (or a lease of
+/// another kind) writes nothing and returns `None`. Deleting a mailbox
+/// deletes both.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// The records of the messages among `ids` the store has (in no
+    /// particular order).
+    async fn get_outgoing(
+        &self,
+        mailbox: &MailboxId,
+        ids: &[String],
+    ) -> Result<Vec<OutgoingRecord>>;
+    /// Every record of a mailbox, ordered by id.
+    async fn list_outgoing(&self, mailbox: &MailboxId) -> Result<Vec<OutgoingRecord>>;
+    /// Writes a record (keyed by its mailbox and id) if the stored one's
+    /// version is `expected` (0: there must be none); returns its new
+    /// version. `not_found` if the mailbox does not exist.
+    async fn put_outgoing(
+        &self,
+        record: &OutgoingRecord,
+        expected: i64,
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>>;
+    /// The mailbox's outgoing cursor; `None` before its first outgoing cycle.
+    async fn get_outbox_cursor(&self, mailbox: &MailboxId) -> Result<Option<OutboxCursor>>;
+    /// Every outgoing cursor.
+    async fn list_outbox_cursors(&self) -> Result<Vec<OutboxCursor>>;
+    /// Writes the cursor if the stored one's version is `expected` (0:
+    /// none stored yet); returns its new version. `not_found` if the
+    /// mailbox does not exist.
+    async fn put_outbox_cursor(
+        &self,
+        cursor: &OutboxCursor,
+        expected: i64,
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>>;
+}
+
+// ---- end of outgoing sync ----
+
+/// A token revocation (RFC 7009) that failed transiently (the provider
+/// answered 429, 5xx or something that is not JSON, or could not be
+/// reached), kept until it is sent again by
+/// [`crate::Connections::retry_revocations`] (the sync engine calls it
+/// between cycles). The mailbox may be gone; what the revocation needs is
+/// recorded here. The token and the client secret are sealed at rest, bound
+/// to the endpoint and client, so an entry cannot be redirected elsewhere.
+#[derive(Debug, Clone)]
+pub struct PendingRevocation {
+    /// Its id (a UUID).
+    pub id: String,
+    /// The mailbox whose grant it was (for operators; may be deleted).
+    pub mailbox_id: MailboxId,
+    /// The issuer of the token.
+    pub issuer: String,
+    /// The OAuth client the token was issued to.
+    pub client_id: String,
+    /// The client's secret at the time (client_secret_post), if any.
+    pub client_secret: Option<Secret>,
+    /// Where it is sent.
+    pub endpoint: String,
+    /// The token.
+    pub token: Secret,
+    /// `refresh_token` or `access_token`.
+    pub token_type_hint: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The code of the last failure.
+    pub last_error: Option<String>,
+    /// When it was first queued.
+    pub created_at: Timestamp,
+    /// Not sent again before this instant.
+    pub next_attempt_at: Timestamp,
+}
+
+/// Queued revocations.
+#[async_trait]
+pub trait RevocationStore: Send + Sync {
+    /// Queues a revocation (its `id` must be new).
+    async fn queue_revocation(&self, revocation: &PendingRevocation) -> Result<()>;
+    /// Takes up to `limit` revocations due at `now` (`next_attempt_at <=
+    /// now`), oldest due first, and moves their `next_attempt_at` to
+    /// `until` in the same step, so that concurrent callers take different
+    /// ones (an entry whose caller died is due again at `until`).
+    async fn claim_revocations(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<PendingRevocation>>;
+    /// Records a failed attempt: the new attempt count, the failure's code
+    /// and the next due time. Nothing happens if it is gone.
+    async fn reschedule_revocation(
+        &self,
+        id: &str,
+        attempts: u32,
+        last_error: &str,
+        next_attempt_at: Timestamp,
+    ) -> Result<()>;
+    /// Removes a revocation (sent, or given up). Nothing happens if it is gone.
+    async fn delete_revocation(&self, id: &str) -> Result<()>;
+    /// Every queued revocation, oldest due first, for operators.
+    async fn list_revocations(&self) -> Result<Vec<PendingRevocation>>;
+}
+
+/// What a [`Store::rotate_key`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "uniffi", derive(uniffi::Record))]
+#[cfg_attr(feature = "napi", napi_derive::napi(object))]
+#[cfg_attr(
+    feature = "python",
+    pyo3_stub_gen::derive::gen_stub_pyclass,
+    pyo3::pyclass(get_all, from_py_object, module = "mailsync")
+)]
+pub struct KeyRotation {
+    /// Sealed values re-sealed with the new key (0 when the store already
+    /// used it: a rotation that had completed, run again).
+    pub resealed: u32,
+    /// Whether the store already used the new key before this call.
+    pub already_rotated: bool,
+}
+
 /// Everything a store does. Implementations must be safe to share between
 /// tasks and keep each trait's guarantees atomically.
 #[async_trait]
 pub trait Store:
-    DirectoryStore + StateStore + GrantStore + LeaseStore + SyncStore + 'static
+    DirectoryStore
+    + StateStore
+    + GrantStore
+    + LeaseStore
+    + SyncStore
+    + OutboxStore
+    + RevocationStore
+    + 'static
 {
     /// Flushes and releases resources (e.g. checkpoints SQLite's WAL).
     /// Further calls fail. The default does nothing.
     async fn close(&self) {}
+
+    /// Re-seals every sealed value (secrets of profiles and mailboxes,
+    /// pending consents, grants, queued revocations and the key check) with
+    /// `new_key`, in one transaction, and uses `new_key` from then on: the
+    /// store is never half on one key. The old key no longer opens it.
+    ///
+    /// Resumable: if the process dies before the commit, nothing changed
+    /// and the same call can be made again with the old key; after the
+    /// commit, the store opens only with `new_key`, and calling
+    /// `rotate_key(new_key)` again reports `already_rotated`. A key that is
+    /// neither the store's nor `new_key` is refused (`seal_key_mismatch`).
+    /// Other processes still holding the old key must be stopped first:
+    /// their writes would be sealed with it.
+    ///
+    /// The default refuses (`validation`): a store that seals nothing has
+    /// no key to rotate.
+    async fn rotate_key(&self, new_key: &SealKey) -> Result<KeyRotation> {
+        let _ = new_key;
+        Err(Error::validation(
+            "store",
+            "this store does not seal secrets; there is no key to rotate",
+        ))
+    }
+}
+
+/// The associated data a queued revocation's sealed secrets are bound to.
+pub(crate) fn revocation_context(r: &PendingRevocation) -> String {
+    format!(
+        "revocation:{}:{}|{}|{}",
+        r.id, r.issuer, r.client_id, r.endpoint
+    )
+}
+
+/// What a queued revocation seals: its token and client secret.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct RevocationSecrets {
+    pub(crate) token: String,
+    pub(crate) client_secret: Option<String>,
+}
+
+impl RevocationSecrets {
+    pub(crate) fn of(r: &PendingRevocation) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(
+            serde_json::to_vec(&RevocationSecrets {
+                token: r.token.expose().to_owned(),
+                client_secret: r.client_secret.as_ref().map(|s| s.expose().to_owned()),
+            })
+            .expect("strings serialize"),
+        )
+    }
+
+    pub(crate) fn open(key: &SealKey, context: &str, sealed: &[u8]) -> Result<RevocationSecrets> {
+        let bytes = key.open(context, sealed)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|_| Error::new(ErrorCode::Store, "corrupt record: queued revocation"))
+    }
 }
 
 /// The profile's secret field (client secret or profile password), if any.
@@ -438,10 +675,42 @@ pub(crate) fn pending_context(mailbox: &str, key: &str, issuer: &str, client_id:
 
 /// The associated data a grant's sealed tokens are bound to.
 pub(crate) fn grant_context(grant: &Grant, which: &str) -> String {
-    format!(
-        "grant:{}:{which}:{}|{}|{}|{}",
-        grant.mailbox_id, grant.issuer, grant.client_id, grant.token_endpoint, grant.account
+    grant_context_of(
+        grant.mailbox_id.as_str(),
+        which,
+        &grant.issuer,
+        &grant.client_id,
+        &grant.token_endpoint,
+        &grant.account,
     )
+}
+
+/// [`grant_context`] from a grant row's columns (key rotation).
+pub(crate) fn grant_context_of(
+    mailbox: &str,
+    which: &str,
+    issuer: &str,
+    client_id: &str,
+    token_endpoint: &str,
+    account: &str,
+) -> String {
+    format!("grant:{mailbox}:{which}:{issuer}|{client_id}|{token_endpoint}|{account}")
+}
+
+/// Which key opens the key check of a store being rotated from `old` to
+/// `new`: `Ok(false)` the old one (rotate), `Ok(true)` only the new one
+/// (already rotated), else `seal_key_mismatch`.
+pub(crate) fn rotation_start(old: &SealKey, new: &SealKey, key_check: &[u8]) -> Result<bool> {
+    if new.open(KEY_CHECK_CONTEXT, key_check).is_ok() {
+        return Ok(true);
+    }
+    if old.open(KEY_CHECK_CONTEXT, key_check).is_ok() {
+        return Ok(false);
+    }
+    Err(Error::new(
+        ErrorCode::SealKeyMismatch,
+        "the store's key check opens with neither the current key nor the new one; nothing was changed",
+    ))
 }
 
 pub(crate) fn capacity_error(profile: &ProfileId, name: &str, count: u32, capacity: u32) -> Error {

@@ -40,14 +40,15 @@ use sqlx::{Connection, Postgres, Row, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::seal::SealKey;
+use super::seal::{SealKey, SharedKey, reseal};
 use super::{
     Commit, CommitOutcome, DirectoryStore, Grant, GrantChange, GrantStore, KEY_CHECK,
-    KEY_CHECK_CONTEXT, LeaseKind, LeaseRecord, LeaseStore, PendingAuthorization, PendingChange,
+    KEY_CHECK_CONTEXT, KeyRotation, LeaseKind, LeaseRecord, LeaseStore, OutboxStore,
+    PendingAuthorization, PendingChange, PendingRevocation, RevocationSecrets, RevocationStore,
     StateStore, Store, SyncStore, capacity_below_count, capacity_error, duplicate_mailbox,
-    duplicate_profile, from_json, grant_context, mailbox_context, mailbox_secret, pending_context,
-    profile_context, profile_in_use, profile_secret, set_mailbox_secret, set_profile_secret, stale,
-    state_key, to_json,
+    duplicate_profile, from_json, grant_context, grant_context_of, mailbox_context, mailbox_secret,
+    pending_context, profile_context, profile_in_use, profile_secret, revocation_context,
+    rotation_start, set_mailbox_secret, set_profile_secret, stale, state_key, sync_due_at, to_json,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::lifecycle::MailboxState;
@@ -56,7 +57,7 @@ use crate::model::{
     Alert, LastTestResult, Mailbox, MailboxId, ProfileId, Secret, ServerProfile, Timestamp,
     profile_name_key,
 };
-use crate::sync::{MessageRecord, SyncCursor};
+use crate::sync::{MessageRecord, OutboxCursor, OutgoingRecord, SyncCursor};
 
 /// How to reach a PostgreSQL store: its URL, the key that seals its
 /// secrets, and how many connections each opened store keeps.
@@ -110,10 +111,23 @@ impl PostgresConfig {
     fn connect_options(&self) -> Result<PgConnectOptions> {
         // sqlx's parse errors name the problem, not the URL, so no
         // password ends up in the message.
-        PgConnectOptions::from_str(&self.url)
-            .map_err(|e| Error::validation("postgres_url", format!("not a PostgreSQL URL: {e}")))
+        let options = PgConnectOptions::from_str(&self.url)
+            .map_err(|e| Error::validation("postgres_url", format!("not a PostgreSQL URL: {e}")))?;
+        // A worker paused inside a transaction (SIGSTOP, a frozen VM) must
+        // not keep its row locks — and so the mailbox it holds — past its
+        // lease: the server ends such a session.
+        Ok(options.options([(
+            "idle_in_transaction_session_timeout",
+            format!("{}ms", IDLE_IN_TRANSACTION.as_millis()),
+        )]))
     }
 }
+
+/// How long a session of the store may sit idle inside a transaction
+/// before the server ends it (`idle_in_transaction_session_timeout`). The
+/// store's transactions never wait for anything but the server, so only a
+/// paused or hung process reaches it.
+pub(crate) const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
 
 /// The server and database a URL names, without user or password.
 fn describe(options: &PgConnectOptions) -> String {
@@ -143,7 +157,7 @@ impl std::fmt::Debug for PostgresConfig {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    key: SealKey,
+    key: SharedKey,
     server: String,
 }
 
@@ -165,6 +179,7 @@ fn kind_from(text: &str) -> Result<LeaseKind> {
     match text {
         "refresh" => Ok(LeaseKind::Refresh),
         "sync" => Ok(LeaseKind::Sync),
+        "send" => Ok(LeaseKind::Send),
         other => Err(Error::new(
             ErrorCode::Store,
             format!("corrupt record: unknown lease kind '{other}'"),
@@ -222,6 +237,94 @@ async fn held_fence(tx: &mut Tx<'_>, mailbox: &str, kind: LeaseKind) -> Result<O
     )
 }
 
+/// Locks the mailbox's state row until the transaction ends. Every write of
+/// a due time's inputs (mailbox, state, cursor) holds it before it
+/// recomputes the due time, so the last of two such writers sees the
+/// other's committed change; the state row comes before the lease row in
+/// every transaction that takes both.
+async fn hold_state(tx: &mut Tx<'_>, mailbox: &str) -> Result<bool> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM mailbox_state WHERE mailbox_id = $1 FOR UPDATE")
+            .bind(mailbox)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(found.is_some())
+}
+
+const DUE_INPUTS: &str = "SELECT m.id, m.data AS mailbox, s.data AS state, c.data AS cursor, \
+     o.data AS outbox \
+     FROM mailboxes m JOIN mailbox_state s ON s.mailbox_id = m.id \
+     LEFT JOIN sync_cursors c ON c.mailbox_id = m.id \
+     LEFT JOIN outbox_cursors o ON o.mailbox_id = m.id";
+
+/// The due time of the mailbox whose mailbox, state and cursor JSON `row`
+/// holds (columns `mailbox`, `state`, `cursor`, `outbox`).
+fn due_of(row: &PgRow) -> Result<Option<i64>> {
+    let mailbox: Mailbox = from_json(row.get("mailbox"))?;
+    let state: MailboxState = from_json(row.get("state"))?;
+    let cursor: Option<SyncCursor> = row
+        .get::<Option<String>, _>("cursor")
+        .map(|c| from_json(&c))
+        .transpose()?;
+    let outbox: Option<OutboxCursor> = row
+        .get::<Option<String>, _>("outbox")
+        .map(|c| from_json(&c))
+        .transpose()?;
+    Ok(sync_due_at(
+        &mailbox,
+        &state,
+        cursor.as_ref(),
+        outbox.as_ref(),
+    ))
+}
+
+/// Recomputes the mailbox's due time inside `tx`, whose [`hold_state`]
+/// already locked the state row (so this statement, started after the
+/// lock, reads every input as last committed).
+async fn refresh_due(tx: &mut Tx<'_>, mailbox: &str) -> Result<()> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{DUE_INPUTS} WHERE m.id = $1")))
+        .bind(mailbox)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(row) = row {
+        sqlx::query("UPDATE mailbox_state SET due_at = $1 WHERE mailbox_id = $2")
+            .bind(due_of(&row)?)
+            .bind(mailbox)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Fills `mailbox_state.due_at` of every mailbox once, for rows written
+/// before the column existed or before it counted the outgoing direction
+/// (inside the opening transaction, under its
+/// advisory lock).
+async fn backfill_due(tx: &mut Tx<'_>) -> Result<()> {
+    let done: Option<i32> = sqlx::query_scalar("SELECT 1 FROM meta WHERE key = 'due_at_v2'")
+        .fetch_optional(&mut **tx)
+        .await?;
+    if done.is_some() {
+        return Ok(());
+    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{DUE_INPUTS} ORDER BY m.id FOR UPDATE OF s"
+    )))
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        sqlx::query("UPDATE mailbox_state SET due_at = $1 WHERE mailbox_id = $2")
+            .bind(due_of(&row)?)
+            .bind(row.get::<String, _>("id"))
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('due_at_v2', '\\x01')")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Checks the key, then migrates, in one transaction under an advisory
 /// lock of the schema: workers opening a new database at the same moment
 /// take turns instead of racing each other's migrations.
@@ -256,6 +359,7 @@ async fn prepare(conn: &mut PgConnection, key: &SealKey, server: &str) -> Result
     .bind(sealed)
     .execute(&mut *tx)
     .await?;
+    backfill_due(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -339,7 +443,7 @@ impl PostgresStore {
             .connect_lazy_with(options);
         Ok(PostgresStore {
             pool,
-            key: config.key,
+            key: SharedKey::new(config.key),
             server,
         })
     }
@@ -745,6 +849,9 @@ impl DirectoryStore for PostgresStore {
             Err(e) if is_unique_violation(&e) => Err(duplicate_mailbox(&mailbox.email)),
             Err(e) => Err(e.into()),
             Ok(_) => {
+                if hold_state(&mut tx, mailbox.id.as_str()).await? {
+                    refresh_due(&mut tx, mailbox.id.as_str()).await?;
+                }
                 tx.commit().await?;
                 let mut stored = mailbox.clone();
                 stored.version = version;
@@ -874,6 +981,8 @@ impl StateStore for PostgresStore {
             .bind(to_json(&next)?)
             .execute(&mut *tx)
             .await?;
+            // The state row is locked (above) or was just inserted.
+            refresh_due(&mut tx, id.as_str()).await?;
         }
         let mut grant_version = stored_grant;
         match &commit.grant {
@@ -1116,16 +1225,20 @@ impl LeaseStore for PostgresStore {
             expires_at: until,
         };
         loop {
-            let held: Option<i64> = sqlx::query_scalar(
-                "SELECT expires_at FROM leases WHERE mailbox_id = $1 AND kind = $2 FOR UPDATE",
+            let held = sqlx::query(
+                "SELECT owner, expires_at FROM leases WHERE mailbox_id = $1 AND kind = $2 FOR UPDATE",
             )
             .bind(mailbox.as_str())
             .bind(kind.as_str())
             .fetch_optional(&mut *tx)
-            .await?;
+            .await?
+            .map(|r| (r.get::<String, _>("owner"), r.get::<i64, _>("expires_at")));
             match held {
-                Some(expires) if expires > now.unix_millis() => return Ok(None),
-                Some(_) => {
+                Some((_, expires)) if expires > now.unix_millis() => return Ok(None),
+                Some((previous, _)) => {
+                    if previous != owner {
+                        crate::metrics::lease_taken_over(kind);
+                    }
                     // Locked: the new token exceeds the one it replaces.
                     let fence = next_version(&mut tx).await?;
                     sqlx::query(
@@ -1207,6 +1320,125 @@ impl LeaseStore for PostgresStore {
         .await?;
         rows.iter().map(lease_from).collect()
     }
+
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+        skip: &[MailboxId],
+    ) -> Result<Vec<LeaseRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now_ms = now.unix_millis();
+        let skip: Vec<&str> = skip.iter().map(MailboxId::as_str).collect();
+        let mut tx = self.pool.begin().await?;
+        // The due mailboxes nobody holds, oldest due first. SKIP LOCKED
+        // passes over state rows another worker is claiming (or writing)
+        // right now, so concurrent claims take different mailboxes.
+        let picked: Vec<String> = sqlx::query_scalar(
+            "SELECT s.mailbox_id FROM mailbox_state s \
+             WHERE s.due_at <= $1 AND NOT (s.mailbox_id = ANY($2)) \
+             AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.mailbox_id = s.mailbox_id \
+                             AND l.kind = 'sync' AND l.expires_at > $1) \
+             ORDER BY s.due_at, s.mailbox_id LIMIT $3 FOR UPDATE OF s SKIP LOCKED",
+        )
+        .bind(now_ms)
+        .bind(&skip)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        if picked.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Their sync leases, locked: one may have been taken since the
+        // query's snapshot (a single acquisition does not lock the state
+        // row); the lease row decides.
+        let existing = sqlx::query(
+            "SELECT mailbox_id, owner, expires_at FROM leases \
+             WHERE kind = 'sync' AND mailbox_id = ANY($1) ORDER BY mailbox_id FOR UPDATE",
+        )
+        .bind(&picked)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut expired: Vec<String> = Vec::new();
+        let mut present: Vec<String> = Vec::new();
+        for row in &existing {
+            let id: String = row.get("mailbox_id");
+            // Held (taken since the snapshot) and not expired: not ours.
+            if row.get::<i64, _>("expires_at") <= now_ms {
+                if row.get::<String, _>("owner") != owner {
+                    crate::metrics::lease_taken_over(LeaseKind::Sync);
+                }
+                expired.push(id.clone());
+            }
+            present.push(id);
+        }
+        let fresh: Vec<&str> = picked
+            .iter()
+            .filter(|p| !present.contains(p))
+            .map(String::as_str)
+            .collect();
+        let mut fences: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+        if !expired.is_empty() {
+            // Locked above: each new token exceeds the one it replaces.
+            let rows = sqlx::query(
+                "UPDATE leases SET owner = $1, fence = nextval('version_seq'), expires_at = $2 \
+                 WHERE kind = 'sync' AND mailbox_id = ANY($3) RETURNING mailbox_id, fence",
+            )
+            .bind(owner)
+            .bind(until.unix_millis())
+            .bind(&expired)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                fences.insert(row.get("mailbox_id"), row.get("fence"));
+            }
+        }
+        if !fresh.is_empty() {
+            // A row created meanwhile by another holder wins (nothing written).
+            let rows = sqlx::query(
+                "INSERT INTO leases (mailbox_id, kind, owner, fence, expires_at) \
+                 SELECT m, 'sync', $1, nextval('version_seq'), $2 FROM UNNEST($3::text[]) AS m \
+                 ON CONFLICT (mailbox_id, kind) DO NOTHING RETURNING mailbox_id, fence",
+            )
+            .bind(owner)
+            .bind(until.unix_millis())
+            .bind(&fresh)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                fences.insert(row.get("mailbox_id"), row.get("fence"));
+            }
+        }
+        tx.commit().await?;
+        picked
+            .iter()
+            .filter_map(|id| fences.get(id).map(|fence| (id, *fence)))
+            .map(|(id, fence)| {
+                Ok(LeaseRecord {
+                    mailbox_id: MailboxId::parse(id)?,
+                    kind: LeaseKind::Sync,
+                    owner: owner.to_owned(),
+                    fence,
+                    expires_at: until,
+                })
+            })
+            .collect()
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(GREATEST(s.due_at, l.expires_at)) FROM mailbox_state s \
+             LEFT JOIN leases l ON l.mailbox_id = s.mailbox_id AND l.kind = 'sync' \
+             WHERE s.due_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next.map(Timestamp::from_unix_millis))
+    }
 }
 
 #[async_trait]
@@ -1238,6 +1470,8 @@ impl SyncStore for PostgresStore {
         if !hold_mailbox(&mut tx, id).await? {
             return Err(Error::not_found("mailbox", &cursor.mailbox_id));
         }
+        // The state row before the lease row, as `claim_due` takes them.
+        hold_state(&mut tx, id).await?;
         let current: Option<i64> =
             sqlx::query_scalar("SELECT version FROM sync_cursors WHERE mailbox_id = $1 FOR UPDATE")
                 .bind(id)
@@ -1271,6 +1505,7 @@ impl SyncStore for PostgresStore {
                 return Ok(None);
             }
         }
+        refresh_due(&mut tx, id).await?;
         if !messages.is_empty() {
             let mut keys = Vec::with_capacity(messages.len());
             let mut uids = Vec::with_capacity(messages.len());
@@ -1339,9 +1574,466 @@ impl SyncStore for PostgresStore {
     }
 }
 
+// ---- outgoing sync (OutboxStore) ----
+
+fn outgoing_from(row: &PgRow) -> Result<OutgoingRecord> {
+    let mut record: OutgoingRecord = from_json(row.get("data"))?;
+    record.version = row.get("version");
+    Ok(record)
+}
+
+fn outbox_cursor_from(row: &PgRow) -> Result<OutboxCursor> {
+    let mut cursor: OutboxCursor = from_json(row.get("data"))?;
+    cursor.version = row.get("version");
+    Ok(cursor)
+}
+
+#[async_trait]
+impl OutboxStore for PostgresStore {
+    async fn get_outgoing(
+        &self,
+        mailbox: &MailboxId,
+        ids: &[String],
+    ) -> Result<Vec<OutgoingRecord>> {
+        let rows = sqlx::query(
+            "SELECT version, data FROM outbox_messages WHERE mailbox_id = $1 AND id = ANY($2)",
+        )
+        .bind(mailbox.as_str())
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(outgoing_from).collect()
+    }
+
+    async fn list_outgoing(&self, mailbox: &MailboxId) -> Result<Vec<OutgoingRecord>> {
+        let rows = sqlx::query(
+            "SELECT version, data FROM outbox_messages WHERE mailbox_id = $1 ORDER BY id",
+        )
+        .bind(mailbox.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(outgoing_from).collect()
+    }
+
+    async fn put_outgoing(
+        &self,
+        record: &OutgoingRecord,
+        expected: i64,
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>> {
+        let mailbox = record.mailbox_id.as_str();
+        let mut tx = self.pool.begin().await?;
+        if !hold_mailbox(&mut tx, mailbox).await? {
+            return Err(Error::not_found("mailbox", &record.mailbox_id));
+        }
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM outbox_messages WHERE mailbox_id = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(mailbox)
+        .bind(&record.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let held = held_fence(&mut tx, mailbox, LeaseKind::Send).await?;
+        if fence.kind != LeaseKind::Send
+            || held != Some(fence.fence)
+            || current.unwrap_or(0) != expected
+        {
+            return Ok(None);
+        }
+        let version = next_version(&mut tx).await?;
+        let data = to_json(record)?;
+        if current.is_some() {
+            sqlx::query(
+                "UPDATE outbox_messages SET version = $1, state = $2, data = $3 \
+                 WHERE mailbox_id = $4 AND id = $5",
+            )
+            .bind(version)
+            .bind(record.state.as_str())
+            .bind(&data)
+            .bind(mailbox)
+            .bind(&record.id)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            let done = sqlx::query(
+                "INSERT INTO outbox_messages (mailbox_id, id, version, state, data) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (mailbox_id, id) DO NOTHING",
+            )
+            .bind(mailbox)
+            .bind(&record.id)
+            .bind(version)
+            .bind(record.state.as_str())
+            .bind(&data)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                // Another writer stored the record meanwhile.
+                return Ok(None);
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
+    async fn get_outbox_cursor(&self, mailbox: &MailboxId) -> Result<Option<OutboxCursor>> {
+        let row = sqlx::query("SELECT version, data FROM outbox_cursors WHERE mailbox_id = $1")
+            .bind(mailbox.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(outbox_cursor_from).transpose()
+    }
+
+    async fn list_outbox_cursors(&self) -> Result<Vec<OutboxCursor>> {
+        let rows = sqlx::query("SELECT version, data FROM outbox_cursors ORDER BY mailbox_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(outbox_cursor_from).collect()
+    }
+
+    async fn put_outbox_cursor(
+        &self,
+        cursor: &OutboxCursor,
+        expected: i64,
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>> {
+        let mailbox = cursor.mailbox_id.as_str();
+        let mut tx = self.pool.begin().await?;
+        if !hold_mailbox(&mut tx, mailbox).await? {
+            return Err(Error::not_found("mailbox", &cursor.mailbox_id));
+        }
+        // The state row before the lease row, as `claim_due` takes them
+        // (the due time is written below).
+        hold_state(&mut tx, mailbox).await?;
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM outbox_cursors WHERE mailbox_id = $1 FOR UPDATE",
+        )
+        .bind(mailbox)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let held = held_fence(&mut tx, mailbox, LeaseKind::Send).await?;
+        if fence.kind != LeaseKind::Send
+            || held != Some(fence.fence)
+            || current.unwrap_or(0) != expected
+        {
+            return Ok(None);
+        }
+        let version = next_version(&mut tx).await?;
+        let data = to_json(cursor)?;
+        if current.is_some() {
+            sqlx::query("UPDATE outbox_cursors SET version = $1, data = $2 WHERE mailbox_id = $3")
+                .bind(version)
+                .bind(&data)
+                .bind(mailbox)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            let done = sqlx::query(
+                "INSERT INTO outbox_cursors (mailbox_id, version, data) VALUES ($1, $2, $3) \
+                 ON CONFLICT (mailbox_id) DO NOTHING",
+            )
+            .bind(mailbox)
+            .bind(version)
+            .bind(&data)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok(None);
+            }
+        }
+        refresh_due(&mut tx, mailbox).await?;
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+}
+
+// ---- end of outgoing sync ----
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Rows are re-sealed under `FOR UPDATE` locks, so a concurrent write
+    /// (a refresh) waits for the rotation instead of being overwritten.
+    async fn rotate_key(&self, new_key: &SealKey) -> Result<KeyRotation> {
+        let old = self.key.current();
+        let mut tx = self.pool.begin().await?;
+        let check: Vec<u8> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'key_check' FOR UPDATE")
+                .fetch_one(&mut *tx)
+                .await?;
+        if rotation_start(&old, new_key, &check)? {
+            drop(tx);
+            self.key.replace(new_key.clone());
+            return Ok(KeyRotation {
+                resealed: 0,
+                already_rotated: true,
+            });
+        }
+        let mut resealed = 0u32;
+        let mut put =
+            async |tx: &mut Tx<'_>, sql: &str, value: Vec<u8>, ids: &[&str]| -> Result<()> {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).bind(value);
+                for id in ids {
+                    q = q.bind(id.to_string());
+                }
+                q.execute(&mut **tx).await?;
+                resealed += 1;
+                Ok(())
+            };
+        for row in
+            sqlx::query("SELECT id, secret FROM profiles WHERE secret IS NOT NULL FOR UPDATE")
+                .fetch_all(&mut *tx)
+                .await?
+        {
+            let id: String = row.get("id");
+            let context = format!("profile:{id}:secret");
+            if let Some(v) = reseal(&old, new_key, &context, &row.get::<Vec<u8>, _>("secret"))? {
+                put(
+                    &mut tx,
+                    "UPDATE profiles SET secret = $1 WHERE id = $2",
+                    v,
+                    &[&id],
+                )
+                .await?;
+            }
+        }
+        for row in
+            sqlx::query("SELECT id, secret FROM mailboxes WHERE secret IS NOT NULL FOR UPDATE")
+                .fetch_all(&mut *tx)
+                .await?
+        {
+            let id: String = row.get("id");
+            let context = format!("mailbox:{id}:password");
+            if let Some(v) = reseal(&old, new_key, &context, &row.get::<Vec<u8>, _>("secret"))? {
+                put(
+                    &mut tx,
+                    "UPDATE mailboxes SET secret = $1 WHERE id = $2",
+                    v,
+                    &[&id],
+                )
+                .await?;
+            }
+        }
+        for row in sqlx::query(
+            "SELECT state_key, mailbox_id, issuer, client_id, sealed FROM oauth_pending FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let key: String = row.get("state_key");
+            let context = pending_context(
+                row.get("mailbox_id"),
+                &key,
+                row.get("issuer"),
+                row.get("client_id"),
+            );
+            if let Some(v) = reseal(&old, new_key, &context, &row.get::<Vec<u8>, _>("sealed"))? {
+                put(
+                    &mut tx,
+                    "UPDATE oauth_pending SET sealed = $1 WHERE state_key = $2",
+                    v,
+                    &[&key],
+                )
+                .await?;
+            }
+        }
+        for row in sqlx::query(
+            "SELECT mailbox_id, issuer, client_id, token_endpoint, account, access_token, refresh_token \
+             FROM grants FOR UPDATE",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let mailbox: String = row.get("mailbox_id");
+            let context = |which: &str| {
+                grant_context_of(
+                    &mailbox,
+                    which,
+                    row.get("issuer"),
+                    row.get("client_id"),
+                    row.get("token_endpoint"),
+                    row.get("account"),
+                )
+            };
+            let access: Vec<u8> = row.get("access_token");
+            if let Some(v) = reseal(&old, new_key, &context("access"), &access)? {
+                put(&mut tx, "UPDATE grants SET access_token = $1 WHERE mailbox_id = $2", v, &[&mailbox]).await?;
+            }
+            if let Some(refresh) = row.get::<Option<Vec<u8>>, _>("refresh_token")
+                && let Some(v) = reseal(&old, new_key, &context("refresh"), &refresh)?
+            {
+                put(&mut tx, "UPDATE grants SET refresh_token = $1 WHERE mailbox_id = $2", v, &[&mailbox]).await?;
+            }
+        }
+        for row in sqlx::query("SELECT * FROM revocations FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let r = revocation_shell(&row)?;
+            let id = r.id.clone();
+            if let Some(v) = reseal(
+                &old,
+                new_key,
+                &revocation_context(&r),
+                &row.get::<Vec<u8>, _>("sealed"),
+            )? {
+                put(
+                    &mut tx,
+                    "UPDATE revocations SET sealed = $1 WHERE id = $2",
+                    v,
+                    &[&id],
+                )
+                .await?;
+            }
+        }
+        let check = new_key.seal(KEY_CHECK_CONTEXT, KEY_CHECK)?;
+        put(
+            &mut tx,
+            "UPDATE meta SET value = $1 WHERE key = 'key_check'",
+            check,
+            &[],
+        )
+        .await?;
+        tx.commit().await?;
+        self.key.replace(new_key.clone());
+        Ok(KeyRotation {
+            resealed,
+            already_rotated: false,
+        })
+    }
+}
+
+/// A revocation row without its secrets (filled in by `open_revocation`).
+fn revocation_shell(row: &PgRow) -> Result<PendingRevocation> {
+    Ok(PendingRevocation {
+        id: row.get("id"),
+        mailbox_id: MailboxId::parse(row.get("mailbox_id"))?,
+        issuer: row.get("issuer"),
+        client_id: row.get("client_id"),
+        client_secret: None,
+        endpoint: row.get("endpoint"),
+        token: Secret::new(""),
+        token_type_hint: row.get("token_type_hint"),
+        attempts: row.get::<i32, _>("attempts").max(0) as u32,
+        last_error: row.get("last_error"),
+        created_at: Timestamp::from_unix_millis(row.get("created_at")),
+        next_attempt_at: Timestamp::from_unix_millis(row.get("next_attempt_at")),
+    })
+}
+
+impl PostgresStore {
+    fn open_revocation(&self, row: &PgRow) -> Result<PendingRevocation> {
+        let mut r = revocation_shell(row)?;
+        let secrets = RevocationSecrets::open(
+            &self.key.current(),
+            &revocation_context(&r),
+            &row.get::<Vec<u8>, _>("sealed"),
+        )?;
+        r.token = Secret::new(secrets.token);
+        r.client_secret = secrets.client_secret.map(Secret::new);
+        Ok(r)
+    }
+}
+
+#[async_trait]
+impl RevocationStore for PostgresStore {
+    async fn queue_revocation(&self, r: &PendingRevocation) -> Result<()> {
+        let sealed = self
+            .key
+            .seal(&revocation_context(r), &RevocationSecrets::of(r))?;
+        let done = sqlx::query(
+            "INSERT INTO revocations (id, mailbox_id, issuer, client_id, endpoint, token_type_hint, sealed, \
+             attempts, last_error, created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&r.id)
+        .bind(r.mailbox_id.as_str())
+        .bind(&r.issuer)
+        .bind(&r.client_id)
+        .bind(&r.endpoint)
+        .bind(&r.token_type_hint)
+        .bind(sealed)
+        .bind(i32::try_from(r.attempts).unwrap_or(i32::MAX))
+        .bind(&r.last_error)
+        .bind(r.created_at.unix_millis())
+        .bind(r.next_attempt_at.unix_millis())
+        .execute(&self.pool)
+        .await;
+        match done {
+            Err(e) if is_unique_violation(&e) => Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("revocation {} is already queued", r.id),
+            )),
+            other => {
+                other?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn claim_revocations(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<PendingRevocation>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT * FROM revocations WHERE next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, created_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now.unix_millis())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut r = self.open_revocation(row)?;
+            sqlx::query("UPDATE revocations SET next_attempt_at = $1 WHERE id = $2")
+                .bind(until.unix_millis())
+                .bind(&r.id)
+                .execute(&mut *tx)
+                .await?;
+            r.next_attempt_at = until;
+            out.push(r);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn reschedule_revocation(
+        &self,
+        id: &str,
+        attempts: u32,
+        last_error: &str,
+        next_attempt_at: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE revocations SET attempts = $1, last_error = $2, next_attempt_at = $3 WHERE id = $4",
+        )
+        .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+        .bind(last_error)
+        .bind(next_attempt_at.unix_millis())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_revocation(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM revocations WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_revocations(&self) -> Result<Vec<PendingRevocation>> {
+        let rows =
+            sqlx::query("SELECT * FROM revocations ORDER BY next_attempt_at, created_at, id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| self.open_revocation(r)).collect()
     }
 }

@@ -14,13 +14,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::seal::SealKey;
+use super::seal::{SealKey, SharedKey, reseal};
 use super::{
-    Commit, CommitOutcome, DirectoryStore, Grant, GrantChange, GrantStore, LeaseKind, LeaseRecord,
-    LeaseStore, PendingAuthorization, PendingChange, StateStore, Store, SyncStore,
-    capacity_below_count, capacity_error, duplicate_mailbox, duplicate_profile, from_json,
-    grant_context, mailbox_secret, profile_in_use, profile_secret, set_mailbox_secret,
-    set_profile_secret, stale, state_key, to_json,
+    Commit, CommitOutcome, DirectoryStore, Grant, GrantChange, GrantStore, KeyRotation, LeaseKind,
+    LeaseRecord, LeaseStore, OutboxStore, PendingAuthorization, PendingChange, PendingRevocation,
+    RevocationSecrets, RevocationStore, StateStore, Store, SyncStore, capacity_below_count,
+    capacity_error, duplicate_mailbox, duplicate_profile, from_json, grant_context,
+    grant_context_of, mailbox_secret, profile_in_use, profile_secret, revocation_context,
+    rotation_start, set_mailbox_secret, set_profile_secret, stale, state_key, sync_due_at, to_json,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::lifecycle::MailboxState;
@@ -29,7 +30,7 @@ use crate::model::{
     Alert, LastTestResult, Mailbox, MailboxId, ProfileId, Secret, ServerProfile, Timestamp,
     profile_name_key,
 };
-use crate::sync::{MessageRecord, SyncCursor};
+use crate::sync::{MessageRecord, OutboxCursor, OutgoingRecord, SyncCursor};
 
 const KEY_CHECK: &[u8] = b"mailsync key check v1";
 
@@ -37,7 +38,7 @@ const KEY_CHECK: &[u8] = b"mailsync key check v1";
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    key: SealKey,
+    key: SharedKey,
     path: PathBuf,
 }
 
@@ -71,6 +72,7 @@ fn kind_from(text: &str) -> Result<LeaseKind> {
     match text {
         "refresh" => Ok(LeaseKind::Refresh),
         "sync" => Ok(LeaseKind::Sync),
+        "send" => Ok(LeaseKind::Send),
         other => Err(Error::new(
             ErrorCode::Store,
             format!("corrupt record: unknown lease kind '{other}'"),
@@ -117,12 +119,80 @@ async fn next_version(tx: &mut Tx<'_>) -> Result<i64> {
     Ok(value)
 }
 
+/// The due time of the mailbox whose mailbox, state and cursor JSON `row`
+/// holds (columns `mailbox`, `state`, `cursor`, `outbox`).
+fn due_of(row: &sqlx::sqlite::SqliteRow) -> Result<Option<i64>> {
+    let mailbox: Mailbox = from_json(row.get("mailbox"))?;
+    let state: MailboxState = from_json(row.get("state"))?;
+    let cursor: Option<SyncCursor> = row
+        .get::<Option<String>, _>("cursor")
+        .map(|c| from_json(&c))
+        .transpose()?;
+    let outbox: Option<OutboxCursor> = row
+        .get::<Option<String>, _>("outbox")
+        .map(|c| from_json(&c))
+        .transpose()?;
+    Ok(sync_due_at(
+        &mailbox,
+        &state,
+        cursor.as_ref(),
+        outbox.as_ref(),
+    ))
+}
+
+const DUE_INPUTS: &str = "SELECT m.id, m.data AS mailbox, s.data AS state, c.data AS cursor, \
+     o.data AS outbox \
+     FROM mailboxes m JOIN mailbox_state s ON s.mailbox_id = m.id \
+     LEFT JOIN sync_cursors c ON c.mailbox_id = m.id \
+     LEFT JOIN outbox_cursors o ON o.mailbox_id = m.id";
+
+/// Recomputes the mailbox's due time inside `tx`, after its configuration,
+/// state or cursor changed there.
+async fn refresh_due(tx: &mut Tx<'_>, mailbox: &str) -> Result<()> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{DUE_INPUTS} WHERE m.id = ?")))
+        .bind(mailbox)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(row) = row {
+        sqlx::query("UPDATE mailbox_state SET due_at = ? WHERE mailbox_id = ?")
+            .bind(due_of(&row)?)
+            .bind(mailbox)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Fills `mailbox_state.due_at` of every mailbox once, for rows written
+/// before the column existed or before it counted the outgoing direction.
+async fn backfill_due(tx: &mut Tx<'_>) -> Result<()> {
+    let done: Option<i64> = sqlx::query_scalar("SELECT 1 FROM meta WHERE key = 'due_at_v2'")
+        .fetch_optional(&mut **tx)
+        .await?;
+    if done.is_some() {
+        return Ok(());
+    }
+    for row in sqlx::query(DUE_INPUTS).fetch_all(&mut **tx).await? {
+        sqlx::query("UPDATE mailbox_state SET due_at = ? WHERE mailbox_id = ?")
+            .bind(due_of(&row)?)
+            .bind(row.get::<String, _>("id"))
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('due_at_v2', x'01')")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, sealing with `key`.
     /// Fails with `seal_key_mismatch` if the file was created with another key;
     /// the file is not modified in that case.
     pub async fn open(path: impl AsRef<Path>, key: SealKey) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        // Mode 0600 from the start; SQLite's -wal and -shm files inherit it.
+        super::seal::create_private_file(&path)?;
         let options = SqliteConnectOptions::from_str("sqlite:")
             .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?
             .filename(&path)
@@ -156,7 +226,11 @@ impl SqliteStore {
                 }
             }
         };
-        let store = SqliteStore { pool, key, path };
+        let store = SqliteStore {
+            pool,
+            key: SharedKey::new(key),
+            path,
+        };
         if let Err(e) = store.prepare().await {
             store.pool.close().await;
             return Err(e);
@@ -178,6 +252,7 @@ impl SqliteStore {
         self.ensure_key_check(&mut tx).await?;
         derive_name_keys(&mut tx).await?;
         self.upgrade_runtime_records(&mut tx).await?;
+        backfill_due(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -683,6 +758,7 @@ impl DirectoryStore for SqliteStore {
             Err(e) if is_unique_violation(&e) => Err(duplicate_mailbox(&mailbox.email)),
             Err(e) => Err(e.into()),
             Ok(_) => {
+                refresh_due(&mut tx, mailbox.id.as_str()).await?;
                 tx.commit().await?;
                 let mut stored = mailbox.clone();
                 stored.version = version;
@@ -809,6 +885,7 @@ impl StateStore for SqliteStore {
             .bind(to_json(&next)?)
             .execute(&mut *tx)
             .await?;
+            refresh_due(&mut tx, id.as_str()).await?;
         }
         let mut grant_version = stored_grant;
         match &commit.grant {
@@ -1040,14 +1117,19 @@ impl LeaseStore for SqliteStore {
         if exists.is_none() {
             return Err(Error::not_found("mailbox", mailbox));
         }
-        let held: Option<i64> =
-            sqlx::query_scalar("SELECT expires_at FROM leases WHERE mailbox_id = ? AND kind = ?")
+        let held =
+            sqlx::query("SELECT owner, expires_at FROM leases WHERE mailbox_id = ? AND kind = ?")
                 .bind(mailbox.as_str())
                 .bind(kind.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-        if held.is_some_and(|expires| expires > now.unix_millis()) {
-            return Ok(None);
+        if let Some(held) = &held {
+            if held.get::<i64, _>("expires_at") > now.unix_millis() {
+                return Ok(None);
+            }
+            if held.get::<String, _>("owner") != owner {
+                crate::metrics::lease_taken_over(kind);
+            }
         }
         let fence = next_version(&mut tx).await?;
         sqlx::query(
@@ -1112,6 +1194,80 @@ impl LeaseStore for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(lease_from).collect()
+    }
+
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+        skip: &[MailboxId],
+    ) -> Result<Vec<LeaseRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One writer at a time (BEGIN IMMEDIATE): what is read is what is claimed.
+        let mut tx = self.immediate().await?;
+        let rows = sqlx::query(
+            "SELECT s.mailbox_id, l.owner FROM mailbox_state s \
+             LEFT JOIN leases l ON l.mailbox_id = s.mailbox_id AND l.kind = 'sync' \
+             WHERE s.due_at IS NOT NULL AND s.due_at <= ?1 \
+             AND (l.expires_at IS NULL OR l.expires_at <= ?1) \
+             ORDER BY s.due_at, s.mailbox_id LIMIT ?2",
+        )
+        .bind(now.unix_millis())
+        .bind(i64::try_from(limit.saturating_add(skip.len())).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut claimed = Vec::new();
+        for row in rows {
+            let id = MailboxId::parse(row.get("mailbox_id"))?;
+            if skip.contains(&id) {
+                continue;
+            }
+            if claimed.len() == limit {
+                break;
+            }
+            if row
+                .get::<Option<String>, _>("owner")
+                .is_some_and(|o| o != owner)
+            {
+                crate::metrics::lease_taken_over(LeaseKind::Sync);
+            }
+            let fence = next_version(&mut tx).await?;
+            sqlx::query(
+                "INSERT INTO leases (mailbox_id, kind, owner, fence, expires_at) VALUES (?, 'sync', ?, ?, ?) \
+                 ON CONFLICT(mailbox_id, kind) DO UPDATE SET owner = excluded.owner, fence = excluded.fence, \
+                 expires_at = excluded.expires_at",
+            )
+            .bind(id.as_str())
+            .bind(owner)
+            .bind(fence)
+            .bind(until.unix_millis())
+            .execute(&mut *tx)
+            .await?;
+            claimed.push(LeaseRecord {
+                mailbox_id: id,
+                kind: LeaseKind::Sync,
+                owner: owner.to_owned(),
+                fence,
+                expires_at: until,
+            });
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(MAX(s.due_at, COALESCE(l.expires_at, s.due_at))) FROM mailbox_state s \
+             LEFT JOIN leases l ON l.mailbox_id = s.mailbox_id AND l.kind = 'sync' \
+             WHERE s.due_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next.map(Timestamp::from_unix_millis))
     }
 }
 
@@ -1178,6 +1334,7 @@ impl SyncStore for SqliteStore {
         .bind(to_json(cursor)?)
         .execute(&mut *tx)
         .await?;
+        refresh_due(&mut tx, id).await?;
         for m in messages {
             let outcome = serde_json::to_value(m.outcome)
                 .ok()
@@ -1195,6 +1352,7 @@ impl SyncStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        refresh_due(&mut tx, id).await?;
         tx.commit().await?;
         Ok(Some(version))
     }
@@ -1234,9 +1392,442 @@ impl SyncStore for SqliteStore {
     }
 }
 
+// ---- outgoing sync (OutboxStore) ----
+
+fn outgoing_from(row: &sqlx::sqlite::SqliteRow) -> Result<OutgoingRecord> {
+    let mut record: OutgoingRecord = from_json(row.get("data"))?;
+    record.version = row.get("version");
+    Ok(record)
+}
+
+fn outbox_cursor_from(row: &sqlx::sqlite::SqliteRow) -> Result<OutboxCursor> {
+    let mut cursor: OutboxCursor = from_json(row.get("data"))?;
+    cursor.version = row.get("version");
+    Ok(cursor)
+}
+
+/// Inside `tx`: `not_found` without the mailbox; whether `fence` is still
+/// its send lease.
+async fn holds_lease(tx: &mut Tx<'_>, mailbox: &MailboxId, fence: &LeaseRecord) -> Result<bool> {
+    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM mailboxes WHERE id = ?")
+        .bind(mailbox.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    if exists.is_none() {
+        return Err(Error::not_found("mailbox", mailbox));
+    }
+    let held: Option<i64> =
+        sqlx::query_scalar("SELECT fence FROM leases WHERE mailbox_id = ? AND kind = ?")
+            .bind(mailbox.as_str())
+            .bind(fence.kind.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(fence.kind == LeaseKind::Send && held == Some(fence.fence))
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn get_outgoing(
+        &self,
+        mailbox: &MailboxId,
+        ids: &[String],
+    ) -> Result<Vec<OutgoingRecord>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(400) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT version, data FROM outbox_messages WHERE mailbox_id = ? AND id IN ({marks})"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(mailbox.as_str());
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                out.push(outgoing_from(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_outgoing(&self, mailbox: &MailboxId) -> Result<Vec<OutgoingRecord>> {
+        let rows = sqlx::query(
+            "SELECT version, data FROM outbox_messages WHERE mailbox_id = ? ORDER BY id",
+        )
+        .bind(mailbox.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(outgoing_from).collect()
+    }
+
+    async fn put_outgoing(
+        &self,
+        record: &OutgoingRecord,
+        expected: i64,
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>> {
+        let mailbox = record.mailbox_id.as_str();
+        let mut tx = self.immediate().await?;
+        if !holds_lease(&mut tx, &record.mailbox_id, fence).await? {
+            return Ok(None);
+        }
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM outbox_messages WHERE mailbox_id = ? AND id = ?",
+        )
+        .bind(mailbox)
+        .bind(&record.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if current.unwrap_or(0) != expected {
+            return Ok(None);
+        }
+        let version = next_version(&mut tx).await?;
+        sqlx::query(
+            "INSERT INTO outbox_messages (mailbox_id, id, version, state, data) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT(mailbox_id, id) DO UPDATE SET version = excluded.version, \
+             state = excluded.state, data = excluded.data",
+        )
+        .bind(mailbox)
+        .bind(&record.id)
+        .bind(version)
+        .bind(record.state.as_str())
+        .bind(to_json(record)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
+    async fn get_outbox_cursor(&self, mailbox: &MailboxId) -> Result<Option<OutboxCursor>> {
+        let row = sqlx::query("SELECT version, data FROM outbox_cursors WHERE mailbox_id = ?")
+            .bind(mailbox.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(outbox_cursor_from).transpose()
+    }
+
+    async fn list_outbox_cursors(&self) -> Result<Vec<OutboxCursor>> {
+        let rows = sqlx::query("SELECT version, data FROM outbox_cursors ORDER BY mailbox_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(outbox_cursor_from).collect()
+    }
+
+    async fn put_outbox_cursor(
+        &self,
+        cursor: &OutboxCursor,
+        expected: i64,
+        fence: &LeaseRecord,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.immediate().await?;
+        if !holds_lease(&mut tx, &cursor.mailbox_id, fence).await? {
+            return Ok(None);
+        }
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM outbox_cursors WHERE mailbox_id = ?")
+                .bind(cursor.mailbox_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.unwrap_or(0) != expected {
+            return Ok(None);
+        }
+        let version = next_version(&mut tx).await?;
+        sqlx::query(
+            "INSERT INTO outbox_cursors (mailbox_id, version, data) VALUES (?, ?, ?) \
+             ON CONFLICT(mailbox_id) DO UPDATE SET version = excluded.version, data = excluded.data",
+        )
+        .bind(cursor.mailbox_id.as_str())
+        .bind(version)
+        .bind(to_json(cursor)?)
+        .execute(&mut *tx)
+        .await?;
+        refresh_due(&mut tx, cursor.mailbox_id.as_str()).await?;
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+}
+
+// ---- end of outgoing sync ----
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn rotate_key(&self, new_key: &SealKey) -> Result<KeyRotation> {
+        let old = self.key.current();
+        let mut tx = self.immediate().await?;
+        let check: Vec<u8> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'key_check'")
+            .fetch_one(&mut *tx)
+            .await?;
+        if rotation_start(&old, new_key, &check)? {
+            drop(tx);
+            self.key.replace(new_key.clone());
+            return Ok(KeyRotation {
+                resealed: 0,
+                already_rotated: true,
+            });
+        }
+        let mut resealed = 0u32;
+        let mut put =
+            async |tx: &mut Tx<'_>, sql: &str, value: Vec<u8>, ids: &[&str]| -> Result<()> {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).bind(value);
+                for id in ids {
+                    q = q.bind(id.to_string());
+                }
+                q.execute(&mut **tx).await?;
+                resealed += 1;
+                Ok(())
+            };
+        for row in sqlx::query("SELECT id, secret FROM profiles WHERE secret IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let id: String = row.get("id");
+            let context = format!("profile:{id}:secret");
+            if let Some(v) = reseal(&old, new_key, &context, &row.get::<Vec<u8>, _>("secret"))? {
+                put(
+                    &mut tx,
+                    "UPDATE profiles SET secret = ? WHERE id = ?",
+                    v,
+                    &[&id],
+                )
+                .await?;
+            }
+        }
+        for row in sqlx::query("SELECT id, secret FROM mailboxes WHERE secret IS NOT NULL")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let id: String = row.get("id");
+            let context = format!("mailbox:{id}:password");
+            if let Some(v) = reseal(&old, new_key, &context, &row.get::<Vec<u8>, _>("secret"))? {
+                put(
+                    &mut tx,
+                    "UPDATE mailboxes SET secret = ? WHERE id = ?",
+                    v,
+                    &[&id],
+                )
+                .await?;
+            }
+        }
+        for row in sqlx::query(
+            "SELECT state_key, mailbox_id, issuer, client_id, sealed FROM oauth_pending",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let key: String = row.get("state_key");
+            let context = pending_context(
+                row.get("mailbox_id"),
+                &key,
+                row.get("issuer"),
+                row.get("client_id"),
+            );
+            if let Some(v) = reseal(&old, new_key, &context, &row.get::<Vec<u8>, _>("sealed"))? {
+                put(
+                    &mut tx,
+                    "UPDATE oauth_pending SET sealed = ? WHERE state_key = ?",
+                    v,
+                    &[&key],
+                )
+                .await?;
+            }
+        }
+        for row in sqlx::query(
+            "SELECT mailbox_id, issuer, client_id, token_endpoint, account, access_token, refresh_token FROM grants",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let mailbox: String = row.get("mailbox_id");
+            let context = |which: &str| {
+                grant_context_of(
+                    &mailbox,
+                    which,
+                    row.get("issuer"),
+                    row.get("client_id"),
+                    row.get("token_endpoint"),
+                    row.get("account"),
+                )
+            };
+            let access: Vec<u8> = row.get("access_token");
+            if let Some(v) = reseal(&old, new_key, &context("access"), &access)? {
+                put(&mut tx, "UPDATE grants SET access_token = ? WHERE mailbox_id = ?", v, &[&mailbox]).await?;
+            }
+            if let Some(refresh) = row.get::<Option<Vec<u8>>, _>("refresh_token")
+                && let Some(v) = reseal(&old, new_key, &context("refresh"), &refresh)?
+            {
+                put(&mut tx, "UPDATE grants SET refresh_token = ? WHERE mailbox_id = ?", v, &[&mailbox]).await?;
+            }
+        }
+        for row in sqlx::query("SELECT * FROM revocations")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let r = revocation_shell(&row)?;
+            let id = r.id.clone();
+            if let Some(v) = reseal(
+                &old,
+                new_key,
+                &revocation_context(&r),
+                &row.get::<Vec<u8>, _>("sealed"),
+            )? {
+                put(
+                    &mut tx,
+                    "UPDATE revocations SET sealed = ? WHERE id = ?",
+                    v,
+                    &[&id],
+                )
+                .await?;
+            }
+        }
+        let check = new_key.seal("meta:key_check", KEY_CHECK)?;
+        put(
+            &mut tx,
+            "UPDATE meta SET value = ? WHERE key = 'key_check'",
+            check,
+            &[],
+        )
+        .await?;
+        tx.commit().await?;
+        self.key.replace(new_key.clone());
+        Ok(KeyRotation {
+            resealed,
+            already_rotated: false,
+        })
+    }
+}
+
+/// A revocation row without its secrets (filled in by [`open_revocation`]).
+fn revocation_shell(row: &sqlx::sqlite::SqliteRow) -> Result<PendingRevocation> {
+    Ok(PendingRevocation {
+        id: row.get("id"),
+        mailbox_id: MailboxId::parse(row.get("mailbox_id"))?,
+        issuer: row.get("issuer"),
+        client_id: row.get("client_id"),
+        client_secret: None,
+        endpoint: row.get("endpoint"),
+        token: Secret::new(""),
+        token_type_hint: row.get("token_type_hint"),
+        attempts: row.get::<i64, _>("attempts").clamp(0, i64::from(u32::MAX)) as u32,
+        last_error: row.get("last_error"),
+        created_at: Timestamp::from_unix_millis(row.get("created_at")),
+        next_attempt_at: Timestamp::from_unix_millis(row.get("next_attempt_at")),
+    })
+}
+
+impl SqliteStore {
+    fn open_revocation(&self, row: &sqlx::sqlite::SqliteRow) -> Result<PendingRevocation> {
+        let mut r = revocation_shell(row)?;
+        let secrets = RevocationSecrets::open(
+            &self.key.current(),
+            &revocation_context(&r),
+            &row.get::<Vec<u8>, _>("sealed"),
+        )?;
+        r.token = Secret::new(secrets.token);
+        r.client_secret = secrets.client_secret.map(Secret::new);
+        Ok(r)
+    }
+}
+
+#[async_trait]
+impl RevocationStore for SqliteStore {
+    async fn queue_revocation(&self, r: &PendingRevocation) -> Result<()> {
+        let sealed = self
+            .key
+            .seal(&revocation_context(r), &RevocationSecrets::of(r))?;
+        let done = sqlx::query(
+            "INSERT INTO revocations (id, mailbox_id, issuer, client_id, endpoint, token_type_hint, sealed, \
+             attempts, last_error, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.id)
+        .bind(r.mailbox_id.as_str())
+        .bind(&r.issuer)
+        .bind(&r.client_id)
+        .bind(&r.endpoint)
+        .bind(&r.token_type_hint)
+        .bind(sealed)
+        .bind(i64::from(r.attempts))
+        .bind(&r.last_error)
+        .bind(r.created_at.unix_millis())
+        .bind(r.next_attempt_at.unix_millis())
+        .execute(&self.pool)
+        .await;
+        match done {
+            Err(e) if is_unique_violation(&e) => Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("revocation {} is already queued", r.id),
+            )),
+            other => {
+                other?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn claim_revocations(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<PendingRevocation>> {
+        let mut tx = self.immediate().await?;
+        let rows = sqlx::query(
+            "SELECT * FROM revocations WHERE next_attempt_at <= ? \
+             ORDER BY next_attempt_at, created_at, id LIMIT ?",
+        )
+        .bind(now.unix_millis())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut r = self.open_revocation(row)?;
+            sqlx::query("UPDATE revocations SET next_attempt_at = ? WHERE id = ?")
+                .bind(until.unix_millis())
+                .bind(&r.id)
+                .execute(&mut *tx)
+                .await?;
+            r.next_attempt_at = until;
+            out.push(r);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn reschedule_revocation(
+        &self,
+        id: &str,
+        attempts: u32,
+        last_error: &str,
+        next_attempt_at: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE revocations SET attempts = ?, last_error = ?, next_attempt_at = ? WHERE id = ?",
+        )
+        .bind(i64::from(attempts))
+        .bind(last_error)
+        .bind(next_attempt_at.unix_millis())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_revocation(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM revocations WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_revocations(&self) -> Result<Vec<PendingRevocation>> {
+        let rows =
+            sqlx::query("SELECT * FROM revocations ORDER BY next_attempt_at, created_at, id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| self.open_revocation(r)).collect()
     }
 }

@@ -74,7 +74,7 @@ pub(super) async fn run(
         mailbox.clone(),
         profile.clone(),
     ));
-    let connect = sync.connect_options(profile);
+    let connect = sync.connect_options(profile)?;
     let timeout = connect.timeout;
     let mut imap = ImapMailbox::new(profile.incoming.endpoint.clone(), connect, creds, None);
     imap.set_max_message_size(u64::from(engine.inner.options.max_message_bytes));
@@ -402,7 +402,13 @@ async fn cycle(
             lease,
             validity,
             exhausted.then_some(status),
-            postpone,
+            // Mid-cycle the mailbox stays due: should this worker die now,
+            // the next one to claim it continues at once.
+            if exhausted || blocked {
+                postpone
+            } else {
+                Duration::ZERO
+            },
             report,
         )
         .await?;
@@ -514,6 +520,19 @@ async fn fetch_batch(
     Ok(messages)
 }
 
+/// The sink's filter must answer each question.
+pub(super) fn answer_count(method: &str, got: usize, asked: usize) -> Result<()> {
+    if got == asked {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorCode::SinkFailed,
+        format!(
+            "the sink's {method}() returned {got} answers for {asked} questions; it must answer each"
+        ),
+    ))
+}
+
 /// Asks the sink's filter questions and marks the messages it leaves out.
 async fn apply_filter(
     engine: &Engine,
@@ -562,6 +581,7 @@ async fn apply_filter(
                     .tracked(&mailbox.id, ids.clone())
                     .await
                     .map_err(failed)?;
+                answer_count("tracked", answers.len(), ids.len())?;
                 ids.into_iter()
                     .zip(answers)
                     .filter_map(|(id, t)| t.then_some(id))
@@ -597,6 +617,7 @@ async fn apply_filter(
                     .known_senders(&mailbox.id, senders.clone())
                     .await
                     .map_err(failed)?;
+                answer_count("known_senders", answers.len(), senders.len())?;
                 senders
                     .into_iter()
                     .zip(answers)

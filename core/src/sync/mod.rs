@@ -1,9 +1,13 @@
 //! The sync engine: mail flows in from each enabled mailbox to the host's
-//! [`MessageSink`], resumably and at least once.
+//! [`MessageSink`], resumably and at least once; and out from the host's
+//! [`Outbox`] over SMTP, each message once as far as the wire allows
+//! (see [`Outbox`] and docs/sync.md).
 //!
 //! ```text
-//!  schedule: due mailboxes (postponement, backoff, sync lease, connection budgets)
-//!    └─ incoming cycle (one lease holder per mailbox)
+//!  schedule: claim due mailboxes (postponement, backoff; either direction) into sync leases
+//!    └─ outgoing cycle, if due and the engine has an outbox (send lease; see `outgoing`)
+//!         outbox.pending ─ record sending ─ SMTP MAIL/RCPT/DATA ─ record outcome ─ outbox.report
+//!    └─ incoming cycle, if due (one lease holder per mailbox)
 //!         IMAP: EXAMINE INBOX ─ UIDVALIDITY same? ─ UID SEARCH ─ sizes ─ UID FETCH batch (BODY.PEEK[])
 //!                                └ changed: re-map by message key; deliver nothing twice
 //!         POP3: UIDL ─ new ids ─ RETR ─ (DELE only for forward mailboxes set to delete, after the ack)
@@ -23,13 +27,20 @@
 mod cursor;
 mod imap_in;
 mod message;
+mod outbox;
+mod outgoing;
 mod pop3_in;
 mod schedule;
 mod sink;
 
 pub use cursor::{ImapCursor, MessageRecord, RecordedOutcome, SyncCursor};
 pub use message::{IncomingMessage, MailAddress, RawMessage};
+pub use outbox::{
+    ComposedMessage, Outbox, OutboxCursor, OutgoingAttachment, OutgoingContent, OutgoingMessage,
+    OutgoingRecord, OutgoingState, RecipientRefusal, SendOutcome, SendReport,
+};
 pub use schedule::EngineHandle;
+pub(crate) use schedule::due_at;
 pub use sink::{DeliveryOutcome, MessageSink};
 
 use std::collections::HashMap;
@@ -44,6 +55,7 @@ use crate::lifecycle::{Direction, DirectionStatus, GrantStatus, LifecycleEvent};
 use crate::model::{
     IncomingDelivery, IncomingProtocol, Mailbox, MailboxId, ServerProfile, Timestamp,
 };
+use crate::store::LeaseRecord;
 
 /// How the engine works; every field has a default that suits production.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +76,8 @@ use crate::model::{
 )]
 pub struct EngineOptions {
     /// After a cycle, the mailbox is due again this much later (default
-    /// 300 s, as Dynamics postpones a mailbox 5 minutes), or after the
-    /// profile's minimum polling interval if that is longer.
+    /// 300 s, as Dynamics postpones a mailbox 5 minutes; at most a day), or
+    /// after the profile's minimum polling interval if that is longer.
     pub postpone_secs: u32,
     /// Connections one account may hold at once (default 2; Gmail allows
     /// about 15 per account, shared with the user's own clients).
@@ -86,11 +98,22 @@ pub struct EngineOptions {
     /// A fetch may take its inactivity timeout plus its size at this rate
     /// (default 64 KiB/s), so a server that trickles is cut off.
     pub min_throughput_bytes_per_sec: u32,
-    /// How long the sink may take for one batch (default 300 s).
+    /// How long the sink may take for one batch (default 300 s, at most a day).
     pub sink_timeout_secs: u32,
     /// How long a mailbox's sync lease lasts; renewed before each batch
-    /// (default 300 s).
+    /// (default 300 s, 5 s to a day).
     pub lease_secs: u32,
+    /// Most messages one outgoing cycle asks the outbox for (default 200);
+    /// when it returns that many, the next cycle follows right away.
+    pub sends_per_cycle: u32,
+    /// With refused recipients, send to the accepted ones and report the
+    /// refusals (default false: the message fails whole and nothing is sent).
+    pub allow_partial_send: bool,
+    /// After a crash (or a lost connection) between a message's data going
+    /// out and its outcome being recorded, report it `unknown` and wait for
+    /// the host ([`Engine::resend`]) instead of sending it again with the
+    /// same Message-ID (default false: send again).
+    pub unknown_after_crash: bool,
 }
 
 impl Default for EngineOptions {
@@ -106,6 +129,9 @@ impl Default for EngineOptions {
             min_throughput_bytes_per_sec: 64 * 1024,
             sink_timeout_secs: 300,
             lease_secs: 300,
+            sends_per_cycle: 200,
+            allow_partial_send: false,
+            unknown_after_crash: false,
         }
     }
 }
@@ -127,16 +153,22 @@ impl EngineOptions {
             ),
             ("sink_timeout_secs", self.sink_timeout_secs, 1),
             ("lease_secs", self.lease_secs, 5),
+            ("sends_per_cycle", self.sends_per_cycle, 1),
         ] {
             if value < min {
                 return Err(Error::validation(field, format!("must be at least {min}")));
             }
         }
-        if self.postpone_secs > crate::options::MAX_SECS {
-            return Err(Error::validation(
-                "postpone_secs",
-                "must be at most one day",
-            ));
+        // Durations: at most a day, so no deadline computed from them can
+        // overflow (see crate::options::MAX_SECS).
+        for (field, value) in [
+            ("postpone_secs", self.postpone_secs),
+            ("sink_timeout_secs", self.sink_timeout_secs),
+            ("lease_secs", self.lease_secs),
+        ] {
+            if value > crate::options::MAX_SECS {
+                return Err(Error::validation(field, "must be at most one day"));
+            }
         }
         Ok(())
     }
@@ -191,6 +223,19 @@ pub struct CycleReport {
     pub error_code: Option<ErrorCode>,
     /// The failure's message.
     pub error_message: Option<String>,
+    /// Outgoing: messages the server accepted this cycle.
+    pub sent: u32,
+    /// Outgoing: messages refused for good this cycle.
+    pub send_failed: u32,
+    /// Outgoing: messages deferred this cycle (tried again later).
+    pub send_deferred: u32,
+    /// Outgoing: messages whose fate is unknown (only with
+    /// [`EngineOptions::unknown_after_crash`]).
+    pub send_unknown: u32,
+    /// The outgoing cycle's failure, if it failed.
+    pub outgoing_error_code: Option<ErrorCode>,
+    /// That failure's message.
+    pub outgoing_error_message: Option<String>,
 }
 
 impl CycleReport {
@@ -209,12 +254,29 @@ impl CycleReport {
             duration_ms: 0,
             error_code: None,
             error_message: None,
+            sent: 0,
+            send_failed: 0,
+            send_deferred: 0,
+            send_unknown: 0,
+            outgoing_error_code: None,
+            outgoing_error_message: None,
         }
     }
 
-    /// Whether the cycle ended without a failure.
+    /// Whether the cycle ended without a failure (in either direction).
     pub fn is_success(&self) -> bool {
-        self.error_code.is_none()
+        self.error_code.is_none() && self.outgoing_error_code.is_none()
+    }
+
+    /// Takes the outgoing side of `other` (a report of an outgoing cycle).
+    fn absorb_outgoing(&mut self, other: CycleReport) {
+        self.sent += other.sent;
+        self.send_failed += other.send_failed;
+        self.send_deferred += other.send_deferred;
+        self.send_unknown += other.send_unknown;
+        self.outgoing_error_code = other.outgoing_error_code;
+        self.outgoing_error_message = other.outgoing_error_message;
+        self.duration_ms = self.duration_ms.saturating_add(other.duration_ms);
     }
 }
 
@@ -265,16 +327,25 @@ pub struct SyncStatus {
     pub cursor: Option<SyncCursor>,
     /// When it is due next (none: not scheduled, e.g. disabled or not connected).
     pub next_due: Option<Timestamp>,
+    /// The outgoing direction's status.
+    pub outgoing: DirectionStatus,
+    /// Outgoing counters and schedule (none before the first outgoing cycle).
+    pub outbox: Option<OutboxCursor>,
+    /// When outgoing mail is due next (none: not scheduled, or the engine
+    /// has no outbox).
+    pub next_send_due: Option<Timestamp>,
 }
 
 pub(crate) struct Inner {
     pub sync: MailSync,
     pub sink: Arc<dyn MessageSink>,
+    pub outbox: Option<Arc<dyn Outbox>>,
     pub options: EngineOptions,
     pub owner: String,
     accounts: Mutex<HashMap<String, Arc<Semaphore>>>,
     profiles: Mutex<HashMap<String, Arc<Semaphore>>>,
     pub progress: broadcast::Sender<SyncProgress>,
+    pub reports: broadcast::Sender<CycleReport>,
 }
 
 /// The sync engine. Cheap to clone; clones share budgets and progress.
@@ -328,6 +399,11 @@ fn not_syncable(mailbox: &Mailbox, state: &crate::lifecycle::MailboxState) -> Op
     }
 }
 
+/// A lease owner name unique to this engine.
+fn default_owner() -> String {
+    format!("engine-{}", uuid::Uuid::new_v4())
+}
+
 impl Engine {
     /// An engine over `sync`'s mailboxes, delivering to `sink`.
     pub fn new(
@@ -335,13 +411,55 @@ impl Engine {
         sink: Arc<dyn MessageSink>,
         options: EngineOptions,
     ) -> Result<Engine> {
+        Engine::with_parts(sync, sink, None, options, default_owner())
+    }
+
+    /// An engine that also sends the mail of `outbox` from every mailbox
+    /// whose outgoing direction is enabled.
+    pub fn with_outbox(
+        sync: MailSync,
+        sink: Arc<dyn MessageSink>,
+        outbox: Arc<dyn Outbox>,
+        options: EngineOptions,
+    ) -> Result<Engine> {
+        Engine::with_parts(sync, sink, Some(outbox), options, default_owner())
+    }
+
+    /// [`Engine::new`] with the name its leases carry (shown by `mailsync
+    /// workers`), e.g. `host:pid`. Each engine must have its own: two
+    /// engines with one name would count as one holder.
+    pub fn with_owner(
+        sync: MailSync,
+        sink: Arc<dyn MessageSink>,
+        options: EngineOptions,
+        owner: impl Into<String>,
+    ) -> Result<Engine> {
+        Engine::with_parts(sync, sink, None, options, owner)
+    }
+
+    /// The general form of [`Engine::new`], [`Engine::with_outbox`] and
+    /// [`Engine::with_owner`]: an optional outbox and the leases' owner name.
+    pub fn with_parts(
+        sync: MailSync,
+        sink: Arc<dyn MessageSink>,
+        outbox: Option<Arc<dyn Outbox>>,
+        options: EngineOptions,
+        owner: impl Into<String>,
+    ) -> Result<Engine> {
         options.validate()?;
+        let owner = owner.into();
+        if owner.trim().is_empty() {
+            return Err(Error::validation("owner", "must not be empty"));
+        }
         let (progress, _) = broadcast::channel(1024);
+        let (reports, _) = broadcast::channel(1024);
         Ok(Engine {
             inner: Arc::new(Inner {
-                owner: format!("engine-{}", uuid::Uuid::new_v4()),
+                owner,
+                reports,
                 sync,
                 sink,
+                outbox,
                 options,
                 accounts: Mutex::new(HashMap::new()),
                 profiles: Mutex::new(HashMap::new()),
@@ -360,17 +478,36 @@ impl Engine {
         self.inner.progress.subscribe()
     }
 
-    /// Syncs one mailbox's incoming mail now, whatever its schedule, if it
-    /// is enabled and connected (`not_enabled`, `token_revoked`, … when
-    /// not). A failure is in the report (and applied to the mailbox's
-    /// lifecycle); `Err` only when the cycle could not start.
+    /// The report of every cycle this engine ends from now on (also those
+    /// of [`Engine::start`], which hands out no reports otherwise).
+    pub fn reports(&self) -> broadcast::Receiver<CycleReport> {
+        self.inner.reports.subscribe()
+    }
+
+    /// The name this engine's leases carry.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// Syncs one mailbox now, whatever its schedule: its incoming mail,
+    /// then its outgoing mail (with an outbox), each direction if it is
+    /// enabled and connected (`not_enabled`, `token_revoked`, … when
+    /// neither is). A failure is in the report (and applied to the
+    /// mailbox's lifecycle); `Err` only when a cycle could not start.
     pub async fn run_once(&self, mailbox: &MailboxId) -> Result<CycleReport> {
         let record = self.inner.sync.directory().get_mailbox(mailbox).await?;
         let state = self.inner.sync.directory().state(mailbox).await?;
-        if let Some(e) = not_syncable(&record, &state) {
-            return Err(e);
+        let incoming = not_syncable(&record, &state);
+        let outgoing = outgoing::not_sendable(self, &record, &state);
+        let mut report = match (incoming, &outgoing) {
+            (Some(e), Some(_)) => return Err(e),
+            (Some(_), None) => CycleReport::new(&record),
+            (None, _) => self.cycle(record.clone()).await?,
+        };
+        if outgoing.is_none() {
+            report.absorb_outgoing(self.send_cycle(record).await?);
         }
-        self.cycle(record).await
+        Ok(report)
     }
 
     /// Every mailbox's sync status.
@@ -379,13 +516,27 @@ impl Engine {
         for mailbox in self.inner.sync.directory().list_mailboxes(None).await? {
             let state = self.inner.sync.directory().state(&mailbox.id).await?;
             let cursor = self.inner.sync.store().get_cursor(&mailbox.id).await?;
-            let next_due = schedule::due_at(&mailbox, &state, cursor.as_ref());
+            let next_due = schedule::incoming_due_at(&mailbox, &state, cursor.as_ref());
+            let outbox = self
+                .inner
+                .sync
+                .store()
+                .get_outbox_cursor(&mailbox.id)
+                .await?;
+            let next_send_due = self
+                .inner
+                .outbox
+                .as_ref()
+                .and_then(|_| outgoing::due_at(&mailbox, &state, outbox.as_ref()));
             out.push(SyncStatus {
                 mailbox_id: mailbox.id.clone(),
                 email: mailbox.email.clone(),
                 incoming: state.incoming.status.clone(),
                 cursor,
                 next_due,
+                outgoing: state.outgoing.status.clone(),
+                outbox,
+                next_send_due,
             });
         }
         Ok(out)
@@ -402,11 +553,89 @@ impl Engine {
             .clone()
     }
 
+    /// One cycle of a mailbox whose sync lease this engine claimed
+    /// ([`crate::store::LeaseStore::claim_due`]): each direction that is
+    /// due, outgoing first (with an outbox; under the mailbox's send lease
+    /// while the claimed lease is kept alive, so the mailbox is not claimed
+    /// again meanwhile), then incoming. The lease is released if the cycle
+    /// cannot start (the mailbox is gone, or nothing is due any more).
+    pub(crate) async fn cycle_claimed(&self, claim: LeaseRecord) -> Result<CycleReport> {
+        let sync = &self.inner.sync;
+        let lease = crate::lease::Lease::claimed(
+            sync.store().clone(),
+            sync.clock(),
+            claim,
+            self.inner.options.lease(),
+        );
+        let id = lease.record().mailbox_id.clone();
+        let ready = async {
+            let mailbox = sync.directory().get_mailbox(&id).await?;
+            let state = sync.directory().state(&id).await?;
+            let now = sync.now();
+            let cursor = sync.store().get_cursor(&id).await?;
+            let incoming = not_syncable(&mailbox, &state).is_none()
+                && schedule::incoming_due_at(&mailbox, &state, cursor.as_ref())
+                    .is_some_and(|at| at <= now);
+            let outgoing = outgoing::not_sendable(self, &mailbox, &state).is_none() && {
+                let outbox = sync.store().get_outbox_cursor(&id).await?;
+                outgoing::due_now(&state, outbox.as_ref(), now)
+            };
+            if !incoming && !outgoing {
+                if self.inner.outbox.is_none() {
+                    // Due for outgoing mail this engine cannot send: postpone
+                    // it as an empty outbox would, so it is not claimed again
+                    // at once.
+                    self.postpone_unsendable(&mailbox, &state).await;
+                }
+                return Err(match not_syncable(&mailbox, &state) {
+                    Some(e) => e,
+                    None => Error::new(
+                        ErrorCode::Conflict,
+                        format!("mailbox {} is not due any more", mailbox.email),
+                    ),
+                });
+            }
+            let profile = sync.profile_of(&mailbox).await?;
+            Ok((mailbox, profile, incoming, outgoing))
+        };
+        let (mailbox, profile, incoming, outgoing) = match ready.await {
+            Ok(ready) => ready,
+            Err(e) => {
+                let _ = lease.release().await;
+                return Err(e);
+            }
+        };
+        let sent = if outgoing {
+            let heartbeat = self.keep_renewed(lease.record().clone());
+            let send = self.send_cycle(mailbox.clone());
+            Some(tokio::select! {
+                sent = send => sent,
+                never = heartbeat => match never {},
+            })
+        } else {
+            None
+        };
+        let mut report = if incoming {
+            self.cycle_leased(mailbox.clone(), profile, lease).await?
+        } else {
+            let _ = lease.release().await;
+            CycleReport::new(&mailbox)
+        };
+        match sent {
+            Some(Ok(sent)) => report.absorb_outgoing(sent),
+            // Its send lease is held elsewhere (`run_once`, `resend`).
+            Some(Err(e)) if !incoming => return Err(e),
+            Some(Err(e)) => {
+                tracing::debug!(mailbox = %mailbox.email, code = %e.code(), "no outgoing cycle: {e}");
+            }
+            None => {}
+        }
+        Ok(report)
+    }
+
     /// One cycle: lease, budgets, protocol, lifecycle.
     pub(crate) async fn cycle(&self, mailbox: Mailbox) -> Result<CycleReport> {
-        let started = Instant::now();
         let sync = &self.inner.sync;
-        let mut report = CycleReport::new(&mailbox);
         let profile = sync.profile_of(&mailbox).await?;
         let Some(lease) = crate::lease::Lease::acquire(
             sync.store().clone(),
@@ -426,6 +655,80 @@ impl Engine {
                 ),
             ));
         };
+        self.cycle_leased(mailbox, profile, lease).await
+    }
+
+    /// Keeps a held lease alive while its cycle works: renews it every
+    /// third of its time-to-live. Once it is lost (taken over after a
+    /// pause), renewing stops; the cycle learns it at its next renewal or
+    /// write, which the store refuses. Never returns.
+    async fn keep_renewed(&self, mut record: LeaseRecord) -> std::convert::Infallible {
+        let store = self.inner.sync.store().clone();
+        let clock = self.inner.sync.clock();
+        let ttl = self.inner.options.lease();
+        let every = (ttl / 3).max(Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(every).await;
+            match store.renew_lease(&record, clock.now().plus(ttl)).await {
+                Ok(Some(renewed)) => record = renewed,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(mailbox = %record.mailbox_id, "could not renew a sync lease: {e}")
+                }
+            }
+        }
+        std::future::pending().await
+    }
+
+    /// One cycle under a held sync lease: budgets, protocol, lifecycle.
+    async fn cycle_leased(
+        &self,
+        mailbox: Mailbox,
+        profile: ServerProfile,
+        lease: crate::lease::Lease,
+    ) -> Result<CycleReport> {
+        let started = Instant::now();
+        let _running = crate::metrics::Running::start();
+        let mut report = CycleReport::new(&mailbox);
+        let heartbeat = self.keep_renewed(lease.record().clone());
+        let work = self.budgeted(&mailbox, &profile, lease, &mut report);
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            never = heartbeat => match never {},
+        };
+        report.duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        self.conclude(&mailbox, &profile, outcome, &mut report)
+            .await;
+        crate::metrics::cycle_ended(&report);
+        // What the cycle handled, counted as its progress events counted it.
+        let handled = report.delivered
+            + report.skipped
+            + report.retry_later
+            + report.filtered
+            + report.oversized
+            + report.already_had;
+        let _ = self.inner.progress.send(SyncProgress {
+            mailbox_id: mailbox.id.clone(),
+            email: mailbox.email.clone(),
+            messages_done: handled,
+            messages_total: handled,
+            bytes_done: report.bytes,
+            bytes_total: report.bytes,
+            finished: true,
+        });
+        let _ = self.inner.reports.send(report.clone());
+        Ok(report)
+    }
+
+    /// Within the account's and the profile's connection budgets, the
+    /// protocol's cycle.
+    async fn budgeted(
+        &self,
+        mailbox: &Mailbox,
+        profile: &ServerProfile,
+        lease: crate::lease::Lease,
+        report: &mut CycleReport,
+    ) -> Result<()> {
         let account = Self::semaphore(
             &self.inner.accounts,
             &mailbox.email,
@@ -446,34 +749,13 @@ impl Engine {
             .map_err(|_| Error::new(ErrorCode::Internal, "connection budget closed"))?;
         let span =
             tracing::info_span!("sync_cycle", mailbox = %mailbox.email, direction = "incoming");
-        let outcome = {
-            let _enter = span.enter();
-            drop(_enter);
-            let run = async {
-                match profile.incoming.protocol {
-                    IncomingProtocol::Imap => {
-                        imap_in::run(self, &mailbox, &profile, lease, &mut report).await
-                    }
-                    IncomingProtocol::Pop3 => {
-                        pop3_in::run(self, &mailbox, &profile, lease, &mut report).await
-                    }
-                }
-            };
-            tracing::Instrument::instrument(run, span.clone()).await
+        let run = async {
+            match profile.incoming.protocol {
+                IncomingProtocol::Imap => imap_in::run(self, mailbox, profile, lease, report).await,
+                IncomingProtocol::Pop3 => pop3_in::run(self, mailbox, profile, lease, report).await,
+            }
         };
-        report.duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
-        self.conclude(&mailbox, &profile, outcome, &mut report)
-            .await;
-        let _ = self.inner.progress.send(SyncProgress {
-            mailbox_id: mailbox.id.clone(),
-            email: mailbox.email.clone(),
-            messages_done: report.delivered + report.skipped + report.filtered + report.oversized,
-            messages_total: report.delivered + report.skipped + report.filtered + report.oversized,
-            bytes_done: report.bytes,
-            bytes_total: report.bytes,
-            finished: true,
-        });
-        Ok(report)
+        tracing::Instrument::instrument(run, span).await
     }
 
     /// Applies a cycle's outcome to the mailbox's lifecycle.
@@ -573,5 +855,35 @@ impl Engine {
             )),
             Ok(Ok(outcomes)) => Ok(outcomes),
         }
+    }
+}
+
+#[cfg(test)]
+mod options_tests {
+    use super::*;
+
+    /// Every duration of the engine, at its type's largest value, is refused
+    /// by validation (naming the field) rather than overflowing a deadline.
+    #[test]
+    fn the_largest_durations_are_refused() {
+        for field in ["postpone_secs", "sink_timeout_secs", "lease_secs"] {
+            let mut o = EngineOptions::default();
+            match field {
+                "postpone_secs" => o.postpone_secs = u32::MAX,
+                "sink_timeout_secs" => o.sink_timeout_secs = u32::MAX,
+                _ => o.lease_secs = u32::MAX,
+            }
+            let e = o.validate().unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Validation);
+            assert_eq!(e.field(), Some(field), "{e}");
+        }
+        let o = EngineOptions {
+            postpone_secs: crate::options::MAX_SECS,
+            sink_timeout_secs: crate::options::MAX_SECS,
+            lease_secs: crate::options::MAX_SECS,
+            ..EngineOptions::default()
+        };
+        o.validate().unwrap();
+        EngineOptions::default().validate().unwrap();
     }
 }

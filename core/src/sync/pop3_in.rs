@@ -35,7 +35,7 @@ pub(super) async fn run(
         mailbox.clone(),
         profile.clone(),
     ));
-    let connect = sync.connect_options(profile);
+    let connect = sync.connect_options(profile)?;
     let endpoint = &profile.incoming.endpoint;
     let mut steps = Steps::new("POP3", connect.timeout);
     let first = creds.credentials(false).await?;
@@ -51,6 +51,7 @@ pub(super) async fn run(
         Err(e) => return Err(e.error),
     };
     pop.set_max_message_size(u64::from(engine.inner.options.max_message_bytes));
+    pop.set_min_throughput(engine.inner.options.min_throughput_bytes_per_sec);
     let result = cycle(engine, mailbox, profile, &mut lease, &mut pop, report).await;
     // QUIT commits the deletions. DELE was sent only for messages the sink
     // acknowledged and the store recorded, so QUIT also after a later batch
@@ -235,7 +236,14 @@ async fn cycle(
                     outcome,
                 });
             }
-            commit(engine, &mut cursor, &mut records, lease, postpone, report).await?;
+            // Mid-cycle the mailbox stays due: should this worker die now,
+            // the next one to claim it continues at once.
+            let due_after = if blocked {
+                postpone
+            } else {
+                std::time::Duration::ZERO
+            };
+            commit(engine, &mut cursor, &mut records, lease, due_after, report).await?;
             if delete {
                 for n in acknowledged {
                     pop.dele(n).await?;
@@ -298,22 +306,27 @@ async fn passes(
                 .chain(&facts.references)
                 .cloned()
                 .collect();
-            !ids.is_empty()
-                && sink
-                    .tracked(&mailbox.id, ids)
-                    .await
-                    .map_err(failed)?
-                    .into_iter()
-                    .any(|t| t)
+            if ids.is_empty() {
+                false
+            } else {
+                let n = ids.len();
+                let answers = sink.tracked(&mailbox.id, ids).await.map_err(failed)?;
+                super::imap_in::answer_count("tracked", answers.len(), n)?;
+                answers.into_iter().any(|t| t)
+            }
         }
         IncomingFilter::FromKnownRecords => {
-            !facts.from.is_empty()
-                && sink
+            if facts.from.is_empty() {
+                false
+            } else {
+                let n = facts.from.len();
+                let answers = sink
                     .known_senders(&mailbox.id, facts.from)
                     .await
-                    .map_err(failed)?
-                    .into_iter()
-                    .any(|k| k)
+                    .map_err(failed)?;
+                super::imap_in::answer_count("known_senders", answers.len(), n)?;
+                answers.into_iter().any(|k| k)
+            }
         }
         IncomingFilter::All => true,
         IncomingFilter::None => false,

@@ -45,6 +45,12 @@ ACCOUNTS = [
     # account's index gives its Google-dialect `sub`
     (f"sync{i:02d}", f"Sync {i:02d}", False) for i in range(1, 21)
 ]
+# Password-only accounts for many-mailbox tests (workers sharing PostgreSQL): bulk001 ..
+# bulk{BULK_COUNT}, all with one password (secrets.json "bulk_password"), IMAP/POP3 by
+# PLAIN/LOGIN only (the OAuth providers do not know them). `up` adds them to a running
+# stack of an older checkout without restarting it (Dovecot re-reads its passwd-file).
+BULK_PREFIX = "bulk"
+BULK_COUNT = 320
 PORT_ENV = {
     "provider": "MAILSYNC_STACK_PROVIDER_PORT",
     "provider2": "MAILSYNC_STACK_PROVIDER2_PORT",
@@ -474,6 +480,7 @@ def ensure_secrets(p):
     sec.setdefault("introspection_client_id", "dovecot-introspection")
     sec.setdefault("introspection_client_secret", tok())
     sec.setdefault("postgres_password", tok())
+    sec.setdefault("bulk_password", tok())
     passwords = sec.setdefault("accounts", {})
     for name, _, _ in ACCOUNTS:  # accounts added by newer versions get a password too
         passwords.setdefault(name, tok())
@@ -588,6 +595,37 @@ def provider2_config(p, sec, ports, ttl=GENERIC_TTL, rotate=False):
     }
 
 
+def bulk_emails():
+    return [f"{BULK_PREFIX}{i:03d}@{DOMAIN}" for i in range(1, BULK_COUNT + 1)]
+
+
+def bulk_user_lines(sec):
+    return [f"{e}:{{PLAIN}}{sec['bulk_password']}::::::" for e in bulk_emails()]
+
+
+def bulk_description(sec):
+    return {"prefix": BULK_PREFIX, "count": BULK_COUNT, "domain": DOMAIN,
+            "password": sec["bulk_password"]}
+
+
+def ensure_bulk_accounts(p):
+    """A running stack started by a checkout without the bulk accounts (or fewer of them) gets
+    them now: the passwd-file gains their lines (Dovecot re-reads it when it changes) and
+    stack.json its "bulk" section; nothing restarts."""
+    with open(p.stack_json) as f:
+        desc = json.load(f)
+    sec = ensure_secrets(p)
+    if desc.get("bulk") == bulk_description(sec):
+        return
+    users = os.path.join(p.dovecot_dir, "users")
+    with open(users) as f:
+        lines = [l for l in f.read().splitlines() if l and not l.startswith(BULK_PREFIX)]
+    write(users, "\n".join(lines + bulk_user_lines(sec)) + "\n", 0o640, "dovecot")
+    desc["bulk"] = bulk_description(sec)
+    write(p.stack_json, json.dumps(desc, indent=2) + "\n", 0o644)
+    log(f"added {BULK_COUNT} bulk accounts to the running stack")
+
+
 def dovecot_config(p, sec, ports):
     accts = accounts(sec)
     auth_debug = "yes" if os.environ.get("MAILSYNC_STACK_AUTH_DEBUG") == "1" else "no"
@@ -595,6 +633,7 @@ def dovecot_config(p, sec, ports):
     lines = []
     for a in accts:
         lines.append(f"{a['email']}:{{PLAIN}}{a['password']}::::::")
+    lines += bulk_user_lines(sec)
     write(os.path.join(p.dovecot_dir, "users"), "\n".join(lines) + "\n", 0o640, "dovecot")
     # per-service "access disabled" lists (dave): consulted after a successful authentication
     for service in ("imap", "pop3"):
@@ -1133,6 +1172,7 @@ def stack_description(p, sec, ports, ttl, pids, rotate):
         "accounts": [
             {k: v for k, v in a.items() if k != "sub"} | {"sub": a["sub"]} for a in accounts(sec)
         ],
+        "bulk": bulk_description(sec),
         "pids": pids,
     }
 
@@ -1180,6 +1220,7 @@ def cmd_up(p, ttl, rotate):
             rc = cmd_restart_provider(p, GENERIC_TTL, False, "provider2")
             if rc != 0:
                 return rc
+        ensure_bulk_accounts(p)
         print(f"stack already running ({p.stack_json})")
         return 0
     if any(read_pid(p, n) for n in SERVICES):

@@ -172,6 +172,13 @@ def account(stack, email):
     for a in stack["accounts"]:
         if a["email"].lower() == email.lower():
             return a
+    bulk = stack.get("bulk")
+    if bulk:
+        local, _, domain = email.lower().partition("@")
+        number = local[len(bulk["prefix"]):]
+        if (local.startswith(bulk["prefix"]) and domain == bulk["domain"] and number.isdigit()
+                and 1 <= int(number) <= bulk["count"]):
+            return {"email": email.lower(), "password": bulk["password"], "name": local}
     die(f"unknown test account {email}")
 
 

@@ -53,6 +53,7 @@ val MailsyncException.info: MailsyncErrorInfo
         is MailsyncException.ProtocolException -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
         is MailsyncException.SendDeferred -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
         is MailsyncException.SendRejected -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
+        is MailsyncException.SenderNotAllowed -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
         is MailsyncException.InsecureConnection -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
         is MailsyncException.GrantMismatch -> MailsyncErrorInfo(code, detail, field, transient, nextAction)
         is MailsyncException.HostNotAllowed -> MailsyncErrorInfo(code, detail, field, transient, nextAction)

@@ -1725,6 +1725,120 @@ public object FfiConverterTypeAlert: FfiConverterRustBuffer<Alert> {
 
 
 /**
+ * The parts of a message the engine composes: headers, a text and/or
+ * HTML body, attachments.
+ */
+data class ComposedMessage (
+    /**
+     * `From`: the mailbox's own address (a display name may be given);
+     * `None`: the mailbox's address. Any other address is refused before
+     * connecting (`sender_not_allowed`).
+     */
+    var `from`: MailAddress?
+    , 
+    /**
+     * `To`.
+     */
+    var `to`: List<MailAddress>
+    , 
+    /**
+     * `Cc`.
+     */
+    var `cc`: List<MailAddress>
+    , 
+    /**
+     * Blind copies: in the envelope, never in the headers.
+     */
+    var `bcc`: List<MailAddress>
+    , 
+    /**
+     * `Subject`.
+     */
+    var `subject`: kotlin.String
+    , 
+    /**
+     * The plain-text body.
+     */
+    var `text`: kotlin.String?
+    , 
+    /**
+     * The HTML body (with `text`: `multipart/alternative`).
+     */
+    var `html`: kotlin.String?
+    , 
+    /**
+     * Attachments (`multipart/mixed`).
+     */
+    var `attachments`: List<OutgoingAttachment>
+    , 
+    /**
+     * `In-Reply-To`: the Message-ID replied to, without angle brackets.
+     */
+    var `inReplyTo`: kotlin.String?
+    , 
+    /**
+     * `References`: Message-IDs without angle brackets, oldest first.
+     */
+    var `references`: List<kotlin.String>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeComposedMessage: FfiConverterRustBuffer<ComposedMessage> {
+    override fun read(buf: ByteBuffer): ComposedMessage {
+        return ComposedMessage(
+            FfiConverterOptionalTypeMailAddress.read(buf),
+            FfiConverterSequenceTypeMailAddress.read(buf),
+            FfiConverterSequenceTypeMailAddress.read(buf),
+            FfiConverterSequenceTypeMailAddress.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterSequenceTypeOutgoingAttachment.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterSequenceString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ComposedMessage) = (
+            FfiConverterOptionalTypeMailAddress.allocationSize(value.`from`) +
+            FfiConverterSequenceTypeMailAddress.allocationSize(value.`to`) +
+            FfiConverterSequenceTypeMailAddress.allocationSize(value.`cc`) +
+            FfiConverterSequenceTypeMailAddress.allocationSize(value.`bcc`) +
+            FfiConverterString.allocationSize(value.`subject`) +
+            FfiConverterOptionalString.allocationSize(value.`text`) +
+            FfiConverterOptionalString.allocationSize(value.`html`) +
+            FfiConverterSequenceTypeOutgoingAttachment.allocationSize(value.`attachments`) +
+            FfiConverterOptionalString.allocationSize(value.`inReplyTo`) +
+            FfiConverterSequenceString.allocationSize(value.`references`)
+    )
+
+    override fun write(value: ComposedMessage, buf: ByteBuffer) {
+            FfiConverterOptionalTypeMailAddress.write(value.`from`, buf)
+            FfiConverterSequenceTypeMailAddress.write(value.`to`, buf)
+            FfiConverterSequenceTypeMailAddress.write(value.`cc`, buf)
+            FfiConverterSequenceTypeMailAddress.write(value.`bcc`, buf)
+            FfiConverterString.write(value.`subject`, buf)
+            FfiConverterOptionalString.write(value.`text`, buf)
+            FfiConverterOptionalString.write(value.`html`, buf)
+            FfiConverterSequenceTypeOutgoingAttachment.write(value.`attachments`, buf)
+            FfiConverterOptionalString.write(value.`inReplyTo`, buf)
+            FfiConverterSequenceString.write(value.`references`, buf)
+    }
+}
+
+
+
+/**
  * A consent request for the mailbox owner's browser.
  */
 data class ConsentRequest (
@@ -1913,6 +2027,37 @@ data class CycleReport (
      * The failure's message.
      */
     var `errorMessage`: kotlin.String?
+    , 
+    /**
+     * Outgoing: messages the server accepted this cycle.
+     */
+    var `sent`: kotlin.UInt
+    , 
+    /**
+     * Outgoing: messages refused for good this cycle.
+     */
+    var `sendFailed`: kotlin.UInt
+    , 
+    /**
+     * Outgoing: messages deferred this cycle (tried again later).
+     */
+    var `sendDeferred`: kotlin.UInt
+    , 
+    /**
+     * Outgoing: messages whose fate is unknown (only with
+     * [`EngineOptions::unknown_after_crash`]).
+     */
+    var `sendUnknown`: kotlin.UInt
+    , 
+    /**
+     * The outgoing cycle's failure, if it failed.
+     */
+    var `outgoingErrorCode`: ErrorCode?
+    , 
+    /**
+     * That failure's message.
+     */
+    var `outgoingErrorMessage`: kotlin.String?
     
 ){
     
@@ -1942,6 +2087,12 @@ public object FfiConverterTypeCycleReport: FfiConverterRustBuffer<CycleReport> {
             FfiConverterUInt.read(buf),
             FfiConverterOptionalTypeErrorCode.read(buf),
             FfiConverterOptionalString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterOptionalTypeErrorCode.read(buf),
+            FfiConverterOptionalString.read(buf),
         )
     }
 
@@ -1958,7 +2109,13 @@ public object FfiConverterTypeCycleReport: FfiConverterRustBuffer<CycleReport> {
             FfiConverterBoolean.allocationSize(value.`more`) +
             FfiConverterUInt.allocationSize(value.`durationMs`) +
             FfiConverterOptionalTypeErrorCode.allocationSize(value.`errorCode`) +
-            FfiConverterOptionalString.allocationSize(value.`errorMessage`)
+            FfiConverterOptionalString.allocationSize(value.`errorMessage`) +
+            FfiConverterUInt.allocationSize(value.`sent`) +
+            FfiConverterUInt.allocationSize(value.`sendFailed`) +
+            FfiConverterUInt.allocationSize(value.`sendDeferred`) +
+            FfiConverterUInt.allocationSize(value.`sendUnknown`) +
+            FfiConverterOptionalTypeErrorCode.allocationSize(value.`outgoingErrorCode`) +
+            FfiConverterOptionalString.allocationSize(value.`outgoingErrorMessage`)
     )
 
     override fun write(value: CycleReport, buf: ByteBuffer) {
@@ -1975,6 +2132,12 @@ public object FfiConverterTypeCycleReport: FfiConverterRustBuffer<CycleReport> {
             FfiConverterUInt.write(value.`durationMs`, buf)
             FfiConverterOptionalTypeErrorCode.write(value.`errorCode`, buf)
             FfiConverterOptionalString.write(value.`errorMessage`, buf)
+            FfiConverterUInt.write(value.`sent`, buf)
+            FfiConverterUInt.write(value.`sendFailed`, buf)
+            FfiConverterUInt.write(value.`sendDeferred`, buf)
+            FfiConverterUInt.write(value.`sendUnknown`, buf)
+            FfiConverterOptionalTypeErrorCode.write(value.`outgoingErrorCode`, buf)
+            FfiConverterOptionalString.write(value.`outgoingErrorMessage`, buf)
     }
 }
 
@@ -2255,8 +2418,8 @@ public object FfiConverterTypeEndpoint: FfiConverterRustBuffer<Endpoint> {
 data class EngineOptions (
     /**
      * After a cycle, the mailbox is due again this much later (default
-     * 300 s, as Dynamics postpones a mailbox 5 minutes), or after the
-     * profile's minimum polling interval if that is longer.
+     * 300 s, as Dynamics postpones a mailbox 5 minutes; at most a day), or
+     * after the profile's minimum polling interval if that is longer.
      */
     var `postponeSecs`: kotlin.UInt
     , 
@@ -2301,15 +2464,35 @@ data class EngineOptions (
     var `minThroughputBytesPerSec`: kotlin.UInt
     , 
     /**
-     * How long the sink may take for one batch (default 300 s).
+     * How long the sink may take for one batch (default 300 s, at most a day).
      */
     var `sinkTimeoutSecs`: kotlin.UInt
     , 
     /**
      * How long a mailbox's sync lease lasts; renewed before each batch
-     * (default 300 s).
+     * (default 300 s, 5 s to a day).
      */
     var `leaseSecs`: kotlin.UInt
+    , 
+    /**
+     * Most messages one outgoing cycle asks the outbox for (default 200);
+     * when it returns that many, the next cycle follows right away.
+     */
+    var `sendsPerCycle`: kotlin.UInt
+    , 
+    /**
+     * With refused recipients, send to the accepted ones and report the
+     * refusals (default false: the message fails whole and nothing is sent).
+     */
+    var `allowPartialSend`: kotlin.Boolean
+    , 
+    /**
+     * After a crash (or a lost connection) between a message's data going
+     * out and its outcome being recorded, report it `unknown` and wait for
+     * the host ([`Engine::resend`]) instead of sending it again with the
+     * same Message-ID (default false: send again).
+     */
+    var `unknownAfterCrash`: kotlin.Boolean
     
 ){
     
@@ -2336,6 +2519,9 @@ public object FfiConverterTypeEngineOptions: FfiConverterRustBuffer<EngineOption
             FfiConverterUInt.read(buf),
             FfiConverterUInt.read(buf),
             FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -2349,7 +2535,10 @@ public object FfiConverterTypeEngineOptions: FfiConverterRustBuffer<EngineOption
             FfiConverterUInt.allocationSize(value.`messagesPerCycle`) +
             FfiConverterUInt.allocationSize(value.`minThroughputBytesPerSec`) +
             FfiConverterUInt.allocationSize(value.`sinkTimeoutSecs`) +
-            FfiConverterUInt.allocationSize(value.`leaseSecs`)
+            FfiConverterUInt.allocationSize(value.`leaseSecs`) +
+            FfiConverterUInt.allocationSize(value.`sendsPerCycle`) +
+            FfiConverterBoolean.allocationSize(value.`allowPartialSend`) +
+            FfiConverterBoolean.allocationSize(value.`unknownAfterCrash`)
     )
 
     override fun write(value: EngineOptions, buf: ByteBuffer) {
@@ -2363,6 +2552,9 @@ public object FfiConverterTypeEngineOptions: FfiConverterRustBuffer<EngineOption
             FfiConverterUInt.write(value.`minThroughputBytesPerSec`, buf)
             FfiConverterUInt.write(value.`sinkTimeoutSecs`, buf)
             FfiConverterUInt.write(value.`leaseSecs`, buf)
+            FfiConverterUInt.write(value.`sendsPerCycle`, buf)
+            FfiConverterBoolean.write(value.`allowPartialSend`, buf)
+            FfiConverterBoolean.write(value.`unknownAfterCrash`, buf)
     }
 }
 
@@ -2804,6 +2996,54 @@ public object FfiConverterTypeIncomingMessage: FfiConverterRustBuffer<IncomingMe
             FfiConverterSequenceString.write(value.`flags`, buf)
             FfiConverterBoolean.write(value.`unparsed`, buf)
             FfiConverterTypeRawMessage.write(value.`raw`, buf)
+    }
+}
+
+
+
+/**
+ * What a [`Store::rotate_key`] did.
+ */
+data class KeyRotation (
+    /**
+     * Sealed values re-sealed with the new key (0 when the store already
+     * used it: a rotation that had completed, run again).
+     */
+    var `resealed`: kotlin.UInt
+    , 
+    /**
+     * Whether the store already used the new key before this call.
+     */
+    var `alreadyRotated`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeKeyRotation: FfiConverterRustBuffer<KeyRotation> {
+    override fun read(buf: ByteBuffer): KeyRotation {
+        return KeyRotation(
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: KeyRotation) = (
+            FfiConverterUInt.allocationSize(value.`resealed`) +
+            FfiConverterBoolean.allocationSize(value.`alreadyRotated`)
+    )
+
+    override fun write(value: KeyRotation, buf: ByteBuffer) {
+            FfiConverterUInt.write(value.`resealed`, buf)
+            FfiConverterBoolean.write(value.`alreadyRotated`, buf)
     }
 }
 
@@ -3728,6 +3968,327 @@ public object FfiConverterTypeOptions: FfiConverterRustBuffer<Options> {
 
 
 /**
+ * A mailbox's outgoing counters and schedule (the outgoing side's
+ * counterpart of [`super::SyncCursor`]).
+ */
+data class OutboxCursor (
+    /**
+     * The mailbox.
+     */
+    var `mailboxId`: MailboxId
+    , 
+    /**
+     * Messages sent so far.
+     */
+    var `sent`: kotlin.Long
+    , 
+    /**
+     * Messages refused for good so far.
+     */
+    var `failed`: kotlin.Long
+    , 
+    /**
+     * When the last outgoing cycle ended.
+     */
+    var `lastCycleAt`: Timestamp?
+    , 
+    /**
+     * When the next outgoing cycle is due (before backoff).
+     */
+    var `nextDue`: Timestamp?
+    , 
+    /**
+     * Write version; set by the store, only grows (0: not stored yet).
+     */
+    var `version`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeOutboxCursor: FfiConverterRustBuffer<OutboxCursor> {
+    override fun read(buf: ByteBuffer): OutboxCursor {
+        return OutboxCursor(
+            FfiConverterTypeMailboxId.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterOptionalTypeTimestamp.read(buf),
+            FfiConverterOptionalTypeTimestamp.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: OutboxCursor) = (
+            FfiConverterTypeMailboxId.allocationSize(value.`mailboxId`) +
+            FfiConverterLong.allocationSize(value.`sent`) +
+            FfiConverterLong.allocationSize(value.`failed`) +
+            FfiConverterOptionalTypeTimestamp.allocationSize(value.`lastCycleAt`) +
+            FfiConverterOptionalTypeTimestamp.allocationSize(value.`nextDue`) +
+            FfiConverterLong.allocationSize(value.`version`)
+    )
+
+    override fun write(value: OutboxCursor, buf: ByteBuffer) {
+            FfiConverterTypeMailboxId.write(value.`mailboxId`, buf)
+            FfiConverterLong.write(value.`sent`, buf)
+            FfiConverterLong.write(value.`failed`, buf)
+            FfiConverterOptionalTypeTimestamp.write(value.`lastCycleAt`, buf)
+            FfiConverterOptionalTypeTimestamp.write(value.`nextDue`, buf)
+            FfiConverterLong.write(value.`version`, buf)
+    }
+}
+
+
+
+/**
+ * A file attached to a [`ComposedMessage`].
+ */
+data class OutgoingAttachment (
+    /**
+     * The file name.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Its MIME type, e.g. `application/pdf`.
+     */
+    var `contentType`: kotlin.String
+    , 
+    /**
+     * Its bytes (they cross the bindings as bytes, like a [`RawMessage`]).
+     */
+    var `content`: RawMessage
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeOutgoingAttachment: FfiConverterRustBuffer<OutgoingAttachment> {
+    override fun read(buf: ByteBuffer): OutgoingAttachment {
+        return OutgoingAttachment(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTypeRawMessage.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: OutgoingAttachment) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterString.allocationSize(value.`contentType`) +
+            FfiConverterTypeRawMessage.allocationSize(value.`content`)
+    )
+
+    override fun write(value: OutgoingAttachment, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterString.write(value.`contentType`, buf)
+            FfiConverterTypeRawMessage.write(value.`content`, buf)
+    }
+}
+
+
+
+/**
+ * One message the host wants sent from a mailbox.
+ */
+data class OutgoingMessage (
+    /**
+     * The host's stable id of the message (e.g. the CRM's email activity
+     * id). The engine keys its record by the mailbox and this id: hand the
+     * same message over with the same id every time.
+     */
+    var `id`: kotlin.String
+    , 
+    /**
+     * What to send.
+     */
+    var `content`: OutgoingContent
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeOutgoingMessage: FfiConverterRustBuffer<OutgoingMessage> {
+    override fun read(buf: ByteBuffer): OutgoingMessage {
+        return OutgoingMessage(
+            FfiConverterString.read(buf),
+            FfiConverterTypeOutgoingContent.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: OutgoingMessage) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterTypeOutgoingContent.allocationSize(value.`content`)
+    )
+
+    override fun write(value: OutgoingMessage, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterTypeOutgoingContent.write(value.`content`, buf)
+    }
+}
+
+
+
+/**
+ * The engine's record of one outgoing message, kept in the store
+ * ([`crate::store::OutboxStore`]) and written under the mailbox's send
+ * lease, compare-and-swap on its version.
+ */
+data class OutgoingRecord (
+    /**
+     * The mailbox.
+     */
+    var `mailboxId`: MailboxId
+    , 
+    /**
+     * The host's id.
+     */
+    var `id`: kotlin.String
+    , 
+    /**
+     * The Message-ID, without angle brackets (kept for every attempt).
+     */
+    var `messageId`: kotlin.String
+    , 
+    /**
+     * Where it stands.
+     */
+    var `state`: OutgoingState
+    , 
+    /**
+     * Attempts so far.
+     */
+    var `attempts`: kotlin.UInt
+    , 
+    /**
+     * For `deferred`: when it is tried again.
+     */
+    var `nextAttempt`: Timestamp?
+    , 
+    /**
+     * The last failure's code (`failed`, `deferred`).
+     */
+    var `code`: ErrorCode?
+    , 
+    /**
+     * The server's last reply code, if any.
+     */
+    var `smtpCode`: kotlin.UShort?
+    , 
+    /**
+     * The server's last reply (`sent`: its `250`), or what failed.
+     */
+    var `reply`: kotlin.String?
+    , 
+    /**
+     * Recipients the server refused.
+     */
+    var `refused`: List<RecipientRefusal>
+    , 
+    /**
+     * When the engine first saw it.
+     */
+    var `createdAt`: Timestamp
+    , 
+    /**
+     * When it last changed.
+     */
+    var `updatedAt`: Timestamp
+    , 
+    /**
+     * Write version; set by the store, only grows (0: not stored yet).
+     */
+    var `version`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeOutgoingRecord: FfiConverterRustBuffer<OutgoingRecord> {
+    override fun read(buf: ByteBuffer): OutgoingRecord {
+        return OutgoingRecord(
+            FfiConverterTypeMailboxId.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTypeOutgoingState.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterOptionalTypeTimestamp.read(buf),
+            FfiConverterOptionalTypeErrorCode.read(buf),
+            FfiConverterOptionalUShort.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterSequenceTypeRecipientRefusal.read(buf),
+            FfiConverterTypeTimestamp.read(buf),
+            FfiConverterTypeTimestamp.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: OutgoingRecord) = (
+            FfiConverterTypeMailboxId.allocationSize(value.`mailboxId`) +
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`messageId`) +
+            FfiConverterTypeOutgoingState.allocationSize(value.`state`) +
+            FfiConverterUInt.allocationSize(value.`attempts`) +
+            FfiConverterOptionalTypeTimestamp.allocationSize(value.`nextAttempt`) +
+            FfiConverterOptionalTypeErrorCode.allocationSize(value.`code`) +
+            FfiConverterOptionalUShort.allocationSize(value.`smtpCode`) +
+            FfiConverterOptionalString.allocationSize(value.`reply`) +
+            FfiConverterSequenceTypeRecipientRefusal.allocationSize(value.`refused`) +
+            FfiConverterTypeTimestamp.allocationSize(value.`createdAt`) +
+            FfiConverterTypeTimestamp.allocationSize(value.`updatedAt`) +
+            FfiConverterLong.allocationSize(value.`version`)
+    )
+
+    override fun write(value: OutgoingRecord, buf: ByteBuffer) {
+            FfiConverterTypeMailboxId.write(value.`mailboxId`, buf)
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterString.write(value.`messageId`, buf)
+            FfiConverterTypeOutgoingState.write(value.`state`, buf)
+            FfiConverterUInt.write(value.`attempts`, buf)
+            FfiConverterOptionalTypeTimestamp.write(value.`nextAttempt`, buf)
+            FfiConverterOptionalTypeErrorCode.write(value.`code`, buf)
+            FfiConverterOptionalUShort.write(value.`smtpCode`, buf)
+            FfiConverterOptionalString.write(value.`reply`, buf)
+            FfiConverterSequenceTypeRecipientRefusal.write(value.`refused`, buf)
+            FfiConverterTypeTimestamp.write(value.`createdAt`, buf)
+            FfiConverterTypeTimestamp.write(value.`updatedAt`, buf)
+            FfiConverterLong.write(value.`version`, buf)
+    }
+}
+
+
+
+/**
  * A consent URL waiting for its redirect.
  */
 data class PendingConsent (
@@ -3854,6 +4415,61 @@ public object FfiConverterTypeProcessingOptions: FfiConverterRustBuffer<Processi
 
 
 /**
+ * A recipient the server refused (its reply to `RCPT TO`).
+ */
+data class RecipientRefusal (
+    /**
+     * The address.
+     */
+    var `address`: kotlin.String
+    , 
+    /**
+     * The SMTP reply code (4xx: for now, 5xx: for good).
+     */
+    var `smtpCode`: kotlin.UShort
+    , 
+    /**
+     * The server's reply, e.g. `554 5.7.1 <x@example.org>: Relay access denied`.
+     */
+    var `reply`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRecipientRefusal: FfiConverterRustBuffer<RecipientRefusal> {
+    override fun read(buf: ByteBuffer): RecipientRefusal {
+        return RecipientRefusal(
+            FfiConverterString.read(buf),
+            FfiConverterUShort.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RecipientRefusal) = (
+            FfiConverterString.allocationSize(value.`address`) +
+            FfiConverterUShort.allocationSize(value.`smtpCode`) +
+            FfiConverterString.allocationSize(value.`reply`)
+    )
+
+    override fun write(value: RecipientRefusal, buf: ByteBuffer) {
+            FfiConverterString.write(value.`address`, buf)
+            FfiConverterUShort.write(value.`smtpCode`, buf)
+            FfiConverterString.write(value.`reply`, buf)
+    }
+}
+
+
+
+/**
  * Bounded retries with exponential backoff for a token refresh that failed
  * transiently (5xx, network), and for provider discovery.
  */
@@ -3905,6 +4521,79 @@ public object FfiConverterTypeRetryPolicy: FfiConverterRustBuffer<RetryPolicy> {
             FfiConverterUInt.write(value.`attempts`, buf)
             FfiConverterUInt.write(value.`initialBackoffMs`, buf)
             FfiConverterUInt.write(value.`maxBackoffMs`, buf)
+    }
+}
+
+
+
+/**
+ * One message's outcome, for [`Outbox::report`].
+ */
+data class SendReport (
+    /**
+     * The mailbox it was sent from.
+     */
+    var `mailboxId`: MailboxId
+    , 
+    /**
+     * The host's id ([`OutgoingMessage::id`]).
+     */
+    var `id`: kotlin.String
+    , 
+    /**
+     * Its Message-ID, without angle brackets: assigned before the first
+     * attempt and the same in every attempt.
+     */
+    var `messageId`: kotlin.String
+    , 
+    /**
+     * Attempts so far (attempts that reached the server or failed on
+     * the way; refusals before connecting count none).
+     */
+    var `attempts`: kotlin.UInt
+    , 
+    /**
+     * What became of it.
+     */
+    var `outcome`: SendOutcome
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSendReport: FfiConverterRustBuffer<SendReport> {
+    override fun read(buf: ByteBuffer): SendReport {
+        return SendReport(
+            FfiConverterTypeMailboxId.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterTypeSendOutcome.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: SendReport) = (
+            FfiConverterTypeMailboxId.allocationSize(value.`mailboxId`) +
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`messageId`) +
+            FfiConverterUInt.allocationSize(value.`attempts`) +
+            FfiConverterTypeSendOutcome.allocationSize(value.`outcome`)
+    )
+
+    override fun write(value: SendReport, buf: ByteBuffer) {
+            FfiConverterTypeMailboxId.write(value.`mailboxId`, buf)
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterString.write(value.`messageId`, buf)
+            FfiConverterUInt.write(value.`attempts`, buf)
+            FfiConverterTypeSendOutcome.write(value.`outcome`, buf)
     }
 }
 
@@ -4328,6 +5017,22 @@ data class SyncStatus (
      * When it is due next (none: not scheduled, e.g. disabled or not connected).
      */
     var `nextDue`: Timestamp?
+    , 
+    /**
+     * The outgoing direction's status.
+     */
+    var `outgoing`: DirectionStatus
+    , 
+    /**
+     * Outgoing counters and schedule (none before the first outgoing cycle).
+     */
+    var `outbox`: OutboxCursor?
+    , 
+    /**
+     * When outgoing mail is due next (none: not scheduled, or the engine
+     * has no outbox).
+     */
+    var `nextSendDue`: Timestamp?
     
 ){
     
@@ -4349,6 +5054,9 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterTypeDirectionStatus.read(buf),
             FfiConverterOptionalTypeSyncCursor.read(buf),
             FfiConverterOptionalTypeTimestamp.read(buf),
+            FfiConverterTypeDirectionStatus.read(buf),
+            FfiConverterOptionalTypeOutboxCursor.read(buf),
+            FfiConverterOptionalTypeTimestamp.read(buf),
         )
     }
 
@@ -4357,7 +5065,10 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterString.allocationSize(value.`email`) +
             FfiConverterTypeDirectionStatus.allocationSize(value.`incoming`) +
             FfiConverterOptionalTypeSyncCursor.allocationSize(value.`cursor`) +
-            FfiConverterOptionalTypeTimestamp.allocationSize(value.`nextDue`)
+            FfiConverterOptionalTypeTimestamp.allocationSize(value.`nextDue`) +
+            FfiConverterTypeDirectionStatus.allocationSize(value.`outgoing`) +
+            FfiConverterOptionalTypeOutboxCursor.allocationSize(value.`outbox`) +
+            FfiConverterOptionalTypeTimestamp.allocationSize(value.`nextSendDue`)
     )
 
     override fun write(value: SyncStatus, buf: ByteBuffer) {
@@ -4366,6 +5077,9 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterTypeDirectionStatus.write(value.`incoming`, buf)
             FfiConverterOptionalTypeSyncCursor.write(value.`cursor`, buf)
             FfiConverterOptionalTypeTimestamp.write(value.`nextDue`, buf)
+            FfiConverterTypeDirectionStatus.write(value.`outgoing`, buf)
+            FfiConverterOptionalTypeOutboxCursor.write(value.`outbox`, buf)
+            FfiConverterOptionalTypeTimestamp.write(value.`nextSendDue`, buf)
     }
 }
 
@@ -5296,6 +6010,10 @@ enum class ErrorCode {
      * The SMTP server refused the message (5xx).
      */
     SEND_REJECTED,
+    /**
+     * An outgoing message's sender (`From`) is not the mailbox's own address; it was refused before connecting.
+     */
+    SENDER_NOT_ALLOWED,
     /**
      * Plain-text authentication over an unencrypted connection was refused.
      */
@@ -6778,6 +7496,40 @@ sealed class MailsyncException: kotlin.Exception() {
     }
     
     /**
+     * An outgoing message's sender (`From`) is not the mailbox's own address; it was refused before connecting.
+     */
+    class SenderNotAllowed(
+        
+        /**
+         * The stable code.
+         */
+        val `code`: kotlin.String, 
+        
+        /**
+         * The message, for people.
+         */
+        val `detail`: kotlin.String, 
+        
+        /**
+         * The field at fault, for validation errors.
+         */
+        val `field`: kotlin.String?, 
+        
+        /**
+         * Whether retrying later, unchanged, may succeed.
+         */
+        val `transient`: kotlin.Boolean, 
+        
+        /**
+         * What to do next, in one sentence.
+         */
+        val `nextAction`: kotlin.String
+        ) : MailsyncException() {
+        override val message
+            get() = "code=${ `code` }, detail=${ `detail` }, field=${ `field` }, transient=${ `transient` }, nextAction=${ `nextAction` }"
+    }
+    
+    /**
      * Plain-text authentication over an unencrypted connection was refused.
      */
     class InsecureConnection(
@@ -7285,56 +8037,63 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
                 FfiConverterBoolean.read(buf),
                 FfiConverterString.read(buf),
                 )
-            32 -> MailsyncException.InsecureConnection(
+            32 -> MailsyncException.SenderNotAllowed(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterOptionalString.read(buf),
                 FfiConverterBoolean.read(buf),
                 FfiConverterString.read(buf),
                 )
-            33 -> MailsyncException.GrantMismatch(
+            33 -> MailsyncException.InsecureConnection(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterOptionalString.read(buf),
                 FfiConverterBoolean.read(buf),
                 FfiConverterString.read(buf),
                 )
-            34 -> MailsyncException.HostNotAllowed(
+            34 -> MailsyncException.GrantMismatch(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterOptionalString.read(buf),
                 FfiConverterBoolean.read(buf),
                 FfiConverterString.read(buf),
                 )
-            35 -> MailsyncException.Conflict(
+            35 -> MailsyncException.HostNotAllowed(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterOptionalString.read(buf),
                 FfiConverterBoolean.read(buf),
                 FfiConverterString.read(buf),
                 )
-            36 -> MailsyncException.SinkFailed(
+            36 -> MailsyncException.Conflict(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterOptionalString.read(buf),
                 FfiConverterBoolean.read(buf),
                 FfiConverterString.read(buf),
                 )
-            37 -> MailsyncException.NotEnabled(
+            37 -> MailsyncException.SinkFailed(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterOptionalString.read(buf),
                 FfiConverterBoolean.read(buf),
                 FfiConverterString.read(buf),
                 )
-            38 -> MailsyncException.MessageTooLarge(
+            38 -> MailsyncException.NotEnabled(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterOptionalString.read(buf),
                 FfiConverterBoolean.read(buf),
                 FfiConverterString.read(buf),
                 )
-            39 -> MailsyncException.Internal(
+            39 -> MailsyncException.MessageTooLarge(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterOptionalString.read(buf),
+                FfiConverterBoolean.read(buf),
+                FfiConverterString.read(buf),
+                )
+            40 -> MailsyncException.Internal(
                 FfiConverterString.read(buf),
                 FfiConverterString.read(buf),
                 FfiConverterOptionalString.read(buf),
@@ -7618,6 +8377,15 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
                 + FfiConverterString.allocationSize(value.`nextAction`)
             )
             is MailsyncException.SendRejected -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`code`)
+                + FfiConverterString.allocationSize(value.`detail`)
+                + FfiConverterOptionalString.allocationSize(value.`field`)
+                + FfiConverterBoolean.allocationSize(value.`transient`)
+                + FfiConverterString.allocationSize(value.`nextAction`)
+            )
+            is MailsyncException.SenderNotAllowed -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
                 + FfiConverterString.allocationSize(value.`code`)
@@ -7982,7 +8750,7 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
                 FfiConverterString.write(value.`nextAction`, buf)
                 Unit
             }
-            is MailsyncException.InsecureConnection -> {
+            is MailsyncException.SenderNotAllowed -> {
                 buf.putInt(32)
                 FfiConverterString.write(value.`code`, buf)
                 FfiConverterString.write(value.`detail`, buf)
@@ -7991,7 +8759,7 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
                 FfiConverterString.write(value.`nextAction`, buf)
                 Unit
             }
-            is MailsyncException.GrantMismatch -> {
+            is MailsyncException.InsecureConnection -> {
                 buf.putInt(33)
                 FfiConverterString.write(value.`code`, buf)
                 FfiConverterString.write(value.`detail`, buf)
@@ -8000,7 +8768,7 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
                 FfiConverterString.write(value.`nextAction`, buf)
                 Unit
             }
-            is MailsyncException.HostNotAllowed -> {
+            is MailsyncException.GrantMismatch -> {
                 buf.putInt(34)
                 FfiConverterString.write(value.`code`, buf)
                 FfiConverterString.write(value.`detail`, buf)
@@ -8009,7 +8777,7 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
                 FfiConverterString.write(value.`nextAction`, buf)
                 Unit
             }
-            is MailsyncException.Conflict -> {
+            is MailsyncException.HostNotAllowed -> {
                 buf.putInt(35)
                 FfiConverterString.write(value.`code`, buf)
                 FfiConverterString.write(value.`detail`, buf)
@@ -8018,7 +8786,7 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
                 FfiConverterString.write(value.`nextAction`, buf)
                 Unit
             }
-            is MailsyncException.SinkFailed -> {
+            is MailsyncException.Conflict -> {
                 buf.putInt(36)
                 FfiConverterString.write(value.`code`, buf)
                 FfiConverterString.write(value.`detail`, buf)
@@ -8027,7 +8795,7 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
                 FfiConverterString.write(value.`nextAction`, buf)
                 Unit
             }
-            is MailsyncException.NotEnabled -> {
+            is MailsyncException.SinkFailed -> {
                 buf.putInt(37)
                 FfiConverterString.write(value.`code`, buf)
                 FfiConverterString.write(value.`detail`, buf)
@@ -8036,7 +8804,7 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
                 FfiConverterString.write(value.`nextAction`, buf)
                 Unit
             }
-            is MailsyncException.MessageTooLarge -> {
+            is MailsyncException.NotEnabled -> {
                 buf.putInt(38)
                 FfiConverterString.write(value.`code`, buf)
                 FfiConverterString.write(value.`detail`, buf)
@@ -8045,8 +8813,17 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
                 FfiConverterString.write(value.`nextAction`, buf)
                 Unit
             }
-            is MailsyncException.Internal -> {
+            is MailsyncException.MessageTooLarge -> {
                 buf.putInt(39)
+                FfiConverterString.write(value.`code`, buf)
+                FfiConverterString.write(value.`detail`, buf)
+                FfiConverterOptionalString.write(value.`field`, buf)
+                FfiConverterBoolean.write(value.`transient`, buf)
+                FfiConverterString.write(value.`nextAction`, buf)
+                Unit
+            }
+            is MailsyncException.Internal -> {
+                buf.putInt(40)
                 FfiConverterString.write(value.`code`, buf)
                 FfiConverterString.write(value.`detail`, buf)
                 FfiConverterOptionalString.write(value.`field`, buf)
@@ -8058,6 +8835,115 @@ public object FfiConverterTypeMailsyncError : FfiConverterRustBuffer<MailsyncExc
     }
 
 }
+
+
+
+/**
+ * A message's content: RFC 5322 bytes as they are, or the parts of a
+ * message the engine composes (with lettre's builder).
+ */
+sealed class OutgoingContent {
+    
+    /**
+     * A complete message. Bare CR and bare LF are sent as CRLF; a line
+     * longer than 998 octets is refused (`validation`); its `Message-ID`
+     * is kept, or one is added; a `Bcc` header is not sent.
+     */
+    data class Raw(
+        /**
+         * The message.
+         */
+        val `raw`: com.mailsync.RawMessage, 
+        /**
+         * The envelope recipients; empty: the addresses of its `To`,
+         * `Cc` and `Bcc` headers.
+         */
+        val `recipients`: List<kotlin.String>) : OutgoingContent()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A message to compose.
+     */
+    data class Composed(
+        /**
+         * Its parts.
+         */
+        val `message`: com.mailsync.ComposedMessage) : OutgoingContent()
+        
+    {
+        
+
+        companion object
+    }
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeOutgoingContent : FfiConverterRustBuffer<OutgoingContent>{
+    override fun read(buf: ByteBuffer): OutgoingContent {
+        return when(buf.getInt()) {
+            1 -> OutgoingContent.Raw(
+                FfiConverterTypeRawMessage.read(buf),
+                FfiConverterSequenceString.read(buf),
+                )
+            2 -> OutgoingContent.Composed(
+                FfiConverterTypeComposedMessage.read(buf),
+                )
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: OutgoingContent): ULong = when(value) {
+        is OutgoingContent.Raw -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeRawMessage.allocationSize(value.`raw`)
+                + FfiConverterSequenceString.allocationSize(value.`recipients`)
+            )
+        }
+        is OutgoingContent.Composed -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeComposedMessage.allocationSize(value.`message`)
+            )
+        }
+    }
+
+    override fun write(value: OutgoingContent, buf: ByteBuffer) {
+        when(value) {
+            is OutgoingContent.Raw -> {
+                buf.putInt(1)
+                FfiConverterTypeRawMessage.write(value.`raw`, buf)
+                FfiConverterSequenceString.write(value.`recipients`, buf)
+                Unit
+            }
+            is OutgoingContent.Composed -> {
+                buf.putInt(2)
+                FfiConverterTypeComposedMessage.write(value.`message`, buf)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
 
 
 
@@ -8100,6 +8986,65 @@ public object FfiConverterTypeOutgoingDelivery: FfiConverterRustBuffer<OutgoingD
     override fun allocationSize(value: OutgoingDelivery) = 4UL
 
     override fun write(value: OutgoingDelivery, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * Where a message stands in the engine's record.
+ */
+
+enum class OutgoingState {
+    
+    /**
+     * Known, not attempted yet.
+     */
+    PENDING,
+    /**
+     * On the wire (or the process died while it was).
+     */
+    SENDING,
+    /**
+     * Accepted by the server.
+     */
+    SENT,
+    /**
+     * Refused for good.
+     */
+    FAILED,
+    /**
+     * To be tried again at `next_attempt`.
+     */
+    DEFERRED,
+    /**
+     * Its fate is unknown; waiting for the host ([`super::Engine::resend`]).
+     */
+    UNKNOWN;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeOutgoingState: FfiConverterRustBuffer<OutgoingState> {
+    override fun read(buf: ByteBuffer) = try {
+        OutgoingState.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: OutgoingState) = 4UL
+
+    override fun write(value: OutgoingState, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
     }
 }
@@ -8346,6 +9291,224 @@ public object FfiConverterTypeSecurity: FfiConverterRustBuffer<Security> {
 
     override fun write(value: Security, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * What became of one message.
+ */
+sealed class SendOutcome {
+    
+    /**
+     * The server accepted it (its `250` to the end of the data). Never
+     * sent again.
+     */
+    data class Sent(
+        /**
+         * The server's reply, e.g. `250 2.0.0 Ok: queued as 4Xc1`.
+         */
+        val `reply`: kotlin.String, 
+        /**
+         * Recipients refused while the others got it (only when the
+         * engine allows partial sends).
+         */
+        val `refused`: List<com.mailsync.RecipientRefusal>) : SendOutcome()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * Refused for good: not sent, not tried again.
+     */
+    data class Failed(
+        /**
+         * Why: `send_rejected` (the server's 5xx), `sender_not_allowed`,
+         * `validation` (e.g. a line over 998 octets, no recipient),
+         * `message_too_large`.
+         */
+        val `code`: com.mailsync.ErrorCode, 
+        /**
+         * The server's reply code, if the server refused it.
+         */
+        val `smtpCode`: kotlin.UShort?, 
+        /**
+         * The server's reply, or why the engine refused it.
+         */
+        val `reply`: kotlin.String, 
+        /**
+         * The refused recipients, one by one.
+         */
+        val `refused`: List<com.mailsync.RecipientRefusal>) : SendOutcome()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * Not sent now (the server's 4xx, the network, a timeout); tried
+     * again from `next_attempt` on, with the same Message-ID.
+     */
+    data class Deferred(
+        /**
+         * `send_deferred`, `network`, `timeout`, `server_unavailable`, …
+         */
+        val `code`: com.mailsync.ErrorCode, 
+        /**
+         * The server's reply code, if it answered.
+         */
+        val `smtpCode`: kotlin.UShort?, 
+        /**
+         * The server's reply, or what failed.
+         */
+        val `reply`: kotlin.String, 
+        /**
+         * When it is tried again.
+         */
+        val `nextAttempt`: com.mailsync.Timestamp) : SendOutcome()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * The engine cannot know whether the server accepted it: a crash (or
+     * a lost connection) after the data went out and before the server's
+     * answer was recorded. Reported only when
+     * [`EngineOptions::unknown_after_crash`](super::EngineOptions::unknown_after_crash)
+     * is set (otherwise the message is sent again with the same
+     * Message-ID). Not sent again until the host calls
+     * [`Engine::resend`](super::Engine::resend).
+     */
+    data class Unknown(
+        /**
+         * What happened.
+         */
+        val `reason`: kotlin.String) : SendOutcome()
+        
+    {
+        
+
+        companion object
+    }
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSendOutcome : FfiConverterRustBuffer<SendOutcome>{
+    override fun read(buf: ByteBuffer): SendOutcome {
+        return when(buf.getInt()) {
+            1 -> SendOutcome.Sent(
+                FfiConverterString.read(buf),
+                FfiConverterSequenceTypeRecipientRefusal.read(buf),
+                )
+            2 -> SendOutcome.Failed(
+                FfiConverterTypeErrorCode.read(buf),
+                FfiConverterOptionalUShort.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterSequenceTypeRecipientRefusal.read(buf),
+                )
+            3 -> SendOutcome.Deferred(
+                FfiConverterTypeErrorCode.read(buf),
+                FfiConverterOptionalUShort.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterTypeTimestamp.read(buf),
+                )
+            4 -> SendOutcome.Unknown(
+                FfiConverterString.read(buf),
+                )
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: SendOutcome): ULong = when(value) {
+        is SendOutcome.Sent -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`reply`)
+                + FfiConverterSequenceTypeRecipientRefusal.allocationSize(value.`refused`)
+            )
+        }
+        is SendOutcome.Failed -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeErrorCode.allocationSize(value.`code`)
+                + FfiConverterOptionalUShort.allocationSize(value.`smtpCode`)
+                + FfiConverterString.allocationSize(value.`reply`)
+                + FfiConverterSequenceTypeRecipientRefusal.allocationSize(value.`refused`)
+            )
+        }
+        is SendOutcome.Deferred -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterTypeErrorCode.allocationSize(value.`code`)
+                + FfiConverterOptionalUShort.allocationSize(value.`smtpCode`)
+                + FfiConverterString.allocationSize(value.`reply`)
+                + FfiConverterTypeTimestamp.allocationSize(value.`nextAttempt`)
+            )
+        }
+        is SendOutcome.Unknown -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+        }
+    }
+
+    override fun write(value: SendOutcome, buf: ByteBuffer) {
+        when(value) {
+            is SendOutcome.Sent -> {
+                buf.putInt(1)
+                FfiConverterString.write(value.`reply`, buf)
+                FfiConverterSequenceTypeRecipientRefusal.write(value.`refused`, buf)
+                Unit
+            }
+            is SendOutcome.Failed -> {
+                buf.putInt(2)
+                FfiConverterTypeErrorCode.write(value.`code`, buf)
+                FfiConverterOptionalUShort.write(value.`smtpCode`, buf)
+                FfiConverterString.write(value.`reply`, buf)
+                FfiConverterSequenceTypeRecipientRefusal.write(value.`refused`, buf)
+                Unit
+            }
+            is SendOutcome.Deferred -> {
+                buf.putInt(3)
+                FfiConverterTypeErrorCode.write(value.`code`, buf)
+                FfiConverterOptionalUShort.write(value.`smtpCode`, buf)
+                FfiConverterString.write(value.`reply`, buf)
+                FfiConverterTypeTimestamp.write(value.`nextAttempt`, buf)
+                Unit
+            }
+            is SendOutcome.Unknown -> {
+                buf.putInt(4)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
     }
 }
 
@@ -8623,6 +9786,38 @@ public object FfiConverterTypeUserType: FfiConverterRustBuffer<UserType> {
 /**
  * @suppress
  */
+public object FfiConverterOptionalUShort: FfiConverterRustBuffer<kotlin.UShort?> {
+    override fun read(buf: ByteBuffer): kotlin.UShort? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterUShort.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.UShort?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterUShort.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.UShort?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterUShort.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalUInt: FfiConverterRustBuffer<kotlin.UInt?> {
     override fun read(buf: ByteBuffer): kotlin.UInt? {
         if (buf.get().toInt() == 0) {
@@ -8815,6 +10010,38 @@ public object FfiConverterOptionalTypeImapCursor: FfiConverterRustBuffer<ImapCur
 /**
  * @suppress
  */
+public object FfiConverterOptionalTypeMailAddress: FfiConverterRustBuffer<MailAddress?> {
+    override fun read(buf: ByteBuffer): MailAddress? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeMailAddress.read(buf)
+    }
+
+    override fun allocationSize(value: MailAddress?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeMailAddress.allocationSize(value)
+        }
+    }
+
+    override fun write(value: MailAddress?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeMailAddress.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalTypeMailboxCredentials: FfiConverterRustBuffer<MailboxCredentials?> {
     override fun read(buf: ByteBuffer): MailboxCredentials? {
         if (buf.get().toInt() == 0) {
@@ -8837,6 +10064,38 @@ public object FfiConverterOptionalTypeMailboxCredentials: FfiConverterRustBuffer
         } else {
             buf.put(1)
             FfiConverterTypeMailboxCredentials.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeOutboxCursor: FfiConverterRustBuffer<OutboxCursor?> {
+    override fun read(buf: ByteBuffer): OutboxCursor? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeOutboxCursor.read(buf)
+    }
+
+    override fun allocationSize(value: OutboxCursor?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeOutboxCursor.allocationSize(value)
+        }
+    }
+
+    override fun write(value: OutboxCursor?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeOutboxCursor.write(value, buf)
         }
     }
 }
@@ -9177,6 +10436,62 @@ public object FfiConverterSequenceTypeMailAddress: FfiConverterRustBuffer<List<M
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeMailAddress.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeOutgoingAttachment: FfiConverterRustBuffer<List<OutgoingAttachment>> {
+    override fun read(buf: ByteBuffer): List<OutgoingAttachment> {
+        val len = buf.getInt()
+        return List<OutgoingAttachment>(len) {
+            FfiConverterTypeOutgoingAttachment.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<OutgoingAttachment>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeOutgoingAttachment.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<OutgoingAttachment>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeOutgoingAttachment.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeRecipientRefusal: FfiConverterRustBuffer<List<RecipientRefusal>> {
+    override fun read(buf: ByteBuffer): List<RecipientRefusal> {
+        val len = buf.getInt()
+        return List<RecipientRefusal>(len) {
+            FfiConverterTypeRecipientRefusal.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<RecipientRefusal>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeRecipientRefusal.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<RecipientRefusal>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeRecipientRefusal.write(it, buf)
         }
     }
 }

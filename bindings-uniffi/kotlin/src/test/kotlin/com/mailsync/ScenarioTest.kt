@@ -150,6 +150,33 @@ class ScenarioTest {
         assertEquals("seal_key_mismatch", wrong.code)
     }
 
+    /** SealKey.loadOrCreate: a 0600 key file made once (no temporary left), then read, as fromFile reads it. */
+    @Test
+    fun sealKeyLoadOrCreateMakesTheKeyFileOnceThenReadsIt(@TempDir dir: Path): Unit = runBlocking {
+        val keyFile = dir.resolve("made.key")
+        val created = SealKey.loadOrCreate(keyFile.toString())
+        val bytes = Files.readAllBytes(keyFile)
+        assertEquals(32, bytes.size)
+        assertEquals(setOf(PosixFilePermission.OWNER_READ, PosixFilePermission.OWNER_WRITE), Files.getPosixFilePermissions(keyFile))
+        assertFalse(created.toString().contains(bytes.joinToString(", ")))
+        val db = dir.resolve("keyed.db")
+        MailSync.open(sqlite(db, created), defaultOptions()).use { it.directory().createProfile(gmail("From key file")) }
+        for (key in listOf(SealKey.loadOrCreate(keyFile.toString()), SealKey.fromFile(keyFile.toString()))) {
+            MailSync.open(sqlite(db, key), defaultOptions()).use { sync ->
+                assertEquals(SecretValue(SECRET), sync.directory().findProfile("From key file").app().clientSecret)
+            }
+        }
+        assertTrue(bytes.contentEquals(Files.readAllBytes(keyFile)), "loadOrCreate rewrote an existing key file")
+        assertFalse(Files.exists(dir.resolve("keyed.db.key")), "a host key writes no key file")
+        Files.list(dir).use { files -> assertEquals(setOf("made.key", "made.key.lock"), files.toList().map { it.fileName.toString() }.filter { it.startsWith("made") }.toSet()) }
+        // Not a key: refused, and left alone.
+        val bad = dir.resolve("bad.key")
+        Files.write(bad, ByteArray(5))
+        fails<MailsyncException> { SealKey.loadOrCreate(bad.toString()) }
+        assertEquals(5, Files.size(bad))
+        fails<MailsyncException.Store> { SealKey.fromFile(dir.resolve("missing.key").toString()) }
+    }
+
     @Test
     fun updatesAndDirectoryRules(): Unit = runBlocking {
         memory().use { sync ->

@@ -1,11 +1,6 @@
 package com.mailsync
 
 import com.mailsync.api.EventListener
-import com.mailsync.api.MailSync
-import com.mailsync.api.StoreLocation
-import com.mailsync.api.gmailProfile
-import com.mailsync.api.profileUsePop3
-import com.mailsync.api.userMailbox
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertFalse
@@ -27,52 +22,11 @@ import java.util.concurrent.atomic.AtomicReference
  * stack (tests/stack: oidc-provider, Dovecot, Postfix on 127.0.0.1). Every
  * test opens its own SQLite store, with an IMAP profile (default) and a
  * POP3 profile, and records every event. The consent pages are walked by
- * tests/stack/bin/consent. The provider, like Google, revokes every grant
+ * tests/stack/bin/consent ([StackEnv]). The provider, like Google, revokes every grant
  * of an account on the client at once (a disconnect, a revocation, a
  * refused grant): JUnit runs these tests one at a time.
  */
 class StackTest {
-    private class Env(dir: Path) : AutoCloseable {
-        val events = Recorder()
-        val sync: MailSync = runBlocking { MailSync.open(StoreLocation.Sqlite(dir.resolve("mailsync.db").toString(), null), Stack.options()) }
-        val d = sync.directory()
-        val c = sync.connections()
-        val checks = sync.checks()
-        private val subscription = runBlocking { sync.subscribe(null, events) }
-        val imap: ServerProfile = runBlocking {
-            d.createProfile(gmailProfile("Stack IMAP", Stack.app()).apply {
-                defaultForNewMailboxes = true
-                incoming = IncomingEndpoint(IncomingProtocol.IMAP, Endpoint("127.0.0.1", Stack.port("imap", "tls_port").toUShort(), Security.TLS))
-                outgoing = Endpoint("127.0.0.1", Stack.port("smtp", "starttls_port").toUShort(), Security.START_TLS)
-            })
-        }
-        val pop3: ServerProfile = runBlocking {
-            d.createProfile(profileUsePop3(gmailProfile("Stack POP3", Stack.app())).apply {
-                incoming = IncomingEndpoint(IncomingProtocol.POP3, Endpoint("127.0.0.1", Stack.port("pop3", "tls_port").toUShort(), Security.TLS))
-                outgoing = Endpoint("127.0.0.1", Stack.port("smtp", "tls_port").toUShort(), Security.TLS)
-            })
-        }
-
-        suspend fun mailbox(email: String, profile: ServerProfile = imap): Mailbox =
-            d.createMailbox(userMailbox(email).apply { profileId = profile.id })
-
-        /** connect → consent pages → complete. */
-        suspend fun connected(email: String, profile: ServerProfile = imap): Mailbox {
-            val request = c.connect(mailbox(email, profile).id)
-            return c.complete(Stack.consent(request.url, email)).mailbox
-        }
-
-        suspend fun grant(id: MailboxId): GrantStatus = d.state(id).grant
-
-        suspend fun check(id: MailboxId): TestReport = checks.testAndEnable(id, TestOptions(false))
-
-        override fun close() {
-            subscription.close()
-            runBlocking { sync.closeStore() }
-            sync.close()
-        }
-    }
-
     private fun assertDirectionOk(report: DirectionReport?, protocol: String, server: String, vararg steps: String) {
         assertNotNull(report)
         assertTrue(report!!.success, report.summary)
@@ -87,7 +41,7 @@ class StackTest {
 
     @Test
     fun happyPathConnectCompleteTestAndEnableDisconnect(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val email = "alice@example.test"
             val box = env.mailbox(email)
             assertEquals(GrantStatus.NotConnected, env.grant(box.id))
@@ -175,7 +129,7 @@ class StackTest {
     @Test
     @Timeout(value = 120, unit = TimeUnit.SECONDS, threadMode = Timeout.ThreadMode.SEPARATE_THREAD) // a deadlock fails, not hangs
     fun aListenerCallingBackForTheSameMailboxDuringCompleteFinishes(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val email = "alice@example.test"
             val box = env.mailbox(email)
             val done = CountDownLatch(1)
@@ -210,7 +164,7 @@ class StackTest {
 
     @Test
     fun pop3AndSmtpTlsTestAndEnableAndTestAll(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val bob = env.connected("bob@example.test", env.pop3)
             assertEquals(env.pop3.id, bob.profileId)
             val report = env.check(bob.id)
@@ -227,7 +181,7 @@ class StackTest {
 
     @Test
     fun uncheckedMailScopeIsScopeNotGranted(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val email = "alice@example.test"
             val box = env.mailbox(email)
             val request = env.c.connect(box.id)
@@ -249,7 +203,7 @@ class StackTest {
 
     @Test
     fun anotherAccountConsentingIsAccountMismatch(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val email = "carol@example.test"
             val box = env.mailbox(email)
             val request = env.c.connect(box.id)
@@ -274,7 +228,7 @@ class StackTest {
 
     @Test
     fun consentDeniedIsConsentDenied(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val email = "carol@example.test"
             val box = env.mailbox(email)
             val redirect = Stack.consent(env.c.connect(box.id).url, email, "--deny")
@@ -291,7 +245,7 @@ class StackTest {
 
     @Test
     fun tamperedOrReplayedStateIsStateInvalid(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val email = "alice@example.test"
             val box = env.mailbox(email)
             val redirect = Stack.consent(env.c.connect(box.id).url, email)
@@ -311,7 +265,7 @@ class StackTest {
 
     @Test
     fun imapDisabledAccountIsDiagnosedProtocolDisabled(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val dave = env.connected("dave@example.test")
             val report = env.check(dave.id)
             assertEquals(TestOutcome.FAILURE, report.outcome)
@@ -334,7 +288,7 @@ class StackTest {
 
     @Test
     fun refreshAccessTokenReplacesTheRejectedTokenOnceThenTokenRevoked(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val email = "alice@example.test"
             val box = env.connected(email)
             val t1 = env.c.accessToken(box.id)
@@ -376,7 +330,7 @@ class StackTest {
 
     @Test
     fun revokedGrantThenDisconnectIsNotConnected(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val email = "carol@example.test"
             val box = env.connected(email)
             Stack.revoke(env.c.accessToken(box.id).token.expose()) // the provider revokes the whole grant
@@ -389,7 +343,7 @@ class StackTest {
 
     @Test
     fun neverConnectedMailboxIsDiagnosedAtCredentials(@TempDir dir: Path): Unit = runBlocking {
-        Env(dir).use { env ->
+        StackEnv(dir).use { env ->
             val carol = env.mailbox("carol@example.test")
             assertNull(env.c.grantInfo(carol.id))
             val report = env.check(carol.id)
@@ -405,7 +359,7 @@ class StackTest {
     @Test
     fun noSecretInRenderingsErrorsOrTheDatabase(@TempDir dir: Path): Unit = runBlocking {
         val secret = Stack.clientSecret
-        val (raw, texts) = Env(dir).use { env ->
+        val (raw, texts) = StackEnv(dir).use { env ->
             val alice = env.connected("alice@example.test")
             val token = env.c.accessToken(alice.id)
             val objects = listOf(token, env.c.grantInfo(alice.id), env.check(alice.id), env.d.getMailbox(alice.id),

@@ -10,15 +10,25 @@ import com.mailsync.api.appWithTestUsers
 import com.mailsync.api.defaultOptions
 import com.mailsync.api.gmailProfile
 import com.mailsync.api.googleApp
+import com.mailsync.api.profileUsePop3
 import com.mailsync.api.userMailbox
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.assertThrows
 import kotlinx.coroutines.runBlocking
+import java.io.BufferedInputStream
+import java.io.ByteArrayOutputStream
+import java.io.InputStream
 import java.nio.file.Files
 import java.nio.file.Path
 import java.nio.file.Paths
+import java.security.KeyStore
+import java.security.cert.CertificateFactory
+import java.util.Base64
 import java.util.concurrent.TimeUnit
+import javax.net.ssl.SSLContext
+import javax.net.ssl.SSLSocket
+import javax.net.ssl.TrustManagerFactory
 
 // Shared by the JUnit suites: a fake Google app, builders, an event recorder
 // and the local test stack (tests/stack).
@@ -150,5 +160,177 @@ object Stack {
     /** Revokes a token at the provider: every grant of its account on the client goes. */
     fun revoke(token: String) {
         helper("revoke", "--", token)
+    }
+
+    /**
+     * Delivers [count] messages ("[prefix] i/[count]") over LMTP into
+     * [email]'s INBOX (tests/stack/bin/deliver; [extra]: `--in-reply-to`,
+     * `--references`, `--from`, …); their Message-IDs, without brackets.
+     */
+    fun deliver(email: String, count: Int, prefix: String, vararg extra: String): List<String> =
+        helper("deliver", email, "--count", count.toString(), "--subject-prefix", prefix, *extra)
+            .lines().map { it.trim().removePrefix("<").removeSuffix(">") }.filter { it.isNotEmpty() }
+
+    /**
+     * The bytes the IMAP server holds for these UIDs of [email]'s INBOX
+     * (TLS trusting the stack's CA, XOAUTH2 with [token], read-only).
+     */
+    fun imapRaw(email: String, token: String, uids: Collection<UInt>): Map<UInt, ByteArray> {
+        val sasl = Base64.getEncoder().encodeToString("user=$email\u0001auth=Bearer $token\u0001\u0001".toByteArray())
+        return imap({ command -> command("AUTHENTICATE XOAUTH2", sasl) }) { command ->
+            command("EXAMINE INBOX", null)
+            uids.associateWith { uid -> command("UID FETCH $uid (BODY.PEEK[])", null).single() }
+        }
+    }
+
+    /**
+     * The bytes of the message with this Message-ID in [email]'s INBOX, read
+     * over IMAP (TLS trusting the stack's CA, LOGIN with the account's
+     * password, read-only); waits (bounded) for Postfix to deliver it. Fails
+     * if it is there more than once.
+     */
+    fun imapFind(email: String, messageId: String, seconds: Long = 30): ByteArray {
+        val password = json.getAsJsonArray("accounts").map { it.asJsonObject }
+            .single { it.get("email").asString == email }.get("password").asString
+        return imap({ command -> command("LOGIN \"$email\" \"$password\"", null) }) { command ->
+            val deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds)
+            while (true) {
+                command("EXAMINE INBOX", null)
+                command("UID SEARCH HEADER Message-ID \"$messageId\"", null)
+                val uids = lastUntagged.removePrefix("* SEARCH").trim().split(' ').filter { it.isNotEmpty() }
+                if (uids.isNotEmpty()) {
+                    assertEquals(1, uids.size, "<$messageId> received once")
+                    return@imap command("UID FETCH ${uids[0]} (BODY.PEEK[])", null).single()
+                }
+                check(System.nanoTime() < deadline) { "<$messageId> did not arrive in $email's INBOX" }
+                Thread.sleep(200)
+            }
+            @Suppress("UNREACHABLE_CODE")
+            error("unreachable")
+        }
+    }
+
+    /** The last untagged line of the last [imap] command (e.g. `* SEARCH 3`). */
+    private var lastUntagged = ""
+
+    /** An IMAP session: [login], then [block] with the session's command function. */
+    private fun <T> imap(
+        login: ((String, String?) -> List<ByteArray>) -> Unit,
+        block: ((String, String?) -> List<ByteArray>) -> T,
+    ): T {
+        val ca = CertificateFactory.getInstance("X.509").generateCertificate(caPem.byteInputStream())
+        val trust = KeyStore.getInstance(KeyStore.getDefaultType()).apply { load(null, null); setCertificateEntry("stack", ca) }
+        val tls = SSLContext.getInstance("TLS").apply {
+            init(null, TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm()).apply { init(trust) }.trustManagers, null)
+        }
+        (tls.socketFactory.createSocket("127.0.0.1", port("imap", "tls_port")) as SSLSocket).use { socket ->
+            socket.soTimeout = 30_000
+            val input = BufferedInputStream(socket.inputStream)
+            val output = socket.outputStream
+            var tag = 0
+            /** Sends a command; the literals of its untagged answers (fails unless it ends OK). */
+            fun command(text: String, continuation: String? = null): List<ByteArray> {
+                val t = "a${++tag}"
+                output.write("$t $text\r\n".toByteArray()); output.flush()
+                val literals = ArrayList<ByteArray>()
+                while (true) {
+                    val line = imapLine(input)
+                    when {
+                        line.startsWith("+") && continuation != null -> { output.write("$continuation\r\n".toByteArray()); output.flush() }
+                        line.startsWith("$t ") -> { assertTrue(line.startsWith("$t OK"), "IMAP $text: $line"); return literals }
+                        line.startsWith("* ") && !line.endsWith("}") -> lastUntagged = line
+                        else -> Regex("\\{(\\d+)}$").find(line)?.let { m ->
+                            val n = m.groupValues[1].toInt()
+                            literals.add(input.readNBytes(n).also { assertEquals(n, it.size, "IMAP literal cut short") })
+                        }
+                    }
+                }
+            }
+            assertTrue(imapLine(input).startsWith("* OK"), "IMAP greeting")
+            login(::command)
+            val result = block(::command)
+            command("LOGOUT")
+            return result
+        }
+    }
+
+    /** One response line (without CRLF), as Latin-1. */
+    private fun imapLine(input: InputStream): String {
+        val line = ByteArrayOutputStream()
+        while (true) {
+            val b = input.read()
+            check(b >= 0) { "the IMAP server closed the connection" }
+            if (b == '\n'.code) break
+            line.write(b)
+        }
+        return line.toString(Charsets.ISO_8859_1).trimEnd('\r')
+    }
+}
+
+/**
+ * Waits — with a deadline, never a fixed sleep — until [done] holds,
+ * re-checking it every few milliseconds; for conditions nothing signals
+ * (a row in the store). Fails with [what] when the deadline passes.
+ */
+suspend fun eventually(what: String, seconds: Long = 30, done: suspend () -> Boolean) {
+    val deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds)
+    while (!done()) {
+        if (System.nanoTime() > deadline) throw AssertionError("waited ${seconds}s for $what")
+        kotlinx.coroutines.delay(20)
+    }
+}
+
+/**
+ * A SQLite store in [dir] against the local stack, with an IMAP profile
+ * (default) and a POP3 profile on the stack's servers, recording every
+ * event. Mailboxes are connected by walking the consent pages
+ * (tests/stack/bin/consent) and enabled by Test & Enable.
+ */
+class StackEnv(dir: Path) : AutoCloseable {
+    val events = Recorder()
+    val sync: MailSync = runBlocking { MailSync.open(StoreLocation.Sqlite(dir.resolve("mailsync.db").toString(), null), Stack.options()) }
+    val d = sync.directory()
+    val c = sync.connections()
+    val checks = sync.checks()
+    private val subscription = runBlocking { sync.subscribe(null, events) }
+    val imap: ServerProfile = runBlocking {
+        d.createProfile(gmailProfile("Stack IMAP", Stack.app()).apply {
+            defaultForNewMailboxes = true
+            incoming = IncomingEndpoint(IncomingProtocol.IMAP, Endpoint("127.0.0.1", Stack.port("imap", "tls_port").toUShort(), Security.TLS))
+            outgoing = Endpoint("127.0.0.1", Stack.port("smtp", "starttls_port").toUShort(), Security.START_TLS)
+        })
+    }
+    val pop3: ServerProfile = runBlocking {
+        d.createProfile(profileUsePop3(gmailProfile("Stack POP3", Stack.app())).apply {
+            incoming = IncomingEndpoint(IncomingProtocol.POP3, Endpoint("127.0.0.1", Stack.port("pop3", "tls_port").toUShort(), Security.TLS))
+            outgoing = Endpoint("127.0.0.1", Stack.port("smtp", "tls_port").toUShort(), Security.TLS)
+        })
+    }
+
+    suspend fun mailbox(email: String, profile: ServerProfile = imap, configure: MailboxSpec.() -> Unit = {}): Mailbox =
+        d.createMailbox(userMailbox(email).apply { profileId = profile.id }.apply(configure))
+
+    /** connect → consent pages → complete. */
+    suspend fun connected(email: String, profile: ServerProfile = imap, configure: MailboxSpec.() -> Unit = {}): Mailbox {
+        val request = c.connect(mailbox(email, profile, configure).id)
+        return c.complete(Stack.consent(request.url, email)).mailbox
+    }
+
+    /** Connected, then Test & Enable (which must succeed). */
+    suspend fun enabled(email: String, profile: ServerProfile = imap, configure: MailboxSpec.() -> Unit = {}): Mailbox {
+        val box = connected(email, profile, configure)
+        val report = check(box.id)
+        assertEquals(TestOutcome.SUCCESS, report.outcome, "$report")
+        return box
+    }
+
+    suspend fun grant(id: MailboxId): GrantStatus = d.state(id).grant
+
+    suspend fun check(id: MailboxId): TestReport = checks.testAndEnable(id, TestOptions(false))
+
+    override fun close() {
+        subscription.close()
+        runBlocking { sync.closeStore() }
+        sync.close()
     }
 }

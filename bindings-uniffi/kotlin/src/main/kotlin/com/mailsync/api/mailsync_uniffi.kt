@@ -34,18 +34,26 @@ import com.mailsync.AccessToken
 import com.mailsync.Alert
 import com.mailsync.Authentication
 import com.mailsync.ConsentRequest
+import com.mailsync.CycleReport
+import com.mailsync.DeliveryOutcome
 import com.mailsync.Endpoint
+import com.mailsync.EngineOptions
 import com.mailsync.ErrorCode
 import com.mailsync.FailurePolicy
 import com.mailsync.FfiConverterTypeAccessToken
 import com.mailsync.FfiConverterTypeAlert
 import com.mailsync.FfiConverterTypeAuthentication
 import com.mailsync.FfiConverterTypeConsentRequest
+import com.mailsync.FfiConverterTypeCycleReport
+import com.mailsync.FfiConverterTypeDeliveryOutcome
 import com.mailsync.FfiConverterTypeEndpoint
+import com.mailsync.FfiConverterTypeEngineOptions
 import com.mailsync.FfiConverterTypeErrorCode
 import com.mailsync.FfiConverterTypeFailurePolicy
 import com.mailsync.FfiConverterTypeGrantInfo
 import com.mailsync.FfiConverterTypeIncomingEndpoint
+import com.mailsync.FfiConverterTypeIncomingMessage
+import com.mailsync.FfiConverterTypeKeyRotation
 import com.mailsync.FfiConverterTypeLastTestResult
 import com.mailsync.FfiConverterTypeMailbox
 import com.mailsync.FfiConverterTypeMailboxEvent
@@ -56,17 +64,23 @@ import com.mailsync.FfiConverterTypeMailboxStatus
 import com.mailsync.FfiConverterTypeMailsyncError
 import com.mailsync.FfiConverterTypeOAuthApp
 import com.mailsync.FfiConverterTypeOptions
+import com.mailsync.FfiConverterTypeOutgoingMessage
 import com.mailsync.FfiConverterTypeProfileId
 import com.mailsync.FfiConverterTypePublishingStatus
 import com.mailsync.FfiConverterTypeSecret
 import com.mailsync.FfiConverterTypeSecretValue
+import com.mailsync.FfiConverterTypeSendReport
 import com.mailsync.FfiConverterTypeServerProfile
+import com.mailsync.FfiConverterTypeSyncProgress
+import com.mailsync.FfiConverterTypeSyncStatus
 import com.mailsync.FfiConverterTypeTestOptions
 import com.mailsync.FfiConverterTypeTestReport
 import com.mailsync.FfiConverterTypeUserType
 import com.mailsync.FfiConverterTypeWarning
 import com.mailsync.GrantInfo
 import com.mailsync.IncomingEndpoint
+import com.mailsync.IncomingMessage
+import com.mailsync.KeyRotation
 import com.mailsync.LastTestResult
 import com.mailsync.Mailbox
 import com.mailsync.MailboxEvent
@@ -77,11 +91,15 @@ import com.mailsync.MailboxStatus
 import com.mailsync.MailsyncException
 import com.mailsync.OAuthApp
 import com.mailsync.Options
+import com.mailsync.OutgoingMessage
 import com.mailsync.ProfileId
 import com.mailsync.PublishingStatus
 import com.mailsync.Secret
 import com.mailsync.SecretValue
+import com.mailsync.SendReport
 import com.mailsync.ServerProfile
+import com.mailsync.SyncProgress
+import com.mailsync.SyncStatus
 import com.mailsync.TestOptions
 import com.mailsync.TestReport
 import com.mailsync.UserType
@@ -98,11 +116,16 @@ import com.mailsync.RustBuffer as RustBufferAccessToken
 import com.mailsync.RustBuffer as RustBufferAlert
 import com.mailsync.RustBuffer as RustBufferAuthentication
 import com.mailsync.RustBuffer as RustBufferConsentRequest
+import com.mailsync.RustBuffer as RustBufferCycleReport
+import com.mailsync.RustBuffer as RustBufferDeliveryOutcome
 import com.mailsync.RustBuffer as RustBufferEndpoint
+import com.mailsync.RustBuffer as RustBufferEngineOptions
 import com.mailsync.RustBuffer as RustBufferErrorCode
 import com.mailsync.RustBuffer as RustBufferFailurePolicy
 import com.mailsync.RustBuffer as RustBufferGrantInfo
 import com.mailsync.RustBuffer as RustBufferIncomingEndpoint
+import com.mailsync.RustBuffer as RustBufferIncomingMessage
+import com.mailsync.RustBuffer as RustBufferKeyRotation
 import com.mailsync.RustBuffer as RustBufferLastTestResult
 import com.mailsync.RustBuffer as RustBufferMailbox
 import com.mailsync.RustBuffer as RustBufferMailboxEvent
@@ -113,11 +136,15 @@ import com.mailsync.RustBuffer as RustBufferMailboxStatus
 import com.mailsync.RustBuffer as RustBufferMailsyncError
 import com.mailsync.RustBuffer as RustBufferOAuthApp
 import com.mailsync.RustBuffer as RustBufferOptions
+import com.mailsync.RustBuffer as RustBufferOutgoingMessage
 import com.mailsync.RustBuffer as RustBufferProfileId
 import com.mailsync.RustBuffer as RustBufferPublishingStatus
 import com.mailsync.RustBuffer as RustBufferSecret
 import com.mailsync.RustBuffer as RustBufferSecretValue
+import com.mailsync.RustBuffer as RustBufferSendReport
 import com.mailsync.RustBuffer as RustBufferServerProfile
+import com.mailsync.RustBuffer as RustBufferSyncProgress
+import com.mailsync.RustBuffer as RustBufferSyncStatus
 import com.mailsync.RustBuffer as RustBufferTestOptions
 import com.mailsync.RustBuffer as RustBufferTestReport
 import com.mailsync.RustBuffer as RustBufferUserType
@@ -744,6 +771,24 @@ internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
 internal interface UniffiCallbackInterfaceEventListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`event`: RustBufferMailboxEvent.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
+internal interface UniffiCallbackInterfaceMessageSinkMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`messages`: RustBuffer.ByValue,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+internal interface UniffiCallbackInterfaceMessageSinkMethod1 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`mailbox`: RustBufferMailboxId.ByValue,`messageIds`: RustBuffer.ByValue,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+internal interface UniffiCallbackInterfaceMessageSinkMethod2 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`mailbox`: RustBufferMailboxId.ByValue,`addresses`: RustBuffer.ByValue,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+internal interface UniffiCallbackInterfaceOutboxMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`mailbox`: RustBufferMailboxId.ByValue,`limit`: Int,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+internal interface UniffiCallbackInterfaceOutboxMethod1 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`report`: RustBufferSendReport.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+internal interface UniffiCallbackInterfaceProgressListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`progress`: RustBufferSyncProgress.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
 @Structure.FieldOrder("uniffiFree", "uniffiClone", "onEvent")
 internal open class UniffiVTableCallbackInterfaceEventListener(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
@@ -760,6 +805,72 @@ internal open class UniffiVTableCallbackInterfaceEventListener(
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `onEvent` = other.`onEvent`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "deliver", "tracked", "knownSenders")
+internal open class UniffiVTableCallbackInterfaceMessageSink(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `deliver`: UniffiCallbackInterfaceMessageSinkMethod0? = null,
+    @JvmField internal var `tracked`: UniffiCallbackInterfaceMessageSinkMethod1? = null,
+    @JvmField internal var `knownSenders`: UniffiCallbackInterfaceMessageSinkMethod2? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `deliver`: UniffiCallbackInterfaceMessageSinkMethod0? = null,
+        `tracked`: UniffiCallbackInterfaceMessageSinkMethod1? = null,
+        `knownSenders`: UniffiCallbackInterfaceMessageSinkMethod2? = null,
+    ): UniffiVTableCallbackInterfaceMessageSink(`uniffiFree`,`uniffiClone`,`deliver`,`tracked`,`knownSenders`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceMessageSink) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `deliver` = other.`deliver`
+        `tracked` = other.`tracked`
+        `knownSenders` = other.`knownSenders`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "pending", "report")
+internal open class UniffiVTableCallbackInterfaceOutbox(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `pending`: UniffiCallbackInterfaceOutboxMethod0? = null,
+    @JvmField internal var `report`: UniffiCallbackInterfaceOutboxMethod1? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `pending`: UniffiCallbackInterfaceOutboxMethod0? = null,
+        `report`: UniffiCallbackInterfaceOutboxMethod1? = null,
+    ): UniffiVTableCallbackInterfaceOutbox(`uniffiFree`,`uniffiClone`,`pending`,`report`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceOutbox) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `pending` = other.`pending`
+        `report` = other.`report`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onProgress")
+internal open class UniffiVTableCallbackInterfaceProgressListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onProgress`: UniffiCallbackInterfaceProgressListenerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onProgress`: UniffiCallbackInterfaceProgressListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceProgressListener(`uniffiFree`,`uniffiClone`,`onProgress`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceProgressListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onProgress` = other.`onProgress`
     }
 
 }
@@ -832,6 +943,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_func_web_app(
     ): Int
+    external fun uniffi_mailsync_uniffi_checksum_func_default_engine_options(
+    ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_checks_last_profile_test(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_checks_test_all(
@@ -848,7 +961,11 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_connections_grant_info(
     ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_connections_pending_revocations(
+    ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_connections_refresh_access_token(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_connections_retry_revocations(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_directory_alerts(
     ): Int
@@ -878,6 +995,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_directory_move_mailbox(
     ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_directory_rotate_key(
+    ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_directory_set_default_profile(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_directory_state(
@@ -904,6 +1023,32 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_subscription_cancel(
     ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_engine_options(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_engine_progress(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_engine_run_due(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_engine_run_once(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_engine_start(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_engine_status(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_enginehandle_stop(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_messagesink_deliver(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_messagesink_tracked(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_messagesink_known_senders(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_outbox_pending(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_outbox_report(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_progresslistener_on_progress(
+    ): Int
     external fun uniffi_mailsync_uniffi_checksum_constructor_mailsync_open(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_constructor_sealkey_from_bytes(
@@ -911,6 +1056,12 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_mailsync_uniffi_checksum_constructor_sealkey_from_file(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_constructor_sealkey_generate(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_constructor_sealkey_load_or_create(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_constructor_engine_new(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_constructor_engine_with_outbox(
     ): Int
     external fun ffi_mailsync_uniffi_uniffi_contract_version(
     ): Int
@@ -929,6 +1080,9 @@ internal object UniffiLib {
     init {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "mailsync_uniffi"))
         uniffiCallbackInterfaceEventListener.register(this)
+        uniffiCallbackInterfaceMessageSink.register(this)
+        uniffiCallbackInterfaceOutbox.register(this)
+        uniffiCallbackInterfaceProgressListener.register(this)
         com.mailsync.uniffiEnsureInitialized()
         
     }
@@ -958,7 +1112,11 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_mailsync_uniffi_fn_method_connections_grant_info(`ptr`: Long,`mailbox`: RustBufferMailboxId.ByValue,
     ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_connections_pending_revocations(`ptr`: Long,
+    ): Long
     external fun uniffi_mailsync_uniffi_fn_method_connections_refresh_access_token(`ptr`: Long,`mailbox`: RustBufferMailboxId.ByValue,`rejected`: Long,
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_connections_retry_revocations(`ptr`: Long,
     ): Long
     external fun uniffi_mailsync_uniffi_fn_clone_directory(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -991,6 +1149,8 @@ internal object UniffiLib {
     external fun uniffi_mailsync_uniffi_fn_method_directory_mailbox_count(`ptr`: Long,`profile`: RustBufferProfileId.ByValue,
     ): Long
     external fun uniffi_mailsync_uniffi_fn_method_directory_move_mailbox(`ptr`: Long,`mailbox`: RustBufferMailboxId.ByValue,`profile`: RustBufferProfileId.ByValue,
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_directory_rotate_key(`ptr`: Long,`newKey`: Long,
     ): Long
     external fun uniffi_mailsync_uniffi_fn_method_directory_set_default_profile(`ptr`: Long,`id`: RustBufferProfileId.ByValue,
     ): Long
@@ -1038,11 +1198,69 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_mailsync_uniffi_fn_constructor_sealkey_generate(uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_mailsync_uniffi_fn_constructor_sealkey_load_or_create(`path`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
     external fun uniffi_mailsync_uniffi_fn_clone_subscription(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_mailsync_uniffi_fn_free_subscription(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_mailsync_uniffi_fn_method_subscription_cancel(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_clone_engine(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_free_engine(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_constructor_engine_new(`sync`: Long,`sink`: Long,`options`: RustBufferEngineOptions.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_constructor_engine_with_outbox(`sync`: Long,`sink`: Long,`outbox`: Long,`options`: RustBufferEngineOptions.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_engine_options(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBufferEngineOptions.ByValue
+    external fun uniffi_mailsync_uniffi_fn_method_engine_progress(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_engine_run_due(`ptr`: Long,
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_engine_run_once(`ptr`: Long,`mailbox`: RustBufferMailboxId.ByValue,
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_engine_start(`ptr`: Long,`maxIdleSecs`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_engine_status(`ptr`: Long,
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_clone_enginehandle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_free_enginehandle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_method_enginehandle_stop(`ptr`: Long,
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_clone_messagesink(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_free_messagesink(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_init_callback_vtable_messagesink(`vtable`: UniffiVTableCallbackInterfaceMessageSink,
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_method_messagesink_deliver(`ptr`: Long,`messages`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_mailsync_uniffi_fn_method_messagesink_tracked(`ptr`: Long,`mailbox`: RustBufferMailboxId.ByValue,`messageIds`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_mailsync_uniffi_fn_method_messagesink_known_senders(`ptr`: Long,`mailbox`: RustBufferMailboxId.ByValue,`addresses`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_mailsync_uniffi_fn_clone_outbox(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_free_outbox(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_init_callback_vtable_outbox(`vtable`: UniffiVTableCallbackInterfaceOutbox,
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_method_outbox_pending(`ptr`: Long,`mailbox`: RustBufferMailboxId.ByValue,`limit`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_mailsync_uniffi_fn_method_outbox_report(`ptr`: Long,`report`: RustBufferSendReport.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_clone_progresslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_free_progresslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_init_callback_vtable_progresslistener(`vtable`: UniffiVTableCallbackInterfaceProgressListener,
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_method_progresslistener_on_progress(`ptr`: Long,`progress`: RustBufferSyncProgress.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_mailsync_uniffi_fn_func_app_ensure_may_connect(`app`: RustBufferOAuthApp.ByValue,`email`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
@@ -1088,6 +1306,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_mailsync_uniffi_fn_func_web_app(`clientId`: RustBuffer.ByValue,`clientSecret`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBufferOAuthApp.ByValue
+    external fun uniffi_mailsync_uniffi_fn_func_default_engine_options(uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBufferEngineOptions.ByValue
     external fun ffi_mailsync_uniffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_mailsync_uniffi_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1273,6 +1493,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_mailsync_uniffi_checksum_func_web_app() and 0xFFFF) != 44669) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_mailsync_uniffi_checksum_func_default_engine_options() and 0xFFFF) != 36178) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_checks_last_profile_test() and 0xFFFF) != 56980) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1297,7 +1520,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_mailsync_uniffi_checksum_method_connections_grant_info() and 0xFFFF) != 42932) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_connections_pending_revocations() and 0xFFFF) != 43676) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_connections_refresh_access_token() and 0xFFFF) != 32155) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_connections_retry_revocations() and 0xFFFF) != 44484) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_directory_alerts() and 0xFFFF) != 40627) {
@@ -1342,6 +1571,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_mailsync_uniffi_checksum_method_directory_move_mailbox() and 0xFFFF) != 58851) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_directory_rotate_key() and 0xFFFF) != 13485) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_directory_set_default_profile() and 0xFFFF) != 44211) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1363,7 +1595,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_mailsync_uniffi_checksum_method_mailsync_checks() and 0xFFFF) != 37292) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_mailsync_uniffi_checksum_method_mailsync_close() and 0xFFFF) != 40667) {
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_mailsync_close() and 0xFFFF) != 60673) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_mailsync_connections() and 0xFFFF) != 22700) {
@@ -1381,6 +1613,45 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_mailsync_uniffi_checksum_method_subscription_cancel() and 0xFFFF) != 57913) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_options() and 0xFFFF) != 43428) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_progress() and 0xFFFF) != 63468) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_run_due() and 0xFFFF) != 54466) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_run_once() and 0xFFFF) != 46253) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_start() and 0xFFFF) != 2886) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_status() and 0xFFFF) != 51720) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_enginehandle_stop() and 0xFFFF) != 1813) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_messagesink_deliver() and 0xFFFF) != 51042) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_messagesink_tracked() and 0xFFFF) != 37361) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_messagesink_known_senders() and 0xFFFF) != 3860) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_outbox_pending() and 0xFFFF) != 48894) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_outbox_report() and 0xFFFF) != 33807) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_progresslistener_on_progress() and 0xFFFF) != 15838) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_mailsync_uniffi_checksum_constructor_mailsync_open() and 0xFFFF) != 52298) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1391,6 +1662,15 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mailsync_uniffi_checksum_constructor_sealkey_generate() and 0xFFFF) != 38383) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_constructor_sealkey_load_or_create() and 0xFFFF) != 39207) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_constructor_engine_new() and 0xFFFF) != 42282) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_constructor_engine_with_outbox() and 0xFFFF) != 123) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -2174,7 +2454,11 @@ public interface ConnectionsInterface {
     
     suspend fun `grantInfo`(`mailbox`: MailboxId): GrantInfo?
     
+    suspend fun `pendingRevocations`(): kotlin.UInt
+    
     suspend fun `refreshAccessToken`(`mailbox`: MailboxId, `rejected`: Secret): AccessToken
+    
+    suspend fun `retryRevocations`(): kotlin.UInt
     
     companion object
 }
@@ -2396,6 +2680,27 @@ open class Connections: Disposable, AutoCloseable, ConnectionsInterface
     
     @Throws(MailsyncException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `pendingRevocations`() : kotlin.UInt {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_method_connections_pending_revocations(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_poll_u32(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_complete_u32(future, continuation) },
+        { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_u32(future) },
+        // lift function
+        { FfiConverterUInt.lift(it) },
+        // Error FFI converter
+        MailsyncExceptionExternalErrorHandler,
+    )
+    }
+
+    
+    @Throws(MailsyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
     override suspend fun `refreshAccessToken`(`mailbox`: MailboxId, `rejected`: Secret) : AccessToken {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
@@ -2411,6 +2716,27 @@ open class Connections: Disposable, AutoCloseable, ConnectionsInterface
         { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeAccessToken.lift(it) },
+        // Error FFI converter
+        MailsyncExceptionExternalErrorHandler,
+    )
+    }
+
+    
+    @Throws(MailsyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `retryRevocations`() : kotlin.UInt {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_method_connections_retry_revocations(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_poll_u32(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_complete_u32(future, continuation) },
+        { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_u32(future) },
+        // lift function
+        { FfiConverterUInt.lift(it) },
         // Error FFI converter
         MailsyncExceptionExternalErrorHandler,
     )
@@ -2582,6 +2908,8 @@ public interface DirectoryInterface {
     suspend fun `mailboxCount`(`profile`: ProfileId): kotlin.UInt
     
     suspend fun `moveMailbox`(`mailbox`: MailboxId, `profile`: ProfileId): Mailbox
+    
+    suspend fun `rotateKey`(`newKey`: Secret): KeyRotation
     
     suspend fun `setDefaultProfile`(`id`: ProfileId): ServerProfile
     
@@ -3012,6 +3340,28 @@ open class Directory: Disposable, AutoCloseable, DirectoryInterface
     
     @Throws(MailsyncException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `rotateKey`(`newKey`: Secret) : KeyRotation {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_method_directory_rotate_key(
+                uniffiHandle,
+                
+        FfiConverterTypeSecret.lower(`newKey`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_complete_rust_buffer(future, continuation).let { RustBufferKeyRotation.create(it.capacity.toULong(), it.len.toULong(), it.data) } },
+        { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeKeyRotation.lift(it) },
+        // Error FFI converter
+        MailsyncExceptionExternalErrorHandler,
+    )
+    }
+
+    
+    @Throws(MailsyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
     override suspend fun `setDefaultProfile`(`id`: ProfileId) : ServerProfile {
         return uniffiRustCallAsync(
         callWithHandle { uniffiHandle ->
@@ -3153,6 +3503,741 @@ public object FfiConverterTypeDirectory: FfiConverter<Directory, Long> {
     override fun allocationSize(value: Directory) = 8UL
 
     override fun write(value: Directory, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * The sync engine: new mail of each enabled mailbox into the host's
+ * [`MessageSink`] and, made with [`Engine::with_outbox`], the host's
+ * [`Outbox`] sent out (see `mailsync::Engine`).
+ */
+public interface EngineInterface {
+    
+    /**
+     * The options.
+     */
+    fun `options`(): EngineOptions
+    
+    /**
+     * Delivers the progress of the cycles that run from now on to
+     * `listener`, until the subscription is cancelled or the `MailSync`'s
+     * store closed.
+     */
+    fun `progress`(`listener`: ProgressListener): Subscription
+    
+    /**
+     * Syncs every mailbox that is due now, once; one report per mailbox synced.
+     */
+    suspend fun `runDue`(): List<CycleReport>
+    
+    /**
+     * Syncs one mailbox now, whatever its schedule: its incoming mail, then
+     * (with an outbox) its outgoing mail. A failed cycle is in the report
+     * (`errorCode`, `outgoingErrorCode`); throws only when the cycle could
+     * not start (`not_enabled`, `token_revoked`, …).
+     */
+    suspend fun `runOnce`(`mailbox`: MailboxId): CycleReport
+    
+    /**
+     * Runs `runDue` until the handle is stopped or freed, or the
+     * `MailSync`'s store closed, sleeping until the next mailbox is due (at
+     * most `max_idle_secs`).
+     */
+    fun `start`(`maxIdleSecs`: kotlin.UInt): EngineHandle
+    
+    /**
+     * Every mailbox's sync status.
+     */
+    suspend fun `status`(): List<SyncStatus>
+    
+    companion object
+}
+
+/**
+ * The sync engine: new mail of each enabled mailbox into the host's
+ * [`MessageSink`] and, made with [`Engine::with_outbox`], the host's
+ * [`Outbox`] sent out (see `mailsync::Engine`).
+ */
+open class Engine: Disposable, AutoCloseable, EngineInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+    /**
+     * An engine over `sync`'s mailboxes, delivering to `sink`; `validation`
+     * for bad options.
+     */
+    constructor(`sync`: MailSync, `sink`: MessageSink, `options`: EngineOptions) :
+        this(UniffiWithHandle, 
+    uniffiRustCallWithError(MailsyncExceptionExternalErrorHandler) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_constructor_engine_new(
+    
+        
+        FfiConverterTypeMailSync.lower(`sync`),
+        FfiConverterTypeMessageSink.lower(`sink`),
+        FfiConverterTypeEngineOptions.lower(`options`),_status)
+}
+    )
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_mailsync_uniffi_fn_free_engine(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_clone_engine(handle, status)
+        }
+    }
+
+    
+    /**
+     * The options.
+     */override fun `options`(): EngineOptions {
+            return FfiConverterTypeEngineOptions.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_engine_options(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Delivers the progress of the cycles that run from now on to
+     * `listener`, until the subscription is cancelled or the `MailSync`'s
+     * store closed.
+     */
+    @Throws(MailsyncException::class)override fun `progress`(`listener`: ProgressListener): Subscription {
+            return FfiConverterTypeSubscription.lift(
+    callWithHandle {
+    uniffiRustCallWithError(MailsyncExceptionExternalErrorHandler) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_engine_progress(
+        it,
+        
+        FfiConverterTypeProgressListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Syncs every mailbox that is due now, once; one report per mailbox synced.
+     */
+    @Throws(MailsyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `runDue`() : List<CycleReport> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_method_engine_run_due(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeCycleReport.lift(it) },
+        // Error FFI converter
+        MailsyncExceptionExternalErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Syncs one mailbox now, whatever its schedule: its incoming mail, then
+     * (with an outbox) its outgoing mail. A failed cycle is in the report
+     * (`errorCode`, `outgoingErrorCode`); throws only when the cycle could
+     * not start (`not_enabled`, `token_revoked`, …).
+     */
+    @Throws(MailsyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `runOnce`(`mailbox`: MailboxId) : CycleReport {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_method_engine_run_once(
+                uniffiHandle,
+                
+        FfiConverterTypeMailboxId.lower(`mailbox`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_complete_rust_buffer(future, continuation).let { RustBufferCycleReport.create(it.capacity.toULong(), it.len.toULong(), it.data) } },
+        { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeCycleReport.lift(it) },
+        // Error FFI converter
+        MailsyncExceptionExternalErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Runs `runDue` until the handle is stopped or freed, or the
+     * `MailSync`'s store closed, sleeping until the next mailbox is due (at
+     * most `max_idle_secs`).
+     */
+    @Throws(MailsyncException::class)override fun `start`(`maxIdleSecs`: kotlin.UInt): EngineHandle {
+            return FfiConverterTypeEngineHandle.lift(
+    callWithHandle {
+    uniffiRustCallWithError(MailsyncExceptionExternalErrorHandler) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_engine_start(
+        it,
+        
+        FfiConverterUInt.lower(`maxIdleSecs`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Every mailbox's sync status.
+     */
+    @Throws(MailsyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `status`() : List<SyncStatus> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_method_engine_status(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeSyncStatus.lift(it) },
+        // Error FFI converter
+        MailsyncExceptionExternalErrorHandler,
+    )
+    }
+
+    
+
+    
+
+
+    
+    companion object {
+        
+    /**
+     * An engine that also sends the mail of `outbox` from every mailbox
+     * whose outgoing direction is enabled, reporting each outcome to it;
+     * `validation` for bad options.
+     */
+    @Throws(MailsyncException::class) fun `withOutbox`(`sync`: MailSync, `sink`: MessageSink, `outbox`: Outbox, `options`: EngineOptions): Engine {
+            return FfiConverterTypeEngine.lift(
+    uniffiRustCallWithError(MailsyncExceptionExternalErrorHandler) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_constructor_engine_with_outbox(
+    
+        
+        FfiConverterTypeMailSync.lower(`sync`),
+        FfiConverterTypeMessageSink.lower(`sink`),
+        FfiConverterTypeOutbox.lower(`outbox`),
+        FfiConverterTypeEngineOptions.lower(`options`),_status)
+}
+    )
+    }
+    
+
+        
+    }
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeEngine: FfiConverter<Engine, Long> {
+    override fun lower(value: Engine): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): Engine {
+        return Engine(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): Engine {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: Engine) = 8UL
+
+    override fun write(value: Engine, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * A started engine ([`Engine::start`]). Freeing it (`close()`, or the
+ * garbage collector) stops the engine too.
+ */
+public interface EngineHandleInterface {
+    
+    /**
+     * Stops the engine and waits until it stopped (again: returns at once).
+     * A cycle stopped mid-batch does not move the cursor; its sync lease is
+     * released.
+     */
+    suspend fun `stop`()
+    
+    companion object
+}
+
+/**
+ * A started engine ([`Engine::start`]). Freeing it (`close()`, or the
+ * garbage collector) stops the engine too.
+ */
+open class EngineHandle: Disposable, AutoCloseable, EngineHandleInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_mailsync_uniffi_fn_free_enginehandle(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_clone_enginehandle(handle, status)
+        }
+    }
+
+    
+    /**
+     * Stops the engine and waits until it stopped (again: returns at once).
+     * A cycle stopped mid-batch does not move the cursor; its sync lease is
+     * released.
+     */
+    @Throws(MailsyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `stop`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_method_enginehandle_stop(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        MailsyncExceptionExternalErrorHandler,
+    )
+    }
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeEngineHandle: FfiConverter<EngineHandle, Long> {
+    override fun lower(value: EngineHandle): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): EngineHandle {
+        return EngineHandle(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): EngineHandle {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: EngineHandle) = 8UL
+
+    override fun write(value: EngineHandle, buf: ByteBuffer) {
         buf.putLong(lower(value))
     }
 }
@@ -3597,7 +4682,8 @@ public interface MailSyncInterface {
     fun `checks`(): Checks
     
     /**
-     * Closes the store (call before the process exits).
+     * Closes the store (call before the process exits); started engines and
+     * progress subscriptions end.
      */
     suspend fun `closeStore`()
     
@@ -3747,7 +4833,8 @@ open class MailSync: Disposable, AutoCloseable, MailSyncInterface
 
     
     /**
-     * Closes the store (call before the process exits).
+     * Closes the store (call before the process exits); started engines and
+     * progress subscriptions end.
      */
     @Throws(MailsyncException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -3898,6 +4985,1177 @@ public object FfiConverterTypeMailSync: FfiConverter<MailSync, Long> {
     override fun allocationSize(value: MailSync) = 8UL
 
     override fun write(value: MailSync, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Where incoming mail goes: the host's store. Called on a library thread
+ * (never a coroutine); several mailboxes may deliver at once.
+ *
+ * `deliver` gets a batch in server order and returns one outcome per
+ * message, in order. The cursor moves only after it returned; when it
+ * throws (or returns the wrong number of outcomes, or takes longer than
+ * `EngineOptions.sinkTimeoutSecs`) the cycle ends with `sink_failed` and
+ * the batch comes again. Delivery is at least once: store by
+ * `IncomingMessage.key`.
+ *
+ * `tracked` and `knownSenders` answer the incoming filters
+ * (`REPLIES_TO_TRACKED_EMAIL`, `FROM_KNOWN_RECORDS`), one answer per value,
+ * in order. A sink that does not care returns all `false` (tracks nothing,
+ * knows nobody), as the Rust trait's defaults do.
+ */
+public interface MessageSink {
+    
+    /**
+     * Stores a batch; one outcome per message, in order.
+     */
+    fun `deliver`(`messages`: List<IncomingMessage>): List<DeliveryOutcome>
+    
+    /**
+     * Which of these Message-IDs (without angle brackets) belong to email
+     * the CRM tracks.
+     */
+    fun `tracked`(`mailbox`: MailboxId, `messageIds`: List<kotlin.String>): List<kotlin.Boolean>
+    
+    /**
+     * Which of these sender addresses (lower-cased) belong to records the
+     * CRM knows.
+     */
+    fun `knownSenders`(`mailbox`: MailboxId, `addresses`: List<kotlin.String>): List<kotlin.Boolean>
+    
+    companion object
+}
+
+/**
+ * Where incoming mail goes: the host's store. Called on a library thread
+ * (never a coroutine); several mailboxes may deliver at once.
+ *
+ * `deliver` gets a batch in server order and returns one outcome per
+ * message, in order. The cursor moves only after it returned; when it
+ * throws (or returns the wrong number of outcomes, or takes longer than
+ * `EngineOptions.sinkTimeoutSecs`) the cycle ends with `sink_failed` and
+ * the batch comes again. Delivery is at least once: store by
+ * `IncomingMessage.key`.
+ *
+ * `tracked` and `knownSenders` answer the incoming filters
+ * (`REPLIES_TO_TRACKED_EMAIL`, `FROM_KNOWN_RECORDS`), one answer per value,
+ * in order. A sink that does not care returns all `false` (tracks nothing,
+ * knows nobody), as the Rust trait's defaults do.
+ */
+open class MessageSinkImpl: Disposable, AutoCloseable, MessageSink
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_mailsync_uniffi_fn_free_messagesink(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_clone_messagesink(handle, status)
+        }
+    }
+
+    
+    /**
+     * Stores a batch; one outcome per message, in order.
+     */
+    @Throws(SinkException::class)override fun `deliver`(`messages`: List<IncomingMessage>): List<DeliveryOutcome> {
+            return FfiConverterSequenceTypeDeliveryOutcome.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SinkException) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_messagesink_deliver(
+        it,
+        
+        FfiConverterSequenceTypeIncomingMessage.lower(`messages`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Which of these Message-IDs (without angle brackets) belong to email
+     * the CRM tracks.
+     */
+    @Throws(SinkException::class)override fun `tracked`(`mailbox`: MailboxId, `messageIds`: List<kotlin.String>): List<kotlin.Boolean> {
+            return FfiConverterSequenceBoolean.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SinkException) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_messagesink_tracked(
+        it,
+        
+        FfiConverterTypeMailboxId.lower(`mailbox`),
+        FfiConverterSequenceString.lower(`messageIds`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Which of these sender addresses (lower-cased) belong to records the
+     * CRM knows.
+     */
+    @Throws(SinkException::class)override fun `knownSenders`(`mailbox`: MailboxId, `addresses`: List<kotlin.String>): List<kotlin.Boolean> {
+            return FfiConverterSequenceBoolean.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SinkException) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_messagesink_known_senders(
+        it,
+        
+        FfiConverterTypeMailboxId.lower(`mailbox`),
+        FfiConverterSequenceString.lower(`addresses`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceMessageSink {
+    internal object `deliver`: UniffiCallbackInterfaceMessageSinkMethod0 {
+        override fun callback(`uniffiHandle`: Long,`messages`: RustBuffer.ByValue,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeMessageSink.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`deliver`(
+                    FfiConverterSequenceTypeIncomingMessage.lift(`messages`),
+                )
+            }
+            val writeReturn = { value: List<DeliveryOutcome> -> uniffiOutReturn.setValue(FfiConverterSequenceTypeDeliveryOutcome.lower(value)) }
+            uniffiTraitInterfaceCallWithError(
+                uniffiCallStatus,
+                makeCall,
+                writeReturn,
+                { e: SinkException -> FfiConverterTypeSinkError.lower(e) }
+            )
+        }
+    }
+    internal object `tracked`: UniffiCallbackInterfaceMessageSinkMethod1 {
+        override fun callback(`uniffiHandle`: Long,`mailbox`: RustBufferMailboxId.ByValue,`messageIds`: RustBuffer.ByValue,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeMessageSink.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`tracked`(
+                    FfiConverterTypeMailboxId.lift(`mailbox`),
+                    FfiConverterSequenceString.lift(`messageIds`),
+                )
+            }
+            val writeReturn = { value: List<kotlin.Boolean> -> uniffiOutReturn.setValue(FfiConverterSequenceBoolean.lower(value)) }
+            uniffiTraitInterfaceCallWithError(
+                uniffiCallStatus,
+                makeCall,
+                writeReturn,
+                { e: SinkException -> FfiConverterTypeSinkError.lower(e) }
+            )
+        }
+    }
+    internal object `knownSenders`: UniffiCallbackInterfaceMessageSinkMethod2 {
+        override fun callback(`uniffiHandle`: Long,`mailbox`: RustBufferMailboxId.ByValue,`addresses`: RustBuffer.ByValue,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeMessageSink.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`knownSenders`(
+                    FfiConverterTypeMailboxId.lift(`mailbox`),
+                    FfiConverterSequenceString.lift(`addresses`),
+                )
+            }
+            val writeReturn = { value: List<kotlin.Boolean> -> uniffiOutReturn.setValue(FfiConverterSequenceBoolean.lower(value)) }
+            uniffiTraitInterfaceCallWithError(
+                uniffiCallStatus,
+                makeCall,
+                writeReturn,
+                { e: SinkException -> FfiConverterTypeSinkError.lower(e) }
+            )
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeMessageSink.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeMessageSink.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceMessageSink.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `deliver`,
+        `tracked`,
+        `knownSenders`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_mailsync_uniffi_fn_init_callback_vtable_messagesink(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeMessageSink: FfiConverter<MessageSink, Long> {
+    internal val handleMap = UniffiHandleMap<MessageSink>()
+
+    override fun lower(value: MessageSink): Long {
+        if (value is MessageSinkImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): MessageSink {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return MessageSinkImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): MessageSink {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: MessageSink) = 8UL
+
+    override fun write(value: MessageSink, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Where outgoing mail comes from: the host's queue of messages to send.
+ * Called on a library thread (never a coroutine).
+ *
+ * `pending` returns up to `limit` messages of the mailbox waiting to be
+ * sent, oldest first, each with the host's stable id. `report` is called
+ * once for each outcome (`Sent`, `Failed`, `Deferred`, `Unknown`), after
+ * the engine recorded it. Keep returning a message from `pending` until it
+ * is reported sent or failed: the engine never sends it twice, and
+ * reports it again if a report was lost. When `pending` throws, the
+ * outgoing cycle ends with `sink_failed` and nothing is sent.
+ */
+public interface Outbox {
+    
+    /**
+     * Up to `limit` messages of `mailbox` to send, oldest first.
+     */
+    fun `pending`(`mailbox`: MailboxId, `limit`: kotlin.UInt): List<OutgoingMessage>
+    
+    /**
+     * One message's outcome.
+     */
+    fun `report`(`report`: SendReport)
+    
+    companion object
+}
+
+/**
+ * Where outgoing mail comes from: the host's queue of messages to send.
+ * Called on a library thread (never a coroutine).
+ *
+ * `pending` returns up to `limit` messages of the mailbox waiting to be
+ * sent, oldest first, each with the host's stable id. `report` is called
+ * once for each outcome (`Sent`, `Failed`, `Deferred`, `Unknown`), after
+ * the engine recorded it. Keep returning a message from `pending` until it
+ * is reported sent or failed: the engine never sends it twice, and
+ * reports it again if a report was lost. When `pending` throws, the
+ * outgoing cycle ends with `sink_failed` and nothing is sent.
+ */
+open class OutboxImpl: Disposable, AutoCloseable, Outbox
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_mailsync_uniffi_fn_free_outbox(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_clone_outbox(handle, status)
+        }
+    }
+
+    
+    /**
+     * Up to `limit` messages of `mailbox` to send, oldest first.
+     */
+    @Throws(SinkException::class)override fun `pending`(`mailbox`: MailboxId, `limit`: kotlin.UInt): List<OutgoingMessage> {
+            return FfiConverterSequenceTypeOutgoingMessage.lift(
+    callWithHandle {
+    uniffiRustCallWithError(SinkException) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_outbox_pending(
+        it,
+        
+        FfiConverterTypeMailboxId.lower(`mailbox`),
+        FfiConverterUInt.lower(`limit`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * One message's outcome.
+     */
+    @Throws(SinkException::class)override fun `report`(`report`: SendReport)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(SinkException) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_outbox_report(
+        it,
+        
+        FfiConverterTypeSendReport.lower(`report`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceOutbox {
+    internal object `pending`: UniffiCallbackInterfaceOutboxMethod0 {
+        override fun callback(`uniffiHandle`: Long,`mailbox`: RustBufferMailboxId.ByValue,`limit`: Int,`uniffiOutReturn`: RustBuffer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeOutbox.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`pending`(
+                    FfiConverterTypeMailboxId.lift(`mailbox`),
+                    FfiConverterUInt.lift(`limit`),
+                )
+            }
+            val writeReturn = { value: List<OutgoingMessage> -> uniffiOutReturn.setValue(FfiConverterSequenceTypeOutgoingMessage.lower(value)) }
+            uniffiTraitInterfaceCallWithError(
+                uniffiCallStatus,
+                makeCall,
+                writeReturn,
+                { e: SinkException -> FfiConverterTypeSinkError.lower(e) }
+            )
+        }
+    }
+    internal object `report`: UniffiCallbackInterfaceOutboxMethod1 {
+        override fun callback(`uniffiHandle`: Long,`report`: RustBufferSendReport.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeOutbox.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`report`(
+                    FfiConverterTypeSendReport.lift(`report`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCallWithError(
+                uniffiCallStatus,
+                makeCall,
+                writeReturn,
+                { e: SinkException -> FfiConverterTypeSinkError.lower(e) }
+            )
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeOutbox.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeOutbox.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceOutbox.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `pending`,
+        `report`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_mailsync_uniffi_fn_init_callback_vtable_outbox(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeOutbox: FfiConverter<Outbox, Long> {
+    internal val handleMap = UniffiHandleMap<Outbox>()
+
+    override fun lower(value: Outbox): Long {
+        if (value is OutboxImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): Outbox {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return OutboxImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): Outbox {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: Outbox) = 8UL
+
+    override fun write(value: Outbox, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Receives the [`SyncProgress`] of running cycles, like an
+ * `EventListener`: on a library thread, one value at a time, in order; a
+ * listener that falls behind skips values. An exception it throws loses
+ * that value only.
+ */
+public interface ProgressListener {
+    
+    /**
+     * One progress value.
+     */
+    fun `onProgress`(`progress`: SyncProgress)
+    
+    companion object
+}
+
+/**
+ * Receives the [`SyncProgress`] of running cycles, like an
+ * `EventListener`: on a library thread, one value at a time, in order; a
+ * listener that falls behind skips values. An exception it throws loses
+ * that value only.
+ */
+open class ProgressListenerImpl: Disposable, AutoCloseable, ProgressListener
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_mailsync_uniffi_fn_free_progresslistener(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_clone_progresslistener(handle, status)
+        }
+    }
+
+    
+    /**
+     * One progress value.
+     */
+    @Throws(ListenerException::class)override fun `onProgress`(`progress`: SyncProgress)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(ListenerException) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_progresslistener_on_progress(
+        it,
+        
+        FfiConverterTypeSyncProgress.lower(`progress`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceProgressListener {
+    internal object `onProgress`: UniffiCallbackInterfaceProgressListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`progress`: RustBufferSyncProgress.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeProgressListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onProgress`(
+                    FfiConverterTypeSyncProgress.lift(`progress`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCallWithError(
+                uniffiCallStatus,
+                makeCall,
+                writeReturn,
+                { e: ListenerException -> FfiConverterTypeListenerError.lower(e) }
+            )
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeProgressListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeProgressListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceProgressListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onProgress`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_mailsync_uniffi_fn_init_callback_vtable_progresslistener(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeProgressListener: FfiConverter<ProgressListener, Long> {
+    internal val handleMap = UniffiHandleMap<ProgressListener>()
+
+    override fun lower(value: ProgressListener): Long {
+        if (value is ProgressListenerImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): ProgressListener {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return ProgressListenerImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): ProgressListener {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: ProgressListener) = 8UL
+
+    override fun write(value: ProgressListener, buf: ByteBuffer) {
         buf.putLong(lower(value))
     }
 }
@@ -4159,6 +6417,23 @@ open class SealKey: Disposable, AutoCloseable, SealKeyInterface
     UniffiLib.uniffi_mailsync_uniffi_fn_constructor_sealkey_generate(
     
         _status)
+}
+    )
+    }
+    
+
+        
+    /**
+     * Reads the key file, or creates it (mode 0600) with a fresh key if
+     * there is none; safe when several processes race to create it.
+     */
+    @Throws(MailsyncException::class) fun `loadOrCreate`(`path`: kotlin.String): SealKey {
+            return FfiConverterTypeSealKey.lift(
+    uniffiRustCallWithError(MailsyncExceptionExternalErrorHandler) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_constructor_sealkey_load_or_create(
+    
+        
+        FfiConverterString.lower(`path`),_status)
 }
     )
     }
@@ -4536,6 +6811,79 @@ public object FfiConverterTypeListenerError : FfiConverterRustBuffer<ListenerExc
 
 
 
+
+
+/**
+ * An exception a [`MessageSink`] or an [`Outbox`] threw, as Rust receives
+ * it: a value, never a panic. The cycle reports it as `sink_failed` with
+ * this text.
+ */
+sealed class SinkException: kotlin.Exception() {
+    
+    /**
+     * The sink threw.
+     */
+    class Failed(
+        
+        /**
+         * What it threw.
+         */
+        val `reason`: kotlin.String
+        ) : SinkException() {
+        override val message
+            get() = "reason=${ `reason` }"
+    }
+    
+
+    
+
+
+    companion object ErrorHandler : UniffiRustCallStatusErrorHandler<SinkException> {
+        override fun lift(error_buf: RustBuffer.ByValue): SinkException = FfiConverterTypeSinkError.lift(error_buf)
+    }
+
+    
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSinkError : FfiConverterRustBuffer<SinkException> {
+    override fun read(buf: ByteBuffer): SinkException {
+        
+
+        return when(buf.getInt()) {
+            1 -> SinkException.Failed(
+                FfiConverterString.read(buf),
+                )
+            else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: SinkException): ULong {
+        return when(value) {
+            is SinkException.Failed -> (
+                // Add the size for the Int that specifies the variant plus the size needed for all fields
+                4UL
+                + FfiConverterString.allocationSize(value.`reason`)
+            )
+        }
+    }
+
+    override fun write(value: SinkException, buf: ByteBuffer) {
+        when(value) {
+            is SinkException.Failed -> {
+                buf.putInt(1)
+                FfiConverterString.write(value.`reason`, buf)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+
+}
+
+
+
 /**
  * Where a [`MailSync`] keeps its records.
  */
@@ -4566,6 +6914,30 @@ sealed class StoreLocation: Disposable  {
         companion object
     }
     
+    /**
+     * A PostgreSQL database that many workers share; its tables are
+     * created or migrated on open, after the key check.
+     */
+    data class Postgres(
+        /**
+         * `postgres://user:password@host:port/database`.
+         */
+        val `url`: kotlin.String, 
+        /**
+         * The seal key, the same for every worker.
+         */
+        val `key`: com.mailsync.api.SealKey, 
+        /**
+         * Connections kept open (none: 10).
+         */
+        val `poolSize`: kotlin.UInt?) : StoreLocation()
+        
+    {
+        
+
+        companion object
+    }
+    
 
     
     @Suppress("UNNECESSARY_SAFE_CALL") // codegen is much simpler if we unconditionally emit safe calls here
@@ -4578,6 +6950,15 @@ sealed class StoreLocation: Disposable  {
     Disposable.destroy(
         this.`path`,
         this.`key`
+    )
+                
+            }
+            is StoreLocation.Postgres -> {
+                
+    Disposable.destroy(
+        this.`url`,
+        this.`key`,
+        this.`poolSize`
     )
                 
             }
@@ -4603,6 +6984,11 @@ public object FfiConverterTypeStoreLocation : FfiConverterRustBuffer<StoreLocati
                 FfiConverterString.read(buf),
                 FfiConverterOptionalTypeSealKey.read(buf),
                 )
+            3 -> StoreLocation.Postgres(
+                FfiConverterString.read(buf),
+                FfiConverterTypeSealKey.read(buf),
+                FfiConverterOptionalUInt.read(buf),
+                )
             else -> throw RuntimeException("invalid enum value, something is very wrong!!")
         }
     }
@@ -4622,6 +7008,15 @@ public object FfiConverterTypeStoreLocation : FfiConverterRustBuffer<StoreLocati
                 + FfiConverterOptionalTypeSealKey.allocationSize(value.`key`)
             )
         }
+        is StoreLocation.Postgres -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`url`)
+                + FfiConverterTypeSealKey.allocationSize(value.`key`)
+                + FfiConverterOptionalUInt.allocationSize(value.`poolSize`)
+            )
+        }
     }
 
     override fun write(value: StoreLocation, buf: ByteBuffer) {
@@ -4636,11 +7031,50 @@ public object FfiConverterTypeStoreLocation : FfiConverterRustBuffer<StoreLocati
                 FfiConverterOptionalTypeSealKey.write(value.`key`, buf)
                 Unit
             }
+            is StoreLocation.Postgres -> {
+                buf.putInt(3)
+                FfiConverterString.write(value.`url`, buf)
+                FfiConverterTypeSealKey.write(value.`key`, buf)
+                FfiConverterOptionalUInt.write(value.`poolSize`, buf)
+                Unit
+            }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
     }
 }
 
 
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalUInt: FfiConverterRustBuffer<kotlin.UInt?> {
+    override fun read(buf: ByteBuffer): kotlin.UInt? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterUInt.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.UInt?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterUInt.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.UInt?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterUInt.write(value, buf)
+        }
+    }
+}
 
 
 
@@ -4872,6 +7306,34 @@ public object FfiConverterOptionalTypeProfileId: FfiConverterRustBuffer<ProfileI
 /**
  * @suppress
  */
+public object FfiConverterSequenceBoolean: FfiConverterRustBuffer<List<kotlin.Boolean>> {
+    override fun read(buf: ByteBuffer): List<kotlin.Boolean> {
+        val len = buf.getInt()
+        return List<kotlin.Boolean>(len) {
+            FfiConverterBoolean.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<kotlin.Boolean>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterBoolean.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<kotlin.Boolean>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterBoolean.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.String>> {
     override fun read(buf: ByteBuffer): List<kotlin.String> {
         val len = buf.getInt()
@@ -4928,6 +7390,62 @@ public object FfiConverterSequenceTypeAlert: FfiConverterRustBuffer<List<Alert>>
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeCycleReport: FfiConverterRustBuffer<List<CycleReport>> {
+    override fun read(buf: ByteBuffer): List<CycleReport> {
+        val len = buf.getInt()
+        return List<CycleReport>(len) {
+            FfiConverterTypeCycleReport.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<CycleReport>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeCycleReport.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<CycleReport>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeCycleReport.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeIncomingMessage: FfiConverterRustBuffer<List<IncomingMessage>> {
+    override fun read(buf: ByteBuffer): List<IncomingMessage> {
+        val len = buf.getInt()
+        return List<IncomingMessage>(len) {
+            FfiConverterTypeIncomingMessage.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<IncomingMessage>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeIncomingMessage.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<IncomingMessage>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeIncomingMessage.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeMailbox: FfiConverterRustBuffer<List<Mailbox>> {
     override fun read(buf: ByteBuffer): List<Mailbox> {
         val len = buf.getInt()
@@ -4956,6 +7474,34 @@ public object FfiConverterSequenceTypeMailbox: FfiConverterRustBuffer<List<Mailb
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeOutgoingMessage: FfiConverterRustBuffer<List<OutgoingMessage>> {
+    override fun read(buf: ByteBuffer): List<OutgoingMessage> {
+        val len = buf.getInt()
+        return List<OutgoingMessage>(len) {
+            FfiConverterTypeOutgoingMessage.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<OutgoingMessage>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeOutgoingMessage.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<OutgoingMessage>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeOutgoingMessage.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeServerProfile: FfiConverterRustBuffer<List<ServerProfile>> {
     override fun read(buf: ByteBuffer): List<ServerProfile> {
         val len = buf.getInt()
@@ -4974,6 +7520,34 @@ public object FfiConverterSequenceTypeServerProfile: FfiConverterRustBuffer<List
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeServerProfile.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeSyncStatus: FfiConverterRustBuffer<List<SyncStatus>> {
+    override fun read(buf: ByteBuffer): List<SyncStatus> {
+        val len = buf.getInt()
+        return List<SyncStatus>(len) {
+            FfiConverterTypeSyncStatus.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<SyncStatus>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeSyncStatus.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<SyncStatus>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeSyncStatus.write(it, buf)
         }
     }
 }
@@ -5040,6 +7614,34 @@ public object FfiConverterSequenceTypeWarning: FfiConverterRustBuffer<List<Warni
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeDeliveryOutcome: FfiConverterRustBuffer<List<DeliveryOutcome>> {
+    override fun read(buf: ByteBuffer): List<DeliveryOutcome> {
+        val len = buf.getInt()
+        return List<DeliveryOutcome>(len) {
+            FfiConverterTypeDeliveryOutcome.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<DeliveryOutcome>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeDeliveryOutcome.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<DeliveryOutcome>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeDeliveryOutcome.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeErrorCode: FfiConverterRustBuffer<List<ErrorCode>> {
     override fun read(buf: ByteBuffer): List<ErrorCode> {
         val len = buf.getInt()
@@ -5061,6 +7663,24 @@ public object FfiConverterSequenceTypeErrorCode: FfiConverterRustBuffer<List<Err
         }
     }
 }
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
 
 
 
@@ -5407,6 +8027,19 @@ object MailsyncExceptionExternalErrorHandler : UniffiRustCallStatusErrorHandler<
         
         FfiConverterString.lower(`clientId`),
         FfiConverterString.lower(`clientSecret`),_status)
+}
+    )
+    }
+    
+
+        /**
+         * The engine's defaults, to change fields of.
+         */ fun `defaultEngineOptions`(): EngineOptions {
+            return FfiConverterTypeEngineOptions.lift(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_func_default_engine_options(
+    
+        _status)
 }
     )
     }
