@@ -89,6 +89,10 @@ const INPUTS = {
   'Options.refreshLeaseSecs': [0, U32, [['refresh_lease_secs', open(option('refreshLeaseSecs'))]]],
   'Options.consentTtlSecs': [0, U32, [['consent_ttl_secs', options(option('consentTtlSecs'))]]],
   ...Object.fromEntries(ENGINE_OPTIONS.map((key) => [`EngineOptions.${key}`, [0, U32, [[snakeCase(key), engine(key)]]]])),
+  // Refused before connecting when out of range; in range, the (closed)
+  // port refuses the connection.
+  'StoreLocation.poolSize': [0, U32, [['pool_size', (v) => MailSync.open(
+    { kind: 'postgres', url: 'postgres://mailsync@127.0.0.1:1/none', key: mailsync.SealKey.generate(), poolSize: v })]]],
   'Engine.start': [0, U32, [['max_idle_secs', async (v) => {
     const started = (await engine('workers')(1)).start(v);
     await started.stop();
@@ -99,6 +103,8 @@ const INPUTS = {
 const OUTPUTS = new Set([
   'DirectionReport.durationMs', 'LastTestResult.durationMs', 'StepResult.durationMs', 'GrantInfo.version',
   'MailboxState.version', 'DirectionStatus.failures', 'Directory.mailboxCount',
+  // Queued revocations: how many were sent / are waiting.
+  'Connections.retryRevocations', 'Connections.pendingRevocations', 'KeyRotation.resealed',
   ...['delivered', 'skipped', 'filtered', 'oversized', 'retryLater', 'alreadyHad', 'bytes', 'durationMs',
     'sent', 'sendFailed', 'sendDeferred', 'sendUnknown'].map((f) => `CycleReport.${f}`),
   // Outgoing: the outbox is asked for `limit` messages; what it is told.
