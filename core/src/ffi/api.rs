@@ -113,6 +113,70 @@ macro_rules! for_each_function {
     };
 }
 
+/// Calls `$callback!` with every record and enum type of core that carries
+/// binding derives, comma-separated. Node and UniFFI find derived types on
+/// their own; a Python module must register each class, which the Python
+/// binding does from this list. A type added to core with its derives is
+/// added here, never in a binding.
+#[macro_export]
+macro_rules! for_each_record {
+    ($callback:ident) => {
+        $callback!(
+            $crate::model::OAuthApp,
+            $crate::model::ConsentScreen,
+            $crate::model::Warning,
+            $crate::model::Endpoint,
+            $crate::model::IncomingEndpoint,
+            $crate::model::Authentication,
+            $crate::model::ProcessingOptions,
+            $crate::model::LastTestResult,
+            $crate::model::ServerProfile,
+            $crate::model::Owner,
+            $crate::model::MailboxCredentials,
+            $crate::model::Alert,
+            $crate::model::Mailbox,
+            $crate::model::MailboxSpec,
+            $crate::lifecycle::PendingConsent,
+            $crate::lifecycle::GrantStatus,
+            $crate::lifecycle::TestStatus,
+            $crate::lifecycle::DirectionStatus,
+            $crate::lifecycle::DirectionState,
+            $crate::lifecycle::MailboxState,
+            $crate::lifecycle::FailurePolicy,
+            $crate::directory::MailboxStatus,
+            $crate::connections::ConsentRequest,
+            $crate::connections::AccessToken,
+            $crate::connections::GrantInfo,
+            $crate::store::KeyRotation,
+            $crate::checks::TestOptions,
+            $crate::checks::StepResult,
+            $crate::checks::Diagnosis,
+            $crate::checks::DirectionReport,
+            $crate::checks::TestReport,
+            $crate::events::MailboxEvent,
+            $crate::options::RetryPolicy,
+            $crate::options::Options,
+            $crate::sync::EngineOptions,
+            $crate::sync::MailAddress,
+            $crate::sync::IncomingMessage,
+            $crate::sync::CycleReport,
+            $crate::sync::SyncProgress,
+            $crate::sync::SyncStatus,
+            $crate::sync::ImapCursor,
+            $crate::sync::SyncCursor,
+            $crate::sync::OutgoingMessage,
+            $crate::sync::OutgoingContent,
+            $crate::sync::ComposedMessage,
+            $crate::sync::OutgoingAttachment,
+            $crate::sync::RecipientRefusal,
+            $crate::sync::SendOutcome,
+            $crate::sync::SendReport,
+            $crate::sync::OutgoingRecord,
+            $crate::sync::OutboxCursor,
+        )
+    };
+}
+
 /// A Google "Web application" client ([`OAuthApp::google`]).
 pub fn google_app(client_id: String, client_secret: String) -> Result<OAuthApp> {
     Ok(OAuthApp::google(client_id, client_secret))
