@@ -852,7 +852,7 @@ export interface PendingConsent {
   expiresAt: Timestamp
 }
 
-/** The profile's "Advanced" options (reference.md §A.1). */
+/** The profile's "Advanced" options. */
 export interface ProcessingOptions {
   /** Only mail received after this instant is processed. */
   processEmailReceivedAfter?: Timestamp

@@ -2795,7 +2795,7 @@ class PendingConsent:
 @typing.final
 class ProcessingOptions:
     r"""
-    The profile's "Advanced" options (reference.md §A.1).
+    The profile's "Advanced" options.
     """
     @property
     def process_email_received_after(self) -> typing.Optional[datetime.datetime]:

@@ -1,5 +1,5 @@
 //! The OAuth app: the Google Cloud "Web application" client and its consent
-//! screen, as an admin registers them (reference.md §A.0, §A.4).
+//! screen, as an admin registers them.
 //!
 //! [`OAuthApp::for_environment`] derives what Google must be told for a CRM
 //! environment: the JavaScript origin (the environment URL) and the redirect

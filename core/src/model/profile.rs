@@ -1,6 +1,6 @@
 //! Email server profile: where and how a group of mailboxes connects.
 //!
-//! Mirrors the Dynamics 365 `emailserverprofile` record (reference.md §A.1):
+//! Mirrors the Dynamics 365 `emailserverprofile` record:
 //! server type, authentication, incoming/outgoing endpoints, advanced
 //! processing options, "default profile for new mailboxes" and the last test
 //! results. [`ServerProfile::gmail`] fills everything the way the Gmail
@@ -241,7 +241,7 @@ impl Authentication {
     }
 }
 
-/// The profile's "Advanced" options (reference.md §A.1).
+/// The profile's "Advanced" options.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 #[cfg_attr(feature = "uniffi", derive(uniffi::Record))]

@@ -1,5 +1,5 @@
 //! Field rules shared by the model: email addresses, hosts, and Google's
-//! rules for redirect URIs and JavaScript origins (reference.md §A.4).
+//! rules for redirect URIs and JavaScript origins.
 
 use url::{Host, Url};
 

@@ -128,7 +128,7 @@ mod tests {
     use std::time::Duration;
 
     /// The Google preset's consent URL carries exactly Google's documented
-    /// parameters (reference.md §A.4) plus PKCE; no network is used.
+    /// parameters plus PKCE; no network is used.
     #[tokio::test]
     async fn google_consent_url_has_exactly_the_documented_parameters() {
         let sync = MailSync::for_tests();

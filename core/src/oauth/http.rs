@@ -4,7 +4,7 @@
 //! (tests add their own CA; verification is never turned off).
 //!
 //! [`HttpClient::oauth2`] adapts it to the `oauth2` crate's async HTTP
-//! interface (reference.md §B pitfall 1: oauth2 5.0's own reqwest support
+//! interface (oauth2 5.0's own reqwest support
 //! is reqwest 0.12 only). Server errors (5xx) and `429 Too Many Requests`
 //! are returned as [`HttpError::Status`] so the caller can treat them as
 //! transient.

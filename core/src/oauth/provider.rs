@@ -108,7 +108,7 @@ fn parse(field: &str, value: &str) -> Result<Url> {
 
 impl Provider {
     /// The Google preset: fixed authorization, token and revocation
-    /// endpoints (reference.md §A.4). The userinfo endpoint is read from
+    /// endpoints. The userinfo endpoint is read from
     /// Google's discovery document only if ever needed (the id token from
     /// the token endpoint normally names the account).
     pub fn google() -> Provider {

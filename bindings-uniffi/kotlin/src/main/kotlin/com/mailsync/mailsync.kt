@@ -4336,7 +4336,7 @@ public object FfiConverterTypePendingConsent: FfiConverterRustBuffer<PendingCons
 
 
 /**
- * The profile's "Advanced" options (reference.md §A.1).
+ * The profile's "Advanced" options.
  */
 data class ProcessingOptions (
     /**
