@@ -3,7 +3,7 @@
 in Rust (`mailsync._native._RustSinkForTest`, which keeps each message's
 bytes by key). The Python sinks do the same: `kept[m.key] = m.raw`. It
 measures what the binding's sink adapter costs; scripts/bench compares whole
-processes (docs/benchmarks.md).
+processes.
 
 It uses scripts/bench's bench set (5,000 messages of 2-20 KB in sync19's
 INBOX; run scripts/bench once to deliver it). Each run is a new store syncing

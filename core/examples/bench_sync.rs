@@ -1,4 +1,4 @@
-//! The library's side of `scripts/bench` (see docs/benchmarks.md).
+//! The library's side of `scripts/bench`.
 //!
 //! ```text
 //! bench_sync setup STACK_JSON DB [--from-now] EMAIL...
