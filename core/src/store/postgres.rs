@@ -281,6 +281,53 @@ fn due_of(row: &PgRow) -> Result<Option<i64>> {
 /// Recomputes the mailbox's due time inside `tx`, whose [`hold_state`]
 /// already locked the state row (so this statement, started after the
 /// lock, reads every input as last committed).
+/// The per-mailbox cursor tables written under compare-and-swap.
+#[derive(Clone, Copy)]
+enum CursorTable {
+    Sync,
+    Outbox,
+}
+
+/// Writes a mailbox's cursor row: updates it when one was read (`exists`),
+/// else inserts it. `false` when the insert lost to another first writer.
+async fn write_cursor(
+    tx: &mut Tx<'_>,
+    table: CursorTable,
+    mailbox: &str,
+    exists: bool,
+    version: i64,
+    data: &str,
+) -> Result<bool> {
+    let (update, insert) = match table {
+        CursorTable::Sync => (
+            "UPDATE sync_cursors SET version = $1, data = $2 WHERE mailbox_id = $3",
+            "INSERT INTO sync_cursors (mailbox_id, version, data) VALUES ($1, $2, $3) \
+             ON CONFLICT (mailbox_id) DO NOTHING",
+        ),
+        CursorTable::Outbox => (
+            "UPDATE outbox_cursors SET version = $1, data = $2 WHERE mailbox_id = $3",
+            "INSERT INTO outbox_cursors (mailbox_id, version, data) VALUES ($1, $2, $3) \
+             ON CONFLICT (mailbox_id) DO NOTHING",
+        ),
+    };
+    if exists {
+        sqlx::query(update)
+            .bind(version)
+            .bind(data)
+            .bind(mailbox)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(true);
+    }
+    let done = sqlx::query(insert)
+        .bind(mailbox)
+        .bind(version)
+        .bind(data)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 async fn refresh_due(tx: &mut Tx<'_>, mailbox: &str) -> Result<()> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("{DUE_INPUTS} WHERE m.id = $1")))
         .bind(mailbox)
@@ -1483,27 +1530,18 @@ impl SyncStore for PostgresStore {
         }
         let version = next_version(&mut tx).await?;
         let data = to_json(cursor)?;
-        if current.is_some() {
-            sqlx::query("UPDATE sync_cursors SET version = $1, data = $2 WHERE mailbox_id = $3")
-                .bind(version)
-                .bind(&data)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            let done = sqlx::query(
-                "INSERT INTO sync_cursors (mailbox_id, version, data) VALUES ($1, $2, $3) \
-                 ON CONFLICT (mailbox_id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(version)
-            .bind(&data)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                // Another first cycle stored a cursor meanwhile.
-                return Ok(None);
-            }
+        if !write_cursor(
+            &mut tx,
+            CursorTable::Sync,
+            id,
+            current.is_some(),
+            version,
+            &data,
+        )
+        .await?
+        {
+            // Another first cycle stored a cursor meanwhile.
+            return Ok(None);
         }
         refresh_due(&mut tx, id).await?;
         if !messages.is_empty() {
@@ -1719,26 +1757,17 @@ impl OutboxStore for PostgresStore {
         }
         let version = next_version(&mut tx).await?;
         let data = to_json(cursor)?;
-        if current.is_some() {
-            sqlx::query("UPDATE outbox_cursors SET version = $1, data = $2 WHERE mailbox_id = $3")
-                .bind(version)
-                .bind(&data)
-                .bind(mailbox)
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            let done = sqlx::query(
-                "INSERT INTO outbox_cursors (mailbox_id, version, data) VALUES ($1, $2, $3) \
-                 ON CONFLICT (mailbox_id) DO NOTHING",
-            )
-            .bind(mailbox)
-            .bind(version)
-            .bind(&data)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                return Ok(None);
-            }
+        if !write_cursor(
+            &mut tx,
+            CursorTable::Outbox,
+            mailbox,
+            current.is_some(),
+            version,
+            &data,
+        )
+        .await?
+        {
+            return Ok(None);
         }
         refresh_due(&mut tx, mailbox).await?;
         tx.commit().await?;
