@@ -94,7 +94,8 @@ fn invoke(
                 .call_method1(intern!(py, "run"), (result,))
                 .map(Some);
         }
-        let task = asyncio.call_method1(intern!(py, "ensure_future"), (result,))?;
+        let task = asyncio.call_method1(intern!(py, "ensure_future"), (&result,))?;
+        abandon_quietly(&task, &result)?;
         task.call_method1(intern!(py, "add_done_callback"), (reply,))?;
         Ok(None)
     })();
@@ -103,6 +104,30 @@ fn invoke(
         Ok(Some(value)) => reply.get().settle(py, Ok(value)),
         Err(err) => reply.get().settle(py, Err(err)),
     }
+}
+
+/// A call's task that its loop abandons (the loop closes while the task is
+/// pending, e.g. an event handed over while `asyncio.run` winds down) ends
+/// with the subscription or call it served: that is not a bug of the host's
+/// program, so asyncio's "Task was destroyed but it is pending!" is switched
+/// off for it (as `run_until_complete` does for its own task), and a
+/// coroutine that never got to run is closed when its task goes, instead of
+/// warning "coroutine … was never awaited".
+fn abandon_quietly(task: &Bound<'_, PyAny>, awaitable: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = task.py();
+    // Any loop's task may lack the attribute (custom task factories): then
+    // asyncio's own behaviour stays.
+    let _ = task.setattr(intern!(py, "_log_destroy_pending"), false);
+    if awaitable.is(task) || !awaitable.hasattr(intern!(py, "close"))? {
+        return Ok(());
+    }
+    let finalizer = py.import(intern!(py, "weakref"))?.call_method1(
+        intern!(py, "finalize"),
+        (task, awaitable.getattr(intern!(py, "close"))?),
+    )?;
+    // Not at interpreter exit: the task may still be running on another
+    // thread's loop then.
+    finalizer.setattr(intern!(py, "atexit"), false)
 }
 
 /// Hands one call of `callable` to the host; `Err` when it could not be

@@ -79,6 +79,34 @@ SCRIPTS = {
 
         asyncio.run(main(sys.argv[1]))
     """,
+    # A loop closed (without cancelling its tasks) while a coroutine callback
+    # of a subscription is still running: the library's task for it is
+    # abandoned silently, as asyncio.run abandons an event handed over while
+    # it winds down.
+    "loop_closed_under_callback": """
+        import asyncio, gc, sys
+        import mailsync
+
+        async def main(path, started):
+            sync = await mailsync.MailSync.open(mailsync.StoreLocation.sqlite(path), mailsync.default_options())
+            app = mailsync.app_for_environment(mailsync.google_app("id", "secret"), "https://crm.example.com", None)
+            profile = mailsync.gmail_profile("Exit", app)
+            profile.default_for_new_mailboxes = True
+            await sync.directory.create_profile(profile)
+            await sync.directory.create_mailbox(mailsync.user_mailbox("u@example.com"))
+            async def callback(event):
+                started.set()
+                await asyncio.Event().wait()  # never returns
+            await sync.subscribe(None, callback)
+            await started.wait()
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(main(sys.argv[1], asyncio.Event()))
+        loop.close()
+        del loop
+        gc.collect()
+        print("closed")
+    """,
     "blocking": """
         import sys
         import mailsync
@@ -193,6 +221,10 @@ def test_operation_in_flight_at_exit(tmp_path):
 
 def test_active_subscriptions_at_exit(tmp_path):
     _run_many(tmp_path, "subscribed", runs=24, paired=0)
+
+
+def test_a_loop_closed_under_a_running_callback_is_quiet(tmp_path):
+    _run_many(tmp_path, "loop_closed_under_callback", runs=8, paired=0)
 
 
 def test_blocking_scripts_exit_cleanly(tmp_path):

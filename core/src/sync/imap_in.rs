@@ -88,8 +88,11 @@ pub(super) async fn run(
 }
 
 /// The later of the profile's and the mailbox's "process email from".
+///
+/// Dates on mail (INTERNALDATE, `Date:`) have whole seconds, so the cutoff is
+/// taken at its whole second: mail of the cutoff's own second is processed.
 pub(crate) fn process_from(mailbox: &Mailbox, profile: &ServerProfile) -> Option<Timestamp> {
-    match (
+    let cutoff = match (
         mailbox.process_email_received_after,
         profile.processing.process_email_received_after,
     ) {
@@ -99,7 +102,11 @@ pub(crate) fn process_from(mailbox: &Mailbox, profile: &ServerProfile) -> Option
             b
         }),
         (a, b) => a.or(b),
-    }
+    };
+    cutoff.map(|t| {
+        let ms = t.unix_millis();
+        Timestamp::from_unix_millis(ms - ms.rem_euclid(1000))
+    })
 }
 
 /// `SINCE` takes a date; a day earlier keeps every time zone in, the exact
@@ -707,5 +714,31 @@ async fn commit(
             ErrorCode::Conflict,
             "the mailbox's sync lease or cursor was taken over by another worker; this cycle stops",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MailboxSpec, OAuthApp};
+
+    /// Mail dated in the cutoff's own second is processed: its date has whole
+    /// seconds, the cutoff may not.
+    #[test]
+    fn the_cutoff_is_taken_at_its_whole_second() {
+        let mut spec = MailboxSpec::user("a@example.test");
+        spec.process_email_received_after = Some(Timestamp::from_unix_millis(1_800_000_000_999));
+        let mailbox = Mailbox::from_spec(spec, None, Timestamp::now_utc()).unwrap();
+        let mut profile = ServerProfile::gmail("p", OAuthApp::google("id", "secret"));
+        let from = process_from(&mailbox, &profile).unwrap();
+        assert_eq!(from.unix_millis(), 1_800_000_000_000);
+
+        // The later of the two wins.
+        profile.processing.process_email_received_after =
+            Some(Timestamp::from_unix_millis(1_800_000_005_500));
+        assert_eq!(
+            process_from(&mailbox, &profile).unwrap().unix_millis(),
+            1_800_000_005_000
+        );
     }
 }
