@@ -245,3 +245,73 @@ async fn a_refused_grant_whose_revocation_fails_is_queued() {
         0
     );
 }
+
+/// A sink for engines that find no mail to deliver here.
+struct NoMail;
+
+#[async_trait::async_trait]
+impl mailsync::sync::MessageSink for NoMail {
+    async fn deliver(
+        &self,
+        messages: Vec<mailsync::sync::IncomingMessage>,
+    ) -> mailsync::Result<Vec<mailsync::sync::DeliveryOutcome>> {
+        Ok(vec![
+            mailsync::sync::DeliveryOutcome::Stored;
+            messages.len()
+        ])
+    }
+}
+
+/// The engine sends the queued revocations that are due itself: once per
+/// `run_due`, and in the background while it runs (`start`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_sends_queued_revocations_when_due() {
+    let _p = mailsync_e2e::provider_exclusive().await;
+    let env = setup().await;
+    let engine = mailsync::sync::Engine::new(
+        env.sync.clone(),
+        Arc::new(NoMail),
+        mailsync::sync::EngineOptions::default(),
+    )
+    .unwrap();
+
+    // run_due: not before the revocation is due, then at once.
+    let (id, refresh) = connected(&env, &account(14)).await;
+    arm("revocation_503", 1).await;
+    env.sync.directory().delete_mailbox(&id).await.unwrap();
+    assert_eq!(armed().await, 0, "the injected failure was used");
+    assert_eq!(env.sync.store().list_revocations().await.unwrap().len(), 1);
+    engine.run_due().await.unwrap();
+    assert!(introspected(&refresh).await, "sent before it was due");
+    env.clock.advance(Duration::from_secs(61));
+    engine.run_due().await.unwrap();
+    assert!(!introspected(&refresh).await, "revoked by run_due");
+    assert_eq!(
+        env.sync.connections().pending_revocations().await.unwrap(),
+        0
+    );
+
+    // start: the running engine sends it.
+    let (id, refresh) = connected(&env, &account(14)).await;
+    arm("revocation_503", 1).await;
+    env.sync.directory().delete_mailbox(&id).await.unwrap();
+    assert_eq!(armed().await, 0, "the injected failure was used");
+    env.clock.advance(Duration::from_secs(61));
+    let handle = engine.start(Duration::from_millis(200));
+    let sync = env.sync.clone();
+    mailsync_e2e::wait_for(
+        "the running engine to send the queued revocation",
+        Duration::from_secs(30),
+        || {
+            let sync = sync.clone();
+            async move { sync.connections().pending_revocations().await.unwrap() == 0 }
+        },
+    )
+    .await;
+    handle.stop().await;
+    assert!(
+        !introspected(&refresh).await,
+        "revoked by the running engine"
+    );
+    env.sync.close().await;
+}

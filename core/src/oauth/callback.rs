@@ -8,9 +8,9 @@
 //! which OpenID Connect Core 1.0 §3.1.3.7 (item 6) accepts in place of
 //! signature validation. `iss` and `aud` must still be present and match
 //! (the provider, and the client id: a token for several audiences must name
-//! the client as `azp`), and an `email_verified` claim, when present, must be
+//! the client as `azp`), and its `email_verified` claim must be present and
 //! true. Without an id token, or without an `email` claim, the userinfo
-//! endpoint is asked; its `email_verified`, when present, must be true too.
+//! endpoint is asked; its `email_verified` must be present and true too.
 
 use base64::Engine as _;
 use oauth2::TokenResponse as _;
@@ -179,11 +179,20 @@ fn claims_verified(value: &serde_json::Value) -> bool {
     }
 }
 
-/// Refuses (`account_mismatch`) an address whose `email_verified` claim is
-/// present and not true. An absent claim is accepted: Google always sends
-/// it, and providers that leave it out vouch for their addresses otherwise.
+/// Refuses an address whose `email_verified` claim is not true
+/// (`account_mismatch`: the provider does not vouch for it), or absent
+/// (`provider_error`: Google always sends it, so a provider that leaves it
+/// out is not set up as mailsync needs).
 fn check_email_verified(email: &str, verified: Option<&serde_json::Value>) -> Result<()> {
     match verified {
+        None => Err(Error::new(
+            ErrorCode::ProviderError,
+            format!(
+                "the provider does not say whether the address {} of the consenting account is verified \
+                 (no email_verified claim); only verified addresses can be connected",
+                sanitize(email)
+            ),
+        )),
         Some(v) if !claims_verified(v) => Err(Error::new(
             ErrorCode::AccountMismatch,
             format!(
@@ -202,10 +211,10 @@ fn check_email_verified(email: &str, verified: Option<&serde_json::Value>) -> Re
 /// * `iss` must be present and name the provider;
 /// * `aud` must be present and contain `client_id`; when it names other
 ///   audiences too, an `azp` must be present and be `client_id`;
-/// * `email_verified`, when present, must be true ([`check_email_verified`]).
+/// * `email_verified` must be present and true ([`check_email_verified`]).
 ///
-/// Any failure is `provider_error`, except an unverified address
-/// (`account_mismatch`).
+/// Any failure is `provider_error`, except an address the provider says is
+/// not verified (`account_mismatch`).
 fn account_of_id_token(id_token: &Secret, issuer: &str, client_id: &str) -> Result<Option<String>> {
     let claims = decode_claims(id_token.expose())?;
     match &claims.iss {
@@ -696,8 +705,8 @@ mod tests {
     }
 
     /// `aud` must be present and name the client (with `azp` when it names
-    /// others too); `iss` must be present and match; `email_verified`, when
-    /// present, must be true.
+    /// others too); `iss` must be present and match; `email_verified` must
+    /// be present and true.
     #[test]
     fn id_token_audience_issuer_and_verified_address() {
         use serde_json::json;
@@ -718,8 +727,11 @@ mod tests {
             check(json!({"iss": ISS, "aud": "cid", "sub": "1"})).unwrap(),
             None
         );
-        // No email_verified claim: accepted (documented).
-        assert!(check(json!({"iss": ISS, "aud": "cid", "email": "a@x.com"})).is_ok());
+        // No email_verified claim: the provider vouches for nothing.
+        assert_eq!(
+            code(json!({"iss": ISS, "aud": "cid", "email": "a@x.com"})),
+            ErrorCode::ProviderError
+        );
         assert!(
             check(json!({"iss": ISS, "aud": "cid", "email": "a@x.com", "email_verified": "true"}))
                 .is_ok()
@@ -749,7 +761,10 @@ mod tests {
             code(json!({"iss": ISS, "aud": 7, "email": "a@x.com"})),
             ErrorCode::ProviderError
         );
-        assert!(check(json!({"iss": ISS, "aud": ["cid"], "email": "a@x.com"})).is_ok());
+        assert!(
+            check(json!({"iss": ISS, "aud": ["cid"], "email": "a@x.com", "email_verified": true}))
+                .is_ok()
+        );
         // Several audiences: azp must name the client.
         assert_eq!(
             code(json!({"iss": ISS, "aud": ["cid", "other"]})),
@@ -787,7 +802,10 @@ mod tests {
             assert_eq!(code(claims), ErrorCode::AccountMismatch, "{verified}");
         }
         // Userinfo's answer is held to the same rule.
-        assert!(check_email_verified("a@x.com", None).is_ok());
+        assert_eq!(
+            check_email_verified("a@x.com", None).unwrap_err().code(),
+            ErrorCode::ProviderError
+        );
         assert!(check_email_verified("a@x.com", Some(&json!(true))).is_ok());
         assert_eq!(
             check_email_verified("a@x.com", Some(&json!(false)))

@@ -114,7 +114,16 @@ impl Engine {
     /// from the store as workers free up ([`crate::store::LeaseStore::claim_due`]),
     /// so engines in other processes sharing the store take the others; a
     /// mailbox another worker holds is left to it.
+    /// Queued token revocations that are due are sent meanwhile
+    /// ([`crate::Connections::retry_revocations`]).
     pub async fn run_due(&self) -> Result<Vec<CycleReport>> {
+        let revoking = tokio::spawn(retry_revocations(self.inner.sync.clone()));
+        let reports = self.run_due_cycles().await;
+        let _ = revoking.await;
+        reports
+    }
+
+    async fn run_due_cycles(&self) -> Result<Vec<CycleReport>> {
         let workers = self.inner.options.workers as usize;
         let mut tasks = tokio::task::JoinSet::new();
         let mut taken: Vec<MailboxId> = Vec::new();
@@ -157,7 +166,9 @@ impl Engine {
     /// whenever one ends, and otherwise sleeps until the next mailbox may be
     /// claimed (at most `max_idle`, so mailboxes enabled meanwhile are
     /// picked up). Engines in other processes sharing the store divide the
-    /// mailboxes between them the same way.
+    /// mailboxes between them the same way. Queued token revocations that
+    /// are due are sent in the background, at most once a minute
+    /// ([`crate::Connections::retry_revocations`]).
     pub fn start(&self, max_idle: Duration) -> EngineHandle {
         let stop = Arc::new(Notify::new());
         let engine = self.clone();
@@ -166,7 +177,15 @@ impl Engine {
             let workers = engine.inner.options.workers as usize;
             let mut tasks = tokio::task::JoinSet::new();
             let mut seeded: Option<std::time::Instant> = None;
+            let mut revoking: Option<(std::time::Instant, tokio::task::JoinHandle<()>)> = None;
             loop {
+                if revoking
+                    .as_ref()
+                    .is_none_or(|(at, task)| task.is_finished() && at.elapsed() >= REVOKE_EVERY)
+                {
+                    let task = tokio::spawn(retry_revocations(engine.inner.sync.clone()));
+                    revoking = Some((std::time::Instant::now(), task));
+                }
                 // Mailboxes whose outgoing mail has no schedule yet get one
                 // (at start, then at most once a minute).
                 if engine.inner.outbox.is_some()
@@ -211,8 +230,12 @@ impl Engine {
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
-            // Cut the running cycles short (their batches come again).
+            // Cut the running cycles short (their batches come again), and
+            // a revocation in flight (its claim expires; it is sent again).
             tasks.shutdown().await;
+            if let Some((_, task)) = revoking {
+                task.abort();
+            }
         });
         EngineHandle {
             stop,
@@ -262,6 +285,19 @@ impl Engine {
 /// How often [`Engine::start`] looks for mailboxes whose outgoing mail has
 /// no schedule yet ([`Engine::seed_outgoing`]).
 const SEED_EVERY: Duration = Duration::from_secs(60);
+
+/// How often [`Engine::start`] sends the queued token revocations that are
+/// due.
+const REVOKE_EVERY: Duration = Duration::from_secs(60);
+
+/// Sends the queued token revocations that are due, logging the outcome.
+async fn retry_revocations(sync: crate::MailSync) {
+    match sync.retry_revocations().await {
+        Ok(0) => {}
+        Ok(sent) => tracing::info!(sent, "queued token revocations sent"),
+        Err(e) => tracing::warn!("could not send the queued token revocations: {e}"),
+    }
+}
 
 /// The report of a finished cycle task; a cycle that could not start is
 /// logged (quietly when another worker has the mailbox).
