@@ -127,6 +127,12 @@ fn transport_error(e: &lettre::transport::smtp::Error, host: &str) -> Error {
             {
                 return Error::new(ErrorCode::Tls, super::tls::describe_rustls_error(tls, host));
             }
+            if let Some(limit) = io.get_ref().and_then(|i| i.downcast_ref::<ReplyLimit>()) {
+                return Error::new(
+                    ErrorCode::ProtocolError,
+                    format!("{limit}; the session was closed"),
+                );
+            }
             return super::io_error(PROTO, io);
         }
         src = s.source();
@@ -283,6 +289,7 @@ impl SmtpClient {
                 greeting: greeting.to_vec(),
                 read: 0,
                 written: written.clone(),
+                limits: ReplyLimits::default(),
             };
             let hello = hello.clone();
             let host = host.clone();
@@ -431,14 +438,72 @@ impl WriteLog {
     }
 }
 
+/// The longest reply line lettre reads, CRLF included (its own limit, which
+/// [`Wire`] enforces before lettre buffers the line).
+const WIRE_MAX_LINE: usize = 1000;
+
+/// The limits on what an SMTP server sends lettre, checked as the bytes
+/// arrive: lettre buffers a reply line until its line feed and parses a
+/// multi-line reply again after each line (up to 100 kB), so a hostile
+/// server could make it buffer without bound or burn CPU where no timeout
+/// can cut in.
+#[derive(Debug, Default)]
+struct ReplyLimits {
+    /// Bytes of the current line so far.
+    line_len: usize,
+    /// Its first four bytes (`250-`: more lines follow).
+    head: [u8; 4],
+    /// Lines of the current reply so far.
+    reply_lines: usize,
+    /// The limit broken, if one was: every later read fails the same way.
+    broken: Option<&'static str>,
+}
+
+impl ReplyLimits {
+    fn check(&mut self, bytes: &[u8]) -> std::result::Result<(), &'static str> {
+        for &b in bytes {
+            if self.line_len < 4 {
+                self.head[self.line_len] = b;
+            }
+            self.line_len += 1;
+            if b == b'\n' {
+                let continued = self.line_len > 4 && self.head[3] == b'-';
+                self.reply_lines = if continued { self.reply_lines + 1 } else { 0 };
+                self.line_len = 0;
+                if self.reply_lines >= MAX_REPLY_LINES {
+                    return Err("a reply of more than 100 lines");
+                }
+            } else if self.line_len > WIRE_MAX_LINE {
+                return Err("a reply line longer than 1000 bytes");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The io error [`Wire`] fails a read with when the server broke a
+/// [`ReplyLimits`] limit; [`transport_error`] makes it `protocol_error`.
+#[derive(Debug)]
+struct ReplyLimit(&'static str);
+
+impl std::fmt::Display for ReplyLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the SMTP server sent {}", self.0)
+    }
+}
+
+impl std::error::Error for ReplyLimit {}
+
 /// The stream handed to lettre: the connection, the greeting lettre reads
-/// after our STARTTLS, and the log of what went out.
+/// after our STARTTLS, the log of what went out, and the limits on what
+/// comes in.
 #[derive(Debug)]
 struct Wire {
     stream: MailStream,
     greeting: Vec<u8>,
     read: usize,
     written: Arc<WriteLog>,
+    limits: ReplyLimits,
 }
 
 impl AsyncRead for Wire {
@@ -455,7 +520,22 @@ impl AsyncRead for Wire {
             me.read += n;
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut me.stream).poll_read(cx, buf)
+        let refused =
+            |limit| std::io::Error::new(std::io::ErrorKind::InvalidData, ReplyLimit(limit));
+        if let Some(limit) = me.limits.broken {
+            return Poll::Ready(Err(refused(limit)));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut me.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &polled
+            && let Err(limit) = me.limits.check(&buf.filled()[before..])
+        {
+            // Nothing of it reaches lettre.
+            buf.set_filled(before);
+            me.limits.broken = Some(limit);
+            return Poll::Ready(Err(refused(limit)));
+        }
+        polled
     }
 }
 
