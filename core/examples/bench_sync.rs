@@ -19,13 +19,25 @@
 //!     then ROUNDS rounds of `run_due` on all stores at once and ROUNDS
 //!     rounds of `run_once` per mailbox one after the other, with this
 //!     process's CPU time (getrusage) around each round. Prints JSON.
+//! bench_sync idle-worker STACK_JSON DB ROUNDS
+//!     One worker (`Engine::start`, default EngineOptions but postponement
+//!     0, so every mailbox is due again at once) over every mailbox of the
+//!     store (a `setup --from-now` store: nothing new arrives). After each
+//!     mailbox's first cycle, ROUNDS more cycles of every mailbox, with this
+//!     process's CPU time around them; then its resident memory. Prints
+//!     JSON.
 //! ```
+//!
+//! DB is a SQLite path, or a `postgres://` URL (then BENCH_KEY_FILE names
+//! the seal key file, created if missing). Addresses of the stack's bulk
+//! accounts (`bulk001@…`) use the bulk password.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::StreamExt as _;
 use mailsync::checks::TestOptions;
 use mailsync::model::{
     Authentication, Endpoint, IncomingEndpoint, IncomingFilter, IncomingProtocol,
@@ -52,6 +64,12 @@ impl Stack {
     }
 
     fn password(&self, email: &str) -> Result<String, Failure> {
+        let bulk = &self.0["bulk"];
+        if let (Some(prefix), Some(password)) = (bulk["prefix"].as_str(), bulk["password"].as_str())
+            && email.starts_with(prefix)
+        {
+            return Ok(password.to_owned());
+        }
         Ok(self.0["accounts"]
             .as_array()
             .ok_or("accounts")?
@@ -70,8 +88,19 @@ impl Stack {
     }
 }
 
+/// A SQLite path, or a `postgres://` URL with the key file in BENCH_KEY_FILE.
+fn store_config(db: &str) -> Result<StoreConfig, Failure> {
+    if db.starts_with("postgres://") {
+        let key = std::env::var("BENCH_KEY_FILE").map_err(|_| "BENCH_KEY_FILE is not set")?;
+        let key = mailsync::store::SealKey::load_or_create(std::path::Path::new(&key))?;
+        Ok(StoreConfig::postgres(db, key))
+    } else {
+        Ok(StoreConfig::sqlite(db))
+    }
+}
+
 async fn setup(stack: &Stack, db: &str, from_now: bool, emails: &[String]) -> Result<(), Failure> {
-    let sync = MailSync::open(StoreConfig::sqlite(db), stack.options()?).await?;
+    let sync = MailSync::open(store_config(db)?, stack.options()?).await?;
     let incoming = IncomingEndpoint {
         protocol: IncomingProtocol::Imap,
         endpoint: Endpoint::new(
@@ -95,28 +124,46 @@ async fn setup(stack: &Stack, db: &str, from_now: bool, emails: &[String]) -> Re
     profile.processing.min_polling_interval_minutes = 0;
     profile.processing.max_concurrent_connections = 300;
     let profile = sync.directory().create_profile(profile).await?;
-    for email in emails {
-        let mut spec = MailboxSpec::user(email)
-            .on_profile(profile.id.clone())
-            .with_incoming_filter(IncomingFilter::All);
-        spec.outgoing_delivery = OutgoingDelivery::None;
-        spec.credentials = Some(MailboxCredentials {
-            username: email.clone(),
-            password: Some(stack.password(email)?.into()),
-        });
-        if from_now {
-            spec.process_email_received_after = Some(Timestamp::now_utc());
-        }
-        let mailbox = sync.directory().create_mailbox(spec).await?;
-        let report = sync
-            .checks()
-            .test_and_enable(&mailbox.id, &TestOptions::default())
-            .await?;
-        if !report.is_success() {
-            return Err(format!("Test & Enable of {email} failed: {report:?}").into());
-        }
+    // Up to 16 mailboxes are set up at once.
+    let one = |email: String| {
+        let (sync, profile_id) = (sync.clone(), profile.id.clone());
+        async move { setup_mailbox(stack, &sync, profile_id, &email, from_now).await }
+    };
+    let mut setups = futures::stream::iter(emails.iter().cloned().map(one)).buffer_unordered(16);
+    while let Some(done) = setups.next().await {
+        done?;
     }
+    drop(setups);
     sync.close().await;
+    Ok(())
+}
+
+async fn setup_mailbox(
+    stack: &Stack,
+    sync: &MailSync,
+    profile: mailsync::model::ProfileId,
+    email: &str,
+    from_now: bool,
+) -> Result<(), Failure> {
+    let mut spec = MailboxSpec::user(email)
+        .on_profile(profile)
+        .with_incoming_filter(IncomingFilter::All);
+    spec.outgoing_delivery = OutgoingDelivery::None;
+    spec.credentials = Some(MailboxCredentials {
+        username: email.to_owned(),
+        password: Some(stack.password(email)?.into()),
+    });
+    if from_now {
+        spec.process_email_received_after = Some(Timestamp::now_utc());
+    }
+    let mailbox = sync.directory().create_mailbox(spec).await?;
+    let report = sync
+        .checks()
+        .test_and_enable(&mailbox.id, &TestOptions::default())
+        .await?;
+    if !report.is_success() {
+        return Err(format!("Test & Enable of {email} failed: {report:?}").into());
+    }
     Ok(())
 }
 
@@ -301,13 +348,98 @@ async fn idle(stack: &Stack, rounds: usize, dbs: &[String]) -> Result<(), Failur
     Ok(())
 }
 
+/// `VmRSS` and `VmHWM` of this process, in KiB.
+fn memory_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn idle_worker(stack: &Stack, db: &str, rounds: u32) -> Result<(), Failure> {
+    let sync = MailSync::open(store_config(db)?, stack.options()?).await?;
+    let ids: Vec<_> = sync
+        .directory()
+        .list_mailboxes(None)
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    let (opened_rss, _) = memory_kib();
+    let mut options = EngineOptions::default();
+    options.postpone_secs = 0;
+    let engine = Engine::new(sync.clone(), Arc::new(Discard), options)?;
+    let mut reports = engine.reports();
+    let handle = engine.start(Duration::from_secs(1));
+    let mut cycles: std::collections::HashMap<_, u32> = std::collections::HashMap::new();
+    let (mut failed, mut delivered) = (0u32, 0u64);
+    let mut measuring: Option<(Duration, Instant, u32)> = None;
+    let wanted = |cycles: &std::collections::HashMap<_, u32>, n: u32| {
+        ids.iter()
+            .all(|id| cycles.get(id).copied().unwrap_or(0) >= n)
+    };
+    loop {
+        let report = match reports.recv().await {
+            Ok(r) => r,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                return Err(format!("{n} cycle reports were missed").into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        failed += u32::from(!report.is_success());
+        delivered += u64::from(report.delivered);
+        *cycles.entry(report.mailbox_id).or_default() += 1;
+        if let Some((_, _, ref mut n)) = measuring {
+            *n += 1;
+        }
+        if measuring.is_none() && wanted(&cycles, 1) {
+            // Every mailbox had its first cycle: count from here.
+            measuring = Some((cpu(), Instant::now(), 0));
+            cycles.values_mut().for_each(|c| *c = 0);
+        } else if measuring.is_some() && wanted(&cycles, rounds) {
+            break;
+        }
+    }
+    let (cpu0, wall0, measured) = measuring.ok_or("no measurement")?;
+    let (cpu1, wall) = (cpu(), wall0.elapsed());
+    let (rss, hwm) = memory_kib();
+    handle.stop().await;
+    sync.close().await;
+    println!(
+        "{}",
+        serde_json::json!({
+            "mailboxes": ids.len(),
+            "rounds": rounds,
+            "cycles": measured,
+            "failed": failed,
+            "delivered": delivered,
+            "cpu_ms_per_cycle": (cpu1 - cpu0).as_secs_f64() * 1e3 / f64::from(measured.max(1)),
+            "wall_s": wall.as_secs_f64(),
+            "rss_kib_opened": opened_rss,
+            "rss_kib": rss,
+            "hwm_kib": hwm,
+        })
+    );
+    if failed > 0 {
+        return Err(format!("{failed} cycles failed").into());
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
         eprintln!(
             "usage: bench_sync setup STACK_JSON DB [--from-now] EMAIL...\n       \
              bench_sync sync STACK_JSON DB EMAIL OUT_DIR\n       \
-             bench_sync idle STACK_JSON ROUNDS DB..."
+             bench_sync idle STACK_JSON ROUNDS DB...\n       \
+             bench_sync idle-worker STACK_JSON DB ROUNDS"
         );
         std::process::exit(2)
     };
@@ -330,6 +462,10 @@ fn main() {
             Some("sync") if args.len() == 5 => {
                 let stack = Stack::load(&args[1])?;
                 sync_once(&stack, &args[2], &args[3], &args[4]).await
+            }
+            Some("idle-worker") if args.len() == 4 => {
+                let stack = Stack::load(&args[1])?;
+                idle_worker(&stack, &args[2], args[3].parse()?).await
             }
             Some("idle") if args.len() >= 4 => {
                 let stack = Stack::load(&args[1])?;

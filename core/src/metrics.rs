@@ -9,6 +9,7 @@
 //! | `mailsync_sync_failures_total` | counter | `code` (an [`ErrorCode`]) |
 //! | `mailsync_messages_in_total` | counter | `outcome` (`stored`, `skipped`, `filtered`, `oversized`) |
 //! | `mailsync_message_bytes_in_total` | counter | |
+//! | `mailsync_messages_out_total` | counter | `outcome` (`sent`, `failed`, `deferred`, `unknown`) |
 //! | `mailsync_sync_cycles_running` | gauge | |
 //! | `mailsync_lease_takeovers_total` | counter | `kind` (`sync`, `refresh`) |
 //! | `mailsync_lease_claims_total` | counter | |
@@ -28,6 +29,8 @@ pub const SYNC_FAILURES: &str = "mailsync_sync_failures_total";
 pub const MESSAGES_IN: &str = "mailsync_messages_in_total";
 /// Message bytes downloaded.
 pub const MESSAGE_BYTES_IN: &str = "mailsync_message_bytes_in_total";
+/// Outgoing messages handled, by outcome.
+pub const MESSAGES_OUT: &str = "mailsync_messages_out_total";
 /// Cycles running in this process now.
 pub const CYCLES_RUNNING: &str = "mailsync_sync_cycles_running";
 /// Expired leases of another holder taken over, by kind.
@@ -98,6 +101,16 @@ pub(crate) fn cycle_ended(report: &CycleReport) {
     if report.bytes > 0 {
         metrics::counter!(MESSAGE_BYTES_IN).increment(report.bytes as u64);
     }
+    for (outcome, n) in [
+        ("sent", report.sent),
+        ("failed", report.send_failed),
+        ("deferred", report.send_deferred),
+        ("unknown", report.send_unknown),
+    ] {
+        if n > 0 {
+            metrics::counter!(MESSAGES_OUT, "outcome" => outcome).increment(u64::from(n));
+        }
+    }
 }
 
 fn failure(code: ErrorCode) {
@@ -123,5 +136,55 @@ impl Drop for Running {
 pub(crate) fn mailboxes(counts: &[(&'static str, usize)]) {
     for (state, n) in counts {
         metrics::gauge!(MAILBOXES, "state" => *state).set(*n as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// A cycle's report is counted in and out, by outcome.
+    #[test]
+    fn a_cycle_is_counted_in_and_out() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let report = CycleReport {
+            delivered: 3,
+            bytes: 300,
+            sent: 2,
+            send_failed: 1,
+            ..CycleReport::new(
+                &crate::model::Mailbox::from_spec(
+                    crate::model::MailboxSpec::user("a@example.test"),
+                    None,
+                    crate::model::Timestamp::now_utc(),
+                )
+                .unwrap(),
+            )
+        };
+        metrics::with_local_recorder(&recorder, || cycle_ended(&report));
+        let counted: std::collections::HashMap<String, u64> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Counter(n) => {
+                    let key = key.key();
+                    let labels: Vec<String> = key
+                        .labels()
+                        .map(|l| format!("{}={}", l.key(), l.value()))
+                        .collect();
+                    Some((format!("{}{{{}}}", key.name(), labels.join(",")), n))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(counted["mailsync_sync_cycles_total{outcome=ok}"], 1);
+        assert_eq!(counted["mailsync_messages_in_total{outcome=stored}"], 3);
+        assert_eq!(counted["mailsync_message_bytes_in_total{}"], 300);
+        assert_eq!(counted["mailsync_messages_out_total{outcome=sent}"], 2);
+        assert_eq!(counted["mailsync_messages_out_total{outcome=failed}"], 1);
+        assert!(!counted.contains_key("mailsync_messages_out_total{outcome=deferred}"));
     }
 }

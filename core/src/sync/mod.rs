@@ -239,7 +239,7 @@ pub struct CycleReport {
 }
 
 impl CycleReport {
-    fn new(mailbox: &Mailbox) -> Self {
+    pub(crate) fn new(mailbox: &Mailbox) -> Self {
         CycleReport {
             mailbox_id: mailbox.id.clone(),
             email: mailbox.email.clone(),

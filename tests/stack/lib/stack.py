@@ -50,7 +50,7 @@ ACCOUNTS = [
 # PLAIN/LOGIN only (the OAuth providers do not know them). `up` adds them to a running
 # stack of an older checkout without restarting it (Dovecot re-reads its passwd-file).
 BULK_PREFIX = "bulk"
-BULK_COUNT = 320
+BULK_COUNT = 1000
 PORT_ENV = {
     "provider": "MAILSYNC_STACK_PROVIDER_PORT",
     "provider2": "MAILSYNC_STACK_PROVIDER2_PORT",
