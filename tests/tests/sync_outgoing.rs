@@ -946,7 +946,26 @@ async fn run_due_claims_a_mailbox_whose_outgoing_mail_is_due() {
         .await
         .expect("start sent nothing within 30 s")
         .unwrap();
-    handle.stop().await;
+    // Dropped (not stopped) while its cycle may still run: the engine stops
+    // in the background and gives its leases back.
+    drop(handle);
+    let owner = engine.owner().to_owned();
+    mailsync_e2e::wait_for(
+        "the dropped engine to give its leases back",
+        Duration::from_secs(30),
+        || {
+            let (store, owner) = (store.clone(), owner.clone());
+            async move {
+                store
+                    .list_leases()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|l| l.owner != owner)
+            }
+        },
+    )
+    .await;
     assert!(matches!(s3.outcome, SendOutcome::Sent { .. }), "{s3:?}");
 
     let mut inbox = Inbox::open(&env.stack, RECIPIENT).await;

@@ -341,18 +341,23 @@ impl EngineHandle {
 }
 
 impl Drop for EngineHandle {
+    /// Stops the engine as [`EngineHandle::stop`] does, in the background
+    /// when a runtime is there: the loop ends at its next wait (a claim in
+    /// flight is finished, so its lease is seen and given back), then the
+    /// leases of cut cycles are released. Without a runtime the loop is
+    /// aborted and its leases expire.
     fn drop(&mut self) {
         self.stop.notify_one();
         if let Some(task) = self.task.take() {
-            task.abort();
-            // Give the leases of cut cycles back, as `stop` does, when a
-            // runtime is still there to do it (else they expire).
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let engine = self.engine.clone();
-                runtime.spawn(async move {
-                    let _ = task.await;
-                    engine.release_leases().await;
-                });
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let engine = self.engine.clone();
+                    runtime.spawn(async move {
+                        let _ = task.await;
+                        engine.release_leases().await;
+                    });
+                }
+                Err(_) => task.abort(),
             }
         }
     }
