@@ -5,7 +5,7 @@
 //! `pending` hands the engine each message not reported sent or failed
 //! yet, under its stable CRM id; the engine assigns its Message-ID, keeps
 //! its own record of every attempt (state, attempts, last error: shown on
-//! the mailbox page from `OutboxStore::list_outgoing`) and never sends a
+//! the mailbox page from `OutboxStore::get_outgoing`) and never sends a
 //! message twice, and `report` marks the row done once it is sent or
 //! failed. Deferred (and unknown) messages stay pending: the engine tries
 //! them again with the same Message-ID when they are due.

@@ -937,19 +937,18 @@ async fn mailbox_page(
 /// The mailbox's outbox as the page shows it: each queued message with the
 /// engine's record of it (state, Message-ID, attempts, last error).
 async fn outbox_views(app: &AppState, mailbox: &MailboxId) -> mailsync::Result<Vec<OutboxView>> {
+    let queued = app.db.outbox(mailbox, 200).await?;
+    let ids: Vec<String> = queued.iter().map(|e| e.id.clone()).collect();
     let mut records: std::collections::HashMap<String, OutgoingRecord> = app
         .sync
         .store()
-        .list_outgoing(mailbox)
+        .get_outgoing(mailbox, &ids)
         .await?
         .into_iter()
         .map(|r| (r.id.clone(), r))
         .collect();
     let one_line = |text: &str| text.replace(['\r', '\n'], " ");
-    Ok(app
-        .db
-        .outbox(mailbox, 200)
-        .await?
+    Ok(queued
         .into_iter()
         .map(|email| {
             let record = records.remove(&email.id);
