@@ -7,12 +7,15 @@
 //   4. Test & Enable: the per-step report, both directions enabled;
 //   5. a message delivered to the mailbox (tests/stack/bin/deliver) appears on the mailbox page,
 //      synced by the engine running inside the app (polled with a deadline);
-//   6. compose and the outbox: not in this build yet (mailsync has no outgoing engine): the page
-//      says so, and this step checks that it does.
+//   6. the user composes a message to another stack account: it is queued in the CRM's outbox,
+//      the engine inside the app sends it through the stack's Postfix, the outbox row shows
+//      `sent` with its Message-ID and the server's 250 (polled with a deadline), and the
+//      recipient's INBOX holds it (tests/stack/bin/doveadm, polled with a deadline).
 //
 // Environment: CRM_TEST_OUT (screenshots; default <target>/crm-browser-test), CRM_TEST_ACCOUNT
-// (default sync18@example.test), CHROMIUM (default /usr/bin/chromium), CRM_BIN (the built
-// mailsync-crm; default <target>/debug/mailsync-crm). Run by scripts/examples-test.
+// (default sync18@example.test), CRM_TEST_RECIPIENT (step 6; default dave@example.test),
+// CHROMIUM (default /usr/bin/chromium), MAILSYNC_STACK_DIR (the stack's state dir; default
+// tests/stack/run). Run by scripts/examples-test.
 import { test as nodeTest, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -27,7 +30,9 @@ const root = path.resolve(here, '../../..');
 const target = process.env.CARGO_TARGET_DIR || path.join(root, 'target');
 const out = process.env.CRM_TEST_OUT || path.join(target, 'crm-browser-test');
 const account = process.env.CRM_TEST_ACCOUNT || 'sync18@example.test';
-const stack = JSON.parse(fs.readFileSync(path.join(root, 'tests/stack/run/stack.json'), 'utf8'));
+const recipient = process.env.CRM_TEST_RECIPIENT || 'dave@example.test';
+const stackDir = process.env.MAILSYNC_STACK_DIR || path.join(root, 'tests/stack/run');
+const stack = JSON.parse(fs.readFileSync(path.join(stackDir, 'stack.json'), 'utf8'));
 const password = stack.accounts.find((a) => a.email === account).password;
 const CALLBACK = '/_grid/cmds/dlg_gmailoauth.aspx';
 
@@ -230,13 +235,43 @@ test('5. a message delivered to the mailbox appears on the page', async () => {
   assert.ok(text.includes(`Message-ID: <${messageId}>`), `correlation key Message-ID in: ${text}`);
   assert.match(text, /key: \S+/);
   await row.scrollIntoViewIfNeeded();
-  const file = await screenshot('mailbox-synced');
-  fs.copyFileSync(file, path.join(out, 'crm-mailbox.png'));
+  await screenshot('mailbox-synced');
 });
 
-test('6. compose and outbox: labelled as not yet available in this build', async () => {
-  // mailsync's outgoing engine (outbox, send) is not merged yet; when it is, this step composes a
-  // message and waits for `sent` in the outbox.
+test('6. the user composes a message: queued in the outbox, sent by the engine, received', async () => {
   await page.goto(mailboxUrl);
-  assert.match(await page.locator('#compose-coming').innerText(), /does not use yet/);
+  const subject = `CRM compose ${Date.now().toString(36)}`;
+  await page.fill('#compose-to', recipient);
+  await page.fill('#compose-subject', subject);
+  await page.fill('#compose-body', 'Hello from the CRM.\nThis went out through the outbox.');
+  await submit('#compose-send');
+  assert.match(await banner(), new RegExp(`Queued: from ${account.replace('.', '\\.')} to ${recipient.replace('.', '\\.')}`));
+  const row = page.locator('#outbox tr.outgoing', { hasText: subject });
+  assert.equal(await row.count(), 1, 'the message is in the outbox');
+  const state = () => row.locator('.state').innerText();
+  assert.ok(['queued', 'pending', 'sending', 'sent'].includes(await state()), await state());
+  await screenshot('outbox-queued');
+
+  // The engine inside the app sends it in the mailbox's next cycle; reload until it says so.
+  await waitFor(`"${subject}" sent`, async () => {
+    await page.goto(mailboxUrl);
+    const now = await state();
+    if (now === 'failed') throw new Error(`the message failed: ${await row.innerText()}`);
+    return now === 'sent';
+  }, 60_000, 1000);
+  const messageId = (await row.locator('.message-id').innerText()).trim();
+  assert.match(messageId, /^<[^<>@\s]+@[^<>@\s]+>$/, 'a Message-ID');
+  assert.match(await row.locator('.last-error').innerText(), /250/, "the server's 250");
+  assert.match(await page.locator('#status-outgoing').innerText(), /1 sent, 0 failed/);
+  await row.scrollIntoViewIfNeeded();
+  const file = await screenshot('outbox-sent');
+  fs.copyFileSync(file, path.join(out, 'crm-mailbox.png'));
+
+  // The recipient got it: Postfix delivered it into their INBOX (read with doveadm, as root).
+  const doveadm = path.join(root, 'tests/stack/bin/doveadm');
+  const headers = await waitFor(`${messageId} in ${recipient}'s INBOX`, () => execFileSync(doveadm,
+    ['fetch', '-u', recipient, 'hdr.subject hdr.from', 'mailbox', 'INBOX', 'header', 'Message-ID', messageId.slice(1, -1)],
+    { encoding: 'utf8' }).trim(), 30_000, 500);
+  assert.ok(headers.includes(`hdr.subject: ${subject}`), headers);
+  assert.ok(headers.includes(account), `From is the mailbox: ${headers}`);
 });

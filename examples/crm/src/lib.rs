@@ -13,12 +13,18 @@
 //!   redirect back to `/_grid/cmds/dlg_gmailoauth.aspx`), Test & Enable with
 //!   its per-step report, each direction's status, the alerts, and the mail
 //!   the engine synced into the CRM with its correlation keys.
-//! * **The sync engine** runs inside the app ([`App::start_engine`]) and
-//!   delivers into the CRM's own SQLite table ([`sink::CrmSink`]).
+//! * **Compose and the outbox** (on the mailbox page): a message the user
+//!   writes is queued in the CRM's `outbox` table ([`outbox::CrmOutbox`]);
+//!   the engine sends it over SMTP from the mailbox, and the page lists
+//!   each message's state, Message-ID and last error.
+//! * **The sync engine** runs inside the app ([`App::start_engine`]): it
+//!   delivers incoming mail into the CRM's own SQLite table
+//!   ([`sink::CrmSink`]) and sends the outbox ([`mailsync::Engine::with_outbox`]).
 //!
 //! Data lives in one directory: `mailsync.db` (+ `mailsync.db.key`, the seal
 //! key) for mailsync, `crm.db` for the CRM's own tables.
 
+pub mod outbox;
 pub mod session;
 pub mod sink;
 pub mod store;
@@ -33,6 +39,7 @@ use axum::Router;
 use mailsync::sync::EngineHandle;
 use mailsync::{Engine, EngineOptions, MailSync, Options, SealKey, StoreConfig};
 
+use crate::outbox::CrmOutbox;
 use crate::session::Sessions;
 use crate::sink::CrmSink;
 use crate::store::CrmDb;
@@ -84,7 +91,8 @@ pub struct AppState {
     pub sync: MailSync,
     /// The CRM's own database.
     pub db: CrmDb,
-    /// The sync engine (also used for "Sync now" and status).
+    /// The sync engine, with the CRM's outbox (also used for "Sync now"
+    /// and status).
     pub engine: Engine,
     /// Browser sessions.
     pub sessions: Sessions,
@@ -117,9 +125,10 @@ impl App {
         // The CRM seals its own copy of the client secret with mailsync's key.
         let seal = SealKey::from_file(mailsync::default_key_path(&db_path))?;
         let db = CrmDb::open(&data_dir.join("crm.db"), seal).await?;
-        let engine = Engine::new(
+        let engine = Engine::with_outbox(
             sync.clone(),
             Arc::new(CrmSink::new(db.clone())),
+            Arc::new(CrmOutbox::new(db.clone())),
             engine_options,
         )?;
         Ok(App {

@@ -1,8 +1,8 @@
 //! The engine's sink: incoming mail goes into the CRM's `messages` table,
 //! keyed by mailbox and `IncomingMessage::key` (delivery is at least once:
 //! a repeated batch changes nothing), and the CRM's email — what it stored
-//! and, once outgoing sync exists, what it sent — is its tracked email for
-//! the default incoming filter (replies to tracked email).
+//! and what its outbox sent — is its tracked email for the default
+//! incoming filter (replies to tracked email).
 
 use async_trait::async_trait;
 use mailsync::model::MailboxId;

@@ -1,8 +1,9 @@
 //! The CRM's own database (`crm.db`, beside mailsync's `mailsync.db`): the
 //! Google OAuth client as the admin entered it, and the email the CRM holds
 //! — messages the sync engine delivered (keyed by mailbox and
-//! `IncomingMessage::key`, so a batch delivered twice is stored once) and,
-//! once outgoing sync exists, the mail it queued and sent.
+//! `IncomingMessage::key`, so a batch delivered twice is stored once) and
+//! the mail users composed, queued in the `outbox` table until the engine
+//! reports it sent or failed (see [`crate::outbox`]).
 //!
 //! The client secret is sealed with mailsync's own seal key (the `.key`
 //! file next to `mailsync.db`), so it is never at rest in the clear here
@@ -54,6 +55,24 @@ const SCHEMA: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS messages_by_message_id ON messages (message_id)",
     "CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox_id, stored_at)",
+    // Composed mail waiting for the engine ("Pending Send"): `done` once the
+    // engine reported it sent or failed; `outcome` and `message_id` as last
+    // reported. The engine keeps its own record of each message (state,
+    // attempts, last error), keyed by mailbox and `id`.
+    "CREATE TABLE IF NOT EXISTS outbox (
+        mailbox_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        to_addr TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        body TEXT NOT NULL,
+        queued_at INTEGER NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        outcome TEXT,
+        message_id TEXT,
+        PRIMARY KEY (mailbox_id, id)
+    )",
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (mailbox_id, done, queued_at)",
+    "CREATE INDEX IF NOT EXISTS outbox_by_message_id ON outbox (message_id)",
 ];
 
 fn store_error(e: impl std::fmt::Display) -> Error {
@@ -102,6 +121,30 @@ pub struct StoredMessage {
     pub size: i64,
     /// When the CRM stored it.
     pub stored_at: Timestamp,
+}
+
+/// A message a user composed, as the CRM queued it.
+#[derive(Debug, Clone)]
+pub struct QueuedEmail {
+    /// The mailbox that sends it.
+    pub mailbox_id: MailboxId,
+    /// The CRM's id of it (the engine's record is keyed by it).
+    pub id: String,
+    /// Recipients.
+    pub to: Vec<String>,
+    /// `Subject`.
+    pub subject: String,
+    /// The plain-text body.
+    pub body: String,
+    /// When it was queued.
+    pub queued_at: Timestamp,
+    /// The engine reported it sent or failed: no longer pending.
+    pub done: bool,
+    /// The last outcome the engine reported (`sent`, `failed`, `deferred`,
+    /// `unknown`), if any.
+    pub outcome: Option<String>,
+    /// Its Message-ID (without angle brackets), once reported.
+    pub message_id: Option<String>,
 }
 
 /// The CRM's database.
@@ -267,15 +310,19 @@ impl CrmDb {
     }
 
     /// Which of these Message-IDs belong to email the CRM holds (any
-    /// mailbox): its tracked email.
+    /// mailbox) or sent: its tracked email.
     pub async fn tracked(&self, message_ids: &[String]) -> mailsync::Result<Vec<bool>> {
         let mut out = Vec::with_capacity(message_ids.len());
         for id in message_ids {
-            let found = sqlx::query("SELECT 1 FROM messages WHERE message_id = ? LIMIT 1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(store_error)?;
+            let found = sqlx::query(
+                "SELECT 1 FROM messages WHERE message_id = ?1
+                 UNION ALL SELECT 1 FROM outbox WHERE message_id = ?1 AND outcome = 'sent'
+                 LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
             out.push(found.is_some());
         }
         Ok(out)
@@ -336,5 +383,110 @@ impl CrmDb {
             .await
             .map_err(store_error)?;
         Ok(row.map(|r| r.get::<Option<String>, _>(0).unwrap_or_default()))
+    }
+
+    /// Queues a composed message from `mailbox`; returns its id.
+    pub async fn queue_email(
+        &self,
+        mailbox: &MailboxId,
+        to: &[String],
+        subject: &str,
+        body: &str,
+    ) -> mailsync::Result<String> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(store_error)?;
+        let id = format!(
+            "crm-{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        sqlx::query(
+            "INSERT INTO outbox (mailbox_id, id, to_addr, subject, body, queued_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(mailbox.as_str())
+        .bind(&id)
+        .bind(serde_json::to_string(to).map_err(store_error)?)
+        .bind(subject)
+        .bind(body)
+        .bind(Timestamp::now_utc().unix_millis())
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(id)
+    }
+
+    fn queued(row: &sqlx::sqlite::SqliteRow) -> mailsync::Result<QueuedEmail> {
+        let to: String = row.get("to_addr");
+        Ok(QueuedEmail {
+            mailbox_id: MailboxId::parse(&row.get::<String, _>("mailbox_id"))?,
+            id: row.get("id"),
+            to: serde_json::from_str(&to).map_err(store_error)?,
+            subject: row.get("subject"),
+            body: row.get("body"),
+            queued_at: Timestamp::from_unix_millis(row.get("queued_at")),
+            done: row.get::<i64, _>("done") != 0,
+            outcome: row.get("outcome"),
+            message_id: row.get("message_id"),
+        })
+    }
+
+    /// Up to `limit` messages of `mailbox` not reported sent or failed
+    /// yet, oldest first.
+    pub async fn pending_emails(
+        &self,
+        mailbox: &MailboxId,
+        limit: u32,
+    ) -> mailsync::Result<Vec<QueuedEmail>> {
+        let rows = sqlx::query(
+            "SELECT * FROM outbox WHERE mailbox_id = ? AND done = 0
+             ORDER BY queued_at, id LIMIT ?",
+        )
+        .bind(mailbox.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(Self::queued).collect()
+    }
+
+    /// Records what the engine reported for a message: its outcome and
+    /// Message-ID; `done` (no longer pending) when it was sent or failed.
+    pub async fn email_outcome(
+        &self,
+        mailbox: &MailboxId,
+        id: &str,
+        outcome: &str,
+        done: bool,
+        message_id: &str,
+    ) -> mailsync::Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET outcome = ?, done = ?, message_id = ? WHERE mailbox_id = ? AND id = ?",
+        )
+        .bind(outcome)
+        .bind(done)
+        .bind(message_id)
+        .bind(mailbox.as_str())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// A mailbox's queued mail, newest first (at most `limit`).
+    pub async fn outbox(
+        &self,
+        mailbox: &MailboxId,
+        limit: u32,
+    ) -> mailsync::Result<Vec<QueuedEmail>> {
+        let rows = sqlx::query(
+            "SELECT * FROM outbox WHERE mailbox_id = ? ORDER BY queued_at DESC, id DESC LIMIT ?",
+        )
+        .bind(mailbox.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(Self::queued).collect()
     }
 }

@@ -389,7 +389,7 @@ pub struct DirectionStatusView {
     pub detail: String,
     /// The last Test & Enable.
     pub last_test: String,
-    /// Sync counters and schedule (incoming).
+    /// Sync counters and schedule.
     pub sync: String,
 }
 
@@ -495,6 +495,32 @@ pub struct MessageView {
     pub replies_to: String,
 }
 
+/// A message of the mailbox's outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxView {
+    /// The CRM's id.
+    pub id: String,
+    /// Recipients.
+    pub to: String,
+    /// Subject.
+    pub subject: String,
+    /// When it was queued.
+    pub queued_at: String,
+    /// The engine's state: `pending`, `sending`, `sent`, `failed`,
+    /// `deferred`, `unknown`; `queued` before the engine first saw it.
+    pub state: String,
+    /// `<Message-ID>`, or "—" before the engine assigned one.
+    pub message_id: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// The last error's stable code (`send_rejected`, `send_deferred`, …),
+    /// empty when there is none.
+    pub error_code: String,
+    /// The server's last reply (its `250` once sent), or what failed, with
+    /// any refused recipients; a deferred message's next attempt.
+    pub detail: String,
+}
+
 /// The mailbox page.
 #[derive(Template)]
 #[template(path = "mailbox.html")]
@@ -529,8 +555,10 @@ pub struct MailboxPage {
     pub filters: Vec<Choice>,
     /// Process email from.
     pub process_from: String,
-    /// Whether the outgoing engine exists in this build.
-    pub outbox_available: bool,
+    /// Outgoing mail is enabled (else queued mail waits for Test & Enable).
+    pub outgoing_enabled: bool,
+    /// The outbox, newest first.
+    pub outbox: Vec<OutboxView>,
 }
 
 /// The OAuth callback's outcome.

@@ -14,6 +14,7 @@ use mailsync::model::{
     MailboxId, MailboxSpec, OAuthApp, OutgoingDelivery, ProfileId, PublishingStatus, Secret,
     Security, ServerProfile, UserType,
 };
+use mailsync::sync::{OutgoingRecord, OutgoingState};
 use mailsync::{Error, ErrorCode, Timestamp};
 use serde::Deserialize;
 
@@ -34,6 +35,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/mailboxes/{id}/disconnect", post(disconnect))
         .route("/mailboxes/{id}/test", post(test_and_enable))
         .route("/mailboxes/{id}/sync", post(sync_now))
+        .route("/mailboxes/{id}/outbox", post(compose))
         .route("/mailboxes/{id}/settings", post(mailbox_settings))
         .route("/admin", get(admin))
         .route("/admin/client", post(save_client))
@@ -827,14 +829,24 @@ async fn mailbox_page(
         OutgoingDelivery::ServerSideSync => "server-side sync",
         OutgoingDelivery::EmailRouter => "email router",
     };
+    let outgoing_sync = match &sync_status {
+        Some(st) => {
+            let (sent, failed, last) = st
+                .outbox
+                .as_ref()
+                .map(|c| (c.sent, c.failed, when(c.last_cycle_at)))
+                .unwrap_or((0, 0, "—".into()));
+            format!(
+                "{sent} sent, {failed} failed; last cycle {last}; next due {}",
+                when(st.next_send_due)
+            )
+        }
+        None => String::new(),
+    };
     let mut directions = Vec::new();
     for (direction, delivery, sync) in [
         (Direction::Incoming, delivery_in, incoming_sync),
-        (
-            Direction::Outgoing,
-            delivery_out,
-            "outgoing sync: coming (only Test & Enable's test message is sent today)".to_owned(),
-        ),
+        (Direction::Outgoing, delivery_out, outgoing_sync),
     ] {
         let d = state.direction(direction);
         let (st, detail) = direction_status(&d.status);
@@ -913,8 +925,162 @@ async fn mailbox_page(
             .process_email_received_after
             .map(|t| t.to_rfc3339_seconds())
             .unwrap_or_default(),
-        outbox_available: false,
+        outgoing_enabled: matches!(
+            state.outgoing.status,
+            mailsync::lifecycle::DirectionStatus::Enabled { .. }
+                | mailsync::lifecycle::DirectionStatus::Retrying { .. }
+        ),
+        outbox: outbox_views(&app, &mailbox.id).await?,
     }))
+}
+
+/// The mailbox's outbox as the page shows it: each queued message with the
+/// engine's record of it (state, Message-ID, attempts, last error).
+async fn outbox_views(app: &AppState, mailbox: &MailboxId) -> mailsync::Result<Vec<OutboxView>> {
+    let queued = app.db.outbox(mailbox, 200).await?;
+    let ids: Vec<String> = queued.iter().map(|e| e.id.clone()).collect();
+    let mut records: std::collections::HashMap<String, OutgoingRecord> = app
+        .sync
+        .store()
+        .get_outgoing(mailbox, &ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let one_line = |text: &str| text.replace(['\r', '\n'], " ");
+    Ok(queued
+        .into_iter()
+        .map(|email| {
+            let record = records.remove(&email.id);
+            let mut view = OutboxView {
+                id: email.id,
+                to: email.to.join(", "),
+                subject: email.subject,
+                queued_at: email.queued_at.to_rfc3339_seconds(),
+                state: "queued".into(),
+                message_id: "—".into(),
+                attempts: 0,
+                error_code: String::new(),
+                detail: String::new(),
+            };
+            if let Some(r) = record {
+                view.state = r.state.as_str().into();
+                view.message_id = format!("<{}>", r.message_id);
+                view.attempts = r.attempts;
+                if r.state != OutgoingState::Sent {
+                    view.error_code = r.code.map(|c| c.as_str().to_owned()).unwrap_or_default();
+                }
+                let mut detail = match (r.smtp_code, &r.reply) {
+                    (Some(code), Some(reply)) if !reply.starts_with(&code.to_string()) => {
+                        format!("{code} {}", one_line(reply))
+                    }
+                    (_, Some(reply)) => one_line(reply),
+                    (Some(code), None) => code.to_string(),
+                    (None, None) => String::new(),
+                };
+                for refusal in &r.refused {
+                    detail.push_str(&format!(
+                        "; {} refused: {} {}",
+                        refusal.address,
+                        refusal.smtp_code,
+                        one_line(&refusal.reply)
+                    ));
+                }
+                if r.state == OutgoingState::Deferred
+                    && let Some(at) = r.next_attempt
+                {
+                    detail.push_str(&format!(" (next attempt {})", at.to_rfc3339_seconds()));
+                }
+                view.detail = detail;
+            }
+            view
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct ComposeForm {
+    to: String,
+    subject: String,
+    #[serde(default)]
+    body: String,
+}
+
+/// Most recipients one composed message may have.
+const MAX_RECIPIENTS: usize = 50;
+
+/// The recipients of the compose form: addresses separated by commas,
+/// semicolons or white space; each `local@domain`, nothing else.
+fn parse_recipients(text: &str) -> mailsync::Result<Vec<String>> {
+    let to: Vec<String> = text
+        .split([',', ';', ' ', '\t', '\r', '\n'])
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if to.is_empty() {
+        return Err(Error::validation("to", "enter at least one recipient"));
+    }
+    if to.len() > MAX_RECIPIENTS {
+        return Err(Error::validation(
+            "to",
+            format!("at most {MAX_RECIPIENTS} recipients"),
+        ));
+    }
+    for address in &to {
+        let well_formed = address.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && address
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && !"<>()[]\\\",:;".contains(c))
+        });
+        if !well_formed {
+            return Err(Error::validation(
+                "to",
+                format!("not an email address: {address}"),
+            ));
+        }
+    }
+    Ok(to)
+}
+
+/// Queues a composed message in the CRM's outbox; the engine sends it.
+async fn compose(
+    State(app): State<AppState>,
+    Extension(s): Extension<SessionCtx>,
+    Path(id): Path<String>,
+    Form(form): Form<ComposeForm>,
+) -> Response {
+    let back = format!("/mailboxes/{}", url_segment(&id));
+    let result = async {
+        let mailbox = mailbox_of(&app, &id).await?;
+        let to = parse_recipients(&form.to)?;
+        let subject = form.subject.trim();
+        if subject.is_empty() {
+            return Err(Error::validation("subject", "enter a subject"));
+        }
+        if subject.chars().any(char::is_control) {
+            return Err(Error::validation("subject", "must be one line"));
+        }
+        app.db
+            .queue_email(&mailbox.id, &to, subject, &form.body)
+            .await?;
+        Ok((mailbox.email, to.join(", ")))
+    }
+    .await;
+    outcome(
+        &app,
+        &s,
+        result,
+        |(from, to)| {
+            format!(
+                "Queued: from {from} to {to}. The sync engine sends it in the mailbox's next cycle."
+            )
+        },
+        &back,
+    )
 }
 
 async fn connect(
@@ -1023,10 +1189,25 @@ async fn sync_now(
                 message: message.clone().unwrap_or_default(),
                 next_action: code.next_action().into(),
             },
-            _ => Flash::Notice(format!(
-                "Synced: {} new, {} skipped, {} filtered, {} already had ({} ms).",
-                r.delivered, r.skipped, r.filtered, r.already_had, r.duration_ms
-            )),
+            _ => match (&r.outgoing_error_code, &r.outgoing_error_message) {
+                (Some(code), message) => Flash::Error {
+                    code: code.as_str().into(),
+                    message: message.clone().unwrap_or_default(),
+                    next_action: code.next_action().into(),
+                },
+                _ => Flash::Notice(format!(
+                    "Synced: {} new, {} skipped, {} filtered, {} already had; \
+                     {} sent, {} failed, {} deferred ({} ms).",
+                    r.delivered,
+                    r.skipped,
+                    r.filtered,
+                    r.already_had,
+                    r.sent,
+                    r.send_failed,
+                    r.send_deferred,
+                    r.duration_ms
+                )),
+            },
         },
         Err(e) => Flash::error(&e),
     };

@@ -2,15 +2,22 @@
 //! provider-supplied text is HTML-escaped on every page, every POST needs
 //! the session's CSRF token, and the session cookie is HttpOnly and
 //! SameSite=Lax (Secure over https). Plus the sink: idempotent by key, and
-//! the CRM's mail is its tracked email.
+//! the CRM's mail is its tracked email; and the outbox: the compose form
+//! queues (CSRF-protected, addresses checked), the engine's last error shows
+//! escaped, reports end a message's pending life.
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use mailsync::lifecycle::{Direction, LifecycleEvent};
 use mailsync::model::{MailboxId, MailboxSpec, OAuthApp, ServerProfile};
-use mailsync::sync::{DeliveryOutcome, IncomingMessage, MailAddress, MessageSink, RawMessage};
-use mailsync::{EngineOptions, ErrorCode, Options};
+use mailsync::store::LeaseKind;
+use mailsync::sync::{
+    DeliveryOutcome, IncomingMessage, MailAddress, MessageSink, Outbox, OutgoingContent,
+    OutgoingRecord, OutgoingState, RawMessage, SendOutcome, SendReport,
+};
+use mailsync::{EngineOptions, ErrorCode, Options, Timestamp};
+use mailsync_crm::outbox::CrmOutbox;
 use mailsync_crm::sink::CrmSink;
 use mailsync_crm::{App, Config};
 use tower::ServiceExt;
@@ -396,6 +403,286 @@ async fn the_admin_forms_create_the_client_and_a_profile() {
             .unwrap()
             .len(),
         1
+    );
+    env.app.close().await;
+}
+
+/// The compose form: refused without the session's token (nothing
+/// queued), addresses checked, queued with it; the queued message shows in
+/// the outbox as `queued` until the engine sees it.
+#[tokio::test]
+async fn the_compose_form_queues_only_with_the_csrf_token_and_good_addresses() {
+    let env = env("http://127.0.0.1:9").await;
+    let mailbox = env
+        .app
+        .state
+        .sync
+        .directory()
+        .create_mailbox(MailboxSpec::user("alice@example.test"))
+        .await
+        .unwrap();
+    let (cookie, token) = session(&env.router).await;
+    let origin = Some("http://127.0.0.1:9");
+    let path = format!("/mailboxes/{}/outbox", mailbox.id.as_str());
+    let queued = || async { env.app.state.db.outbox(&mailbox.id, 10).await.unwrap() };
+    let form = "to=carol%40customer.example&subject=Quote&body=Hello";
+
+    for page in [
+        post(&env.router, &path, Some(&cookie), origin, form).await,
+        post(
+            &env.router,
+            &path,
+            None,
+            origin,
+            &format!("{form}&csrf={token}"),
+        )
+        .await,
+        post(
+            &env.router,
+            &path,
+            Some(&cookie),
+            Some("http://evil.example"),
+            &format!("{form}&csrf={token}"),
+        )
+        .await,
+    ] {
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+    }
+    assert!(queued().await.is_empty(), "nothing queued");
+
+    // A recipient that is not an address: the validation error, nothing queued.
+    let bad =
+        format!("csrf={token}&to=carol%40customer.example%2C+%3Cscript%3E&subject=Quote&body=x");
+    let page = post(&env.router, &path, Some(&cookie), origin, &bad).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let page = get(
+        &env.router,
+        &format!("/mailboxes/{}", mailbox.id.as_str()),
+        Some(&cookie),
+    )
+    .await;
+    assert!(page.body.contains("validation"), "{}", page.body);
+    assert!(page.body.contains("not an email address"), "{}", page.body);
+    assert!(!page.body.contains("<script"), "{}", page.body);
+    assert!(queued().await.is_empty(), "nothing queued");
+
+    let good = format!(
+        "csrf={token}&to=carol%40customer.example%2C+dan%40customer.example&subject=Quote&body=Hello"
+    );
+    let page = post(&env.router, &path, Some(&cookie), origin, &good).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let list = queued().await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        list[0].to,
+        vec!["carol@customer.example", "dan@customer.example"]
+    );
+    assert_eq!(list[0].subject, "Quote");
+    let page = get(
+        &env.router,
+        &format!("/mailboxes/{}", mailbox.id.as_str()),
+        Some(&cookie),
+    )
+    .await;
+    assert!(
+        page.body.contains("Queued: from alice@example.test"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains(&format!("id=\"outbox-{}\"", list[0].id)),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(">queued</span>"), "{}", page.body);
+    env.app.close().await;
+}
+
+/// What a mail server said about a message (its reply, a refused
+/// recipient) shows escaped in the outbox, with the stable code.
+#[tokio::test]
+async fn the_outbox_shows_the_last_error_escaped() {
+    let env = env("http://127.0.0.1:9").await;
+    let sync = &env.app.state.sync;
+    let mailbox = sync
+        .directory()
+        .create_mailbox(MailboxSpec::user("alice@example.test"))
+        .await
+        .unwrap();
+    let id = env
+        .app
+        .state
+        .db
+        .queue_email(
+            &mailbox.id,
+            &["carol@customer.example".into()],
+            "Quote",
+            "Hello",
+        )
+        .await
+        .unwrap();
+    // The engine's record of it, as a refused send leaves it.
+    let store = sync.store();
+    let now = Timestamp::now_utc();
+    let lease = store
+        .acquire_lease(
+            &mailbox.id,
+            LeaseKind::Send,
+            "safety test",
+            now,
+            now.plus(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let record = OutgoingRecord {
+        mailbox_id: mailbox.id.clone(),
+        id: id.clone(),
+        message_id: "1@alice.example.test".into(),
+        state: OutgoingState::Failed,
+        attempts: 1,
+        next_attempt: None,
+        code: Some(ErrorCode::SendRejected),
+        smtp_code: Some(554),
+        reply: Some(format!("554 5.7.1 {PAYLOAD}")),
+        refused: Vec::new(),
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    };
+    store
+        .put_outgoing(&record, 0, &lease)
+        .await
+        .unwrap()
+        .unwrap();
+    store.release_lease(&lease).await.unwrap();
+
+    let (cookie, _) = session(&env.router).await;
+    let page = get(
+        &env.router,
+        &format!("/mailboxes/{}", mailbox.id.as_str()),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains(">failed</span>"), "{}", page.body);
+    assert!(page.body.contains("send_rejected"), "{}", page.body);
+    assert!(
+        page.body.contains("&lt;1@alice.example.test&gt;")
+            || page.body.contains("&#60;1@alice.example.test&#62;"),
+        "{}",
+        page.body
+    );
+    assert_escaped(&page.body, "554 5.7.1 ");
+    env.app.close().await;
+}
+
+/// The engine's side of the outbox: pending hands over the queued mail
+/// composed from the mailbox's address; a `sent` or `failed` report ends
+/// it, a `deferred` one keeps it; what was sent is tracked email.
+#[tokio::test]
+async fn the_outbox_hands_over_pending_mail_until_it_is_sent_or_failed() {
+    let env = env("http://127.0.0.1:9").await;
+    let mailbox = env
+        .app
+        .state
+        .sync
+        .directory()
+        .create_mailbox(MailboxSpec::user("alice@example.test"))
+        .await
+        .unwrap();
+    let db = &env.app.state.db;
+    let mut ids = Vec::new();
+    for subject in ["one", "two", "three"] {
+        ids.push(
+            db.queue_email(
+                &mailbox.id,
+                &["carol@customer.example".into()],
+                subject,
+                "text",
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let outbox = CrmOutbox::new(db.clone());
+    let pending = outbox.pending(&mailbox.id, 10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        ids,
+        "oldest first"
+    );
+    match &pending[0].content {
+        OutgoingContent::Composed { message } => {
+            assert_eq!(message.from, None, "the mailbox's own address");
+            assert_eq!(message.to[0].address, "carol@customer.example");
+            assert_eq!(message.subject, "one");
+            assert_eq!(message.text.as_deref(), Some("text"));
+        }
+        other => panic!("composed, not {other:?}"),
+    }
+    let report = |id: &str, outcome: SendOutcome| SendReport {
+        mailbox_id: mailbox.id.clone(),
+        id: id.to_owned(),
+        message_id: format!("{id}@alice.example.test"),
+        attempts: 1,
+        outcome,
+    };
+    outbox
+        .report(report(
+            &ids[0],
+            SendOutcome::Sent {
+                reply: "250 2.0.0 Ok".into(),
+                refused: Vec::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    outbox
+        .report(report(
+            &ids[1],
+            SendOutcome::Failed {
+                code: ErrorCode::SendRejected,
+                smtp_code: Some(554),
+                reply: "554 no".into(),
+                refused: Vec::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    outbox
+        .report(report(
+            &ids[2],
+            SendOutcome::Deferred {
+                code: ErrorCode::SendDeferred,
+                smtp_code: Some(451),
+                reply: "451 later".into(),
+                next_attempt: Timestamp::now_utc(),
+            },
+        ))
+        .await
+        .unwrap();
+    let pending = outbox.pending(&mailbox.id, 10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        vec![ids[2].clone()],
+        "only the deferred one is still pending"
+    );
+    let sink = CrmSink::new(db.clone());
+    let tracked = sink
+        .tracked(
+            &mailbox.id,
+            vec![
+                format!("{}@alice.example.test", ids[0]),
+                format!("{}@alice.example.test", ids[1]),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        tracked,
+        vec![true, false],
+        "sent mail is tracked, failed is not"
     );
     env.app.close().await;
 }

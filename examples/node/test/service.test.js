@@ -22,7 +22,7 @@ const os = require('node:os');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '../../..');
-const stackJson = path.join(root, 'tests/stack/run/stack.json');
+const stackJson = path.join(process.env.MAILSYNC_STACK_DIR || path.join(root, 'tests/stack/run'), 'stack.json');
 const stack = JSON.parse(fs.readFileSync(stackJson, 'utf8'));
 const account = process.env.NODE_EXAMPLE_ACCOUNT || 'sync17@example.test';
 const password = (email) => stack.accounts.find((a) => a.email === email).password;

@@ -7,7 +7,8 @@ browser would. STACK_BROWSER_EMAIL: the account; STACK_BROWSER_DENY=1: press Den
 import json, os, pathlib, subprocess, sys, urllib.request
 
 root = pathlib.Path(__file__).resolve().parents[3]
-stack = json.loads((root / "tests/stack/run/stack.json").read_text())
+stack_dir = pathlib.Path(os.environ.get("MAILSYNC_STACK_DIR") or root / "tests/stack/run")
+stack = json.loads((stack_dir / "stack.json").read_text())
 email = os.environ["STACK_BROWSER_EMAIL"]
 password = next(a["password"] for a in stack["accounts"] if a["email"] == email)
 args = [str(root / "tests/stack/bin/consent"), sys.argv[1], "--email", email, "--password", password]

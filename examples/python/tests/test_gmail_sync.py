@@ -7,7 +7,8 @@ its exit status and output), with stack_browser.py as the browser:
 3. a second run: nothing new, the same rows (keyed);
 4. an account with IMAP disabled: exit 1, `error: protocol_disabled` from Test & Enable.
 
-Needs `mailsync` importable (scripts/examples-test builds it into a venv) and the stack up.
+Needs `mailsync` importable (scripts/examples-test builds it into a venv) and the stack up
+(its state dir: $MAILSYNC_STACK_DIR or tests/stack/run).
 Prints "N passed, N failed"; exits non-zero when a case fails.
 Account: $PY_EXAMPLE_ACCOUNT (default sync16@example.test)."""
 import os, pathlib, sqlite3, subprocess, sys, tempfile, time, traceback, uuid
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 here = pathlib.Path(__file__).resolve().parent
 root = here.parents[2]
 script = here.parent / "gmail_sync.py"
-stack_json = root / "tests/stack/run/stack.json"
+stack_json = pathlib.Path(os.environ.get("MAILSYNC_STACK_DIR") or root / "tests/stack/run") / "stack.json"
 account = os.environ.get("PY_EXAMPLE_ACCOUNT", "sync16@example.test")
 work = pathlib.Path(tempfile.mkdtemp(prefix="py-example-"))
 since = (datetime.now(timezone.utc) - timedelta(seconds=2)).isoformat()
