@@ -50,9 +50,9 @@ export interface MessageSink {
 
 /**
  * The host's side of outgoing sync (the core's `Outbox`), passed to
- * `Engine.withOutbox(sync, sink, outbox, options)`. Each method may return its
- * answer or a Promise of it, and runs on the JavaScript thread with the outbox
- * as `this`. A `pending` that throws, rejects or answers with the wrong shape
+ * `Engine.withOutbox(sync, sink, outbox, options)` or `Engine.withOwner(sync,
+ * sink, options, owner, outbox)`. Each method may return its answer or a
+ * Promise of it, and runs on the JavaScript thread with the outbox as `this`. A `pending` that throws, rejects or answers with the wrong shape
  * fails the outgoing cycle with `sink_failed` (nothing is sent); a `report`
  * that fails is made up for: the message is reported again in the next cycle.
  */

@@ -50,9 +50,9 @@ export interface MessageSink {
 
 /**
  * The host's side of outgoing sync (the core's `Outbox`), passed to
- * `Engine.withOutbox(sync, sink, outbox, options)`. Each method may return its
- * answer or a Promise of it, and runs on the JavaScript thread with the outbox
- * as `this`. A `pending` that throws, rejects or answers with the wrong shape
+ * `Engine.withOutbox(sync, sink, outbox, options)` or `Engine.withOwner(sync,
+ * sink, options, owner, outbox)`. Each method may return its answer or a
+ * Promise of it, and runs on the JavaScript thread with the outbox as `this`. A `pending` that throws, rejects or answers with the wrong shape
  * fails the outgoing cycle with `sink_failed` (nothing is sent); a `report`
  * that fails is made up for: the message is reported again in the next cycle.
  */
@@ -1188,8 +1188,19 @@ export declare class Engine {
    * `sink` and `options` as for the constructor.
    */
   static withOutbox(sync: MailSync, sink: MessageSink, outbox: Outbox, options?: EngineOptions | undefined | null): Engine
+  /**
+   * An engine whose leases carry the name `owner` (e.g. `host:pid`; the
+   * others get `engine-<uuid>`), and that sends the mail of `outbox` when
+   * one is given (as `Engine.withOutbox`). Each engine must have a name of
+   * its own: two engines with one name count as one holder. `validation`
+   * for bad options or an empty name (field `owner`). `sink` and
+   * `options` as for the constructor (`null`: the defaults).
+   */
+  static withOwner(sync: MailSync, sink: MessageSink, options: EngineOptions | undefined | null, owner: string, outbox?: Outbox | undefined | null): Engine
   /** The options. */
   get options(): EngineOptions
+  /** The name this engine's leases carry. */
+  get owner(): string
   /**
    * Syncs one mailbox now, whatever its schedule: its incoming mail,
    * then (with an outbox) its outgoing mail. A failed cycle is in the
@@ -1202,6 +1213,24 @@ export declare class Engine {
   runDue(): Promise<Array<CycleReport>>
   /** Every mailbox's sync status. */
   status(): Promise<Array<SyncStatus>>
+  /**
+   * Sends again a message of the outbox whose fate was `unknown` (or that
+   * `failed`), with the same Message-ID: its record goes back to pending,
+   * and the next outgoing cycle sends it if the outbox still returns it
+   * from `pending`. Rejects with `conflict` while the mailbox's mail is
+   * being sent, `validation` for a message that was sent (never sent
+   * twice) or is not waiting for the host, `not_found` for an id the
+   * engine never saw.
+   */
+  resend(mailbox: MailboxId, id: string): Promise<void>
+  /**
+   * Starts the outgoing schedule of every mailbox that sends through
+   * server-side sync, has its outgoing direction enabled and never had an
+   * outgoing cycle, so that it is due now (an outbox-only mailbox has no
+   * incoming cycle to start it). `runDue` and `start` do this themselves;
+   * nothing without an outbox.
+   */
+  seedOutgoing(): Promise<void>
   /**
    * Runs `runDue` until the handle is stopped or the `MailSync` closed,
    * sleeping until the next mailbox is due (at most `maxIdleSecs`). A
@@ -1216,6 +1245,14 @@ export declare class Engine {
    * when the `MailSync` is closed.
    */
   progress(listener: (progress: SyncProgress) => unknown): Subscription
+  /**
+   * Calls `listener(report)` on the JavaScript thread with the
+   * `CycleReport` of every cycle this engine ends from now on (`runOnce`,
+   * `runDue` and the cycles of `start`, which hands out no reports
+   * otherwise; a listener that falls behind skips reports); like
+   * `progress`. Ends with `cancel()` or when the `MailSync` is closed.
+   */
+  reports(listener: (report: CycleReport) => unknown): Subscription
 }
 
 /** A started engine (`engine.start(maxIdleSecs)`): `await handle.stop()`. */

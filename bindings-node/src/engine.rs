@@ -13,7 +13,7 @@
 //! of `IncomingMessage` objects whose `raw` is a `Buffer` over the Rust bytes
 //! (not copied).
 //!
-//! The outbox (`Engine.withOutbox`) is an object with `pending(mailboxId,
+//! The outbox (`Engine.withOutbox`, `Engine.withOwner`) is an object with `pending(mailboxId,
 //! limit)` and `report(report)`, adapted the same way: a throw, a rejection
 //! or a wrong answer of `pending` fails the outgoing cycle with
 //! `sink_failed` (nothing is sent); one of `report` is kept by the engine,
@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use mailsync::model::MailboxId;
 use mailsync::sync::{
     CycleReport, DeliveryOutcome, EngineOptions, IncomingMessage, MessageSink, Outbox,
@@ -68,8 +69,24 @@ pub(super) const SIGNATURES: &[Signature] = &[
         is_async: false,
     },
     Signature {
+        name: "Engine.with_owner",
+        params: &[
+            ("sync", check_mail_sync),
+            ("sink", check_sink),
+            ("options", check::<Option<EngineOptions>>),
+            ("owner", check::<String>),
+            ("outbox", check_optional_outbox),
+        ],
+        is_async: false,
+    },
+    Signature {
         name: "Engine.run_once",
         params: &[("mailbox", check::<MailboxId>)],
+        is_async: true,
+    },
+    Signature {
+        name: "Engine.resend",
+        params: &[("mailbox", check::<MailboxId>), ("id", check::<String>)],
         is_async: true,
     },
     Signature {
@@ -79,6 +96,11 @@ pub(super) const SIGNATURES: &[Signature] = &[
     },
     Signature {
         name: "Engine.progress",
+        params: &[("listener", check_function)],
+        is_async: false,
+    },
+    Signature {
+        name: "Engine.reports",
         params: &[("listener", check_function)],
         is_async: false,
     },
@@ -226,6 +248,18 @@ unsafe fn check_outbox(env: sys::napi_env, value: sys::napi_value) -> napi::Resu
     sink_method::<PendingArgs>(&outbox, &PENDING, false)?;
     sink_method::<SendReport>(&outbox, &REPORT, false)?;
     Ok(())
+}
+
+/// Checks an optional outbox argument (`Engine.withOwner`): absent, or as
+/// [`check_outbox`].
+unsafe fn check_optional_outbox(env: sys::napi_env, value: sys::napi_value) -> napi::Result<()> {
+    // SAFETY: called by `init`'s checker with the live env and a value of it.
+    let kind = unsafe { Unknown::from_raw_unchecked(env, value) }.get_type()?;
+    match kind {
+        ValueType::Undefined | ValueType::Null => Ok(()),
+        // SAFETY: as above.
+        _ => unsafe { check_outbox(env, value) },
+    }
 }
 
 /// The host object's method, bound to it as a weak threadsafe function.
@@ -463,13 +497,15 @@ fn failure(env: &Env, method: &Method, thrown: napi::Result<sys::napi_value>) ->
 // The classes.
 
 impl Engine {
-    /// An engine over `sync` with the host's sink and, optionally, outbox.
+    /// An engine over `sync` with the host's sink and, optionally, outbox
+    /// and the name its leases carry.
     fn make(
         env: Env,
         sync: &MailSync,
         sink: Object,
         outbox: Option<Object>,
         options: Option<EngineOptions>,
+        owner: Option<String>,
     ) -> napi::Result<Self> {
         // SAFETY: a value of this environment.
         let sink: Arc<dyn MessageSink> = match unsafe {
@@ -489,9 +525,12 @@ impl Engine {
         };
         let inner = sync_call(&env, || {
             let (sync, options) = (sync.inner.clone(), options.unwrap_or_default());
-            match outbox {
-                Some(outbox) => mailsync::Engine::with_outbox(sync, sink, outbox, options),
-                None => mailsync::Engine::new(sync, sink, options),
+            match (outbox, owner) {
+                (outbox, Some(owner)) => {
+                    mailsync::Engine::with_parts(sync, sink, outbox, options, owner)
+                }
+                (Some(outbox), None) => mailsync::Engine::with_outbox(sync, sink, outbox, options),
+                (None, None) => mailsync::Engine::new(sync, sink, options),
             }
         })?;
         Ok(Engine {
@@ -530,7 +569,7 @@ impl Engine {
         sink: Object,
         options: Option<EngineOptions>,
     ) -> napi::Result<Self> {
-        Engine::make(env, sync, sink, None, options)
+        Engine::make(env, sync, sink, None, options, None)
     }
 
     /// An engine that also sends the mail of `outbox` from every mailbox
@@ -555,13 +594,40 @@ impl Engine {
         outbox: Object,
         options: Option<EngineOptions>,
     ) -> napi::Result<Self> {
-        Engine::make(env, sync, sink, Some(outbox), options)
+        Engine::make(env, sync, sink, Some(outbox), options, None)
+    }
+
+    /// An engine whose leases carry the name `owner` (e.g. `host:pid`; the
+    /// others get `engine-<uuid>`), and that sends the mail of `outbox` when
+    /// one is given (as `Engine.withOutbox`). Each engine must have a name of
+    /// its own: two engines with one name count as one holder. `validation`
+    /// for bad options or an empty name (field `owner`). `sink` and
+    /// `options` as for the constructor (`null`: the defaults).
+    #[napi(
+        configurable = true,
+        ts_args_type = "sync: MailSync, sink: MessageSink, options: EngineOptions | undefined | null, owner: string, outbox?: Outbox | undefined | null"
+    )]
+    pub fn with_owner(
+        env: Env,
+        sync: &MailSync,
+        sink: Object,
+        options: Option<EngineOptions>,
+        owner: String,
+        outbox: Option<Object>,
+    ) -> napi::Result<Self> {
+        Engine::make(env, sync, sink, outbox, options, Some(owner))
     }
 
     /// The options.
     #[napi(getter)]
     pub fn options(&self) -> EngineOptions {
         self.inner.options().clone()
+    }
+
+    /// The name this engine's leases carry.
+    #[napi(getter)]
+    pub fn owner(&self) -> String {
+        self.inner.owner().to_owned()
     }
 
     /// Syncs one mailbox now, whatever its schedule: its incoming mail,
@@ -594,6 +660,35 @@ impl Engine {
     pub fn status<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Vec<SyncStatus>>> {
         let engine = self.inner.clone();
         promise(env, async move { engine.status().await })
+    }
+
+    /// Sends again a message of the outbox whose fate was `unknown` (or that
+    /// `failed`), with the same Message-ID: its record goes back to pending,
+    /// and the next outgoing cycle sends it if the outbox still returns it
+    /// from `pending`. Rejects with `conflict` while the mailbox's mail is
+    /// being sent, `validation` for a message that was sent (never sent
+    /// twice) or is not waiting for the host, `not_found` for an id the
+    /// engine never saw.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn resend<'env>(
+        &self,
+        env: &'env Env,
+        mailbox: MailboxId,
+        id: String,
+    ) -> napi::Result<PromiseRaw<'env, ()>> {
+        let engine = self.inner.clone();
+        promise(env, async move { engine.resend(&mailbox, &id).await })
+    }
+
+    /// Starts the outgoing schedule of every mailbox that sends through
+    /// server-side sync, has its outgoing direction enabled and never had an
+    /// outgoing cycle, so that it is due now (an outbox-only mailbox has no
+    /// incoming cycle to start it). `runDue` and `start` do this themselves;
+    /// nothing without an outbox.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn seed_outgoing<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+        let engine = self.inner.clone();
+        promise(env, async move { engine.seed_outgoing().await })
     }
 
     /// Runs `runDue` until the handle is stopped or the `MailSync` closed,
@@ -637,17 +732,33 @@ impl Engine {
     /// when the `MailSync` is closed.
     #[napi(ts_args_type = "listener: (progress: SyncProgress) => unknown")]
     pub fn progress(&self, listener: Listener<SyncProgress>) -> Subscription {
-        let mut progress = self.inner.progress();
+        self.listen(self.inner.progress(), listener)
+    }
+
+    /// Calls `listener(report)` on the JavaScript thread with the
+    /// `CycleReport` of every cycle this engine ends from now on (`runOnce`,
+    /// `runDue` and the cycles of `start`, which hands out no reports
+    /// otherwise; a listener that falls behind skips reports); like
+    /// `progress`. Ends with `cancel()` or when the `MailSync` is closed.
+    #[napi(ts_args_type = "listener: (report: CycleReport) => unknown")]
+    pub fn reports(&self, listener: Listener<CycleReport>) -> Subscription {
+        self.listen(self.inner.reports(), listener)
+    }
+}
+
+impl Engine {
+    /// Queues each value of a broadcast to `listener` (as events are), in a
+    /// task that `cancel()` or closing the `MailSync` ends.
+    fn listen<T: Clone + Send + ToNapiValue + 'static>(
+        &self,
+        values: broadcast::Receiver<T>,
+        listener: Listener<T>,
+    ) -> Subscription {
         let task = napi::bindgen_prelude::spawn(async move {
-            loop {
-                match progress.recv().await {
-                    Ok(value) => {
-                        if !notify(&listener, value) {
-                            break; // the environment is gone
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => break,
+            let mut values = std::pin::pin!(mailsync::ffi::broadcast_stream(values));
+            while let Some(value) = values.next().await {
+                if !notify(&listener, value) {
+                    break; // the environment is gone
                 }
             }
         });

@@ -4,8 +4,8 @@
 // progress, start/stop (against the local stack); EngineOptions and argument
 // checks, and what keeps the process alive (in memory).
 //
-// Each stack test connects its own account (sync13, sync14, sync16, sync17,
-// sync19) and delivers its own mail (tests/stack/bin/deliver) with a unique
+// Each stack test connects its own account (sync13, sync14, sync15, sync16,
+// sync17, sync19) and delivers its own mail (tests/stack/bin/deliver) with a unique
 // subject prefix: INBOXes keep mail across runs (and may get mail from other
 // suites), so mailboxes take in mail received from 2 s before they were
 // created, and the assertions look at this test's messages only.
@@ -295,6 +295,47 @@ test('(d) progress values arrive while a started engine syncs; stop() ends it', 
   const [row] = (await engine.status()).filter((s) => s.mailboxId === mailbox.id);
   assert.ok(row.cursor.lastCycleAt instanceof Date);
   assert.ok(row.nextDue instanceof Date);
+});
+
+test('reports: the listener gets the CycleReport of each cycle, the one runOnce returns', opts, async (t) => {
+  const email = 'sync15@example.test';
+  const { env, mailbox } = await enabled(t, email);
+  const prefix = unique('node-engine-reports');
+  await deliver(email, 3, prefix);
+  const sink = new PlainSink();
+  const engine = new Engine(env.sync, sink, defaultEngineOptions());
+  await rejectsWith(() => engine.reports('not a function'), 'validation', 'listener');
+  const reports = [];
+  let arrived = () => {};
+  const subscription = engine.reports((report) => {
+    reports.push(report);
+    arrived();
+  });
+  assert.ok(subscription instanceof Subscription);
+  const count = (n) => within(10_000, new Promise((resolve) => {
+    const check = () => (reports.length >= n ? resolve() : (arrived = check));
+    check();
+  }), `${n} reports`);
+
+  const report = await engine.runOnce(mailbox.id);
+  assert.equal(report.errorCode, undefined, report.errorMessage);
+  await count(1);
+  assert.deepEqual(reports[0], report); // every field: counts, bytes, duration, errors
+  assert.deepEqual([reports[0].mailboxId, reports[0].email], [mailbox.id, email]);
+  assert.equal(mine(sink.handed, prefix).length, 3);
+  assert.ok(reports[0].delivered >= 3 && reports[0].delivered === sink.handed.length, JSON.stringify(reports[0]));
+  assert.equal(reports[0].bytes, sink.handed.reduce((n, m) => n + m.raw.length, 0));
+
+  // One report per cycle, in order.
+  const again = await engine.runOnce(mailbox.id);
+  await count(2);
+  assert.deepEqual(reports[1], again);
+
+  // Cancelled: the next cycle is not reported.
+  subscription.cancel();
+  await engine.runOnce(mailbox.id);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  assert.equal(reports.length, 2);
 });
 
 test('(e) EngineOptions and sinks are checked: validation naming the field', async () => {

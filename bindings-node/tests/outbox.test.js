@@ -4,14 +4,19 @@
 // engine run sends the host's message through Postfix; the host sees `sent`
 // with the Message-ID, and the message is read back from the recipient's
 // INBOX over IMAP. A sender other than the mailbox's address never leaves:
-// the host sees `failed` with `sender_not_allowed`. Senders: sync17 (plain),
-// sync18 (async); recipient: sync20.
+// the host sees `failed` with `sender_not_allowed`; fixed and handed to
+// `engine.resend`, it goes out with the Message-ID it was given.
+// `Engine.withOwner` names the leases (read from the SQLite file while the
+// engine holds one); `engine.seedOutgoing()` makes an outbox-only mailbox due.
+// Senders: sync17 (plain), sync18 (async), sync11 (resend), sync12 (withOwner),
+// sync09 (seedOutgoing); recipient: sync20.
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const tls = require('node:tls');
-const { mailsync } = require('./helpers');
+const { execFileSync } = require('node:child_process');
+const { mailsync, rejectsWith } = require('./helpers');
 const { needsStack, setup, connected } = require('./stack');
 const { Engine, MailsyncError, defaultEngineOptions } = mailsync;
 
@@ -19,12 +24,13 @@ const opts = needsStack();
 const RECIPIENT = 'sync20@example.test';
 const unique = (prefix) => `${prefix}-${crypto.randomUUID().slice(0, 12)}`;
 
-/** A connected, tested and enabled mailbox for `email`. */
-async function enabled(t, email) {
+/** A connected, tested and enabled mailbox for `email` (fields of `extra` replaced). */
+async function enabled(t, email, extra = {}) {
   const env = await setup(t);
   const { mailbox } = await connected(env, email, undefined, {
     incomingFilter: 'all',
     processEmailReceivedAfter: new Date(Date.now() - 2000),
+    ...extra,
   });
   const report = await env.sync.checks.testAndEnable(mailbox.id, { sendTestMessage: false });
   assert.equal(report.outcome, 'success', JSON.stringify(report, null, 1));
@@ -221,4 +227,134 @@ test('Engine.withOutbox checks the outbox, and a pending that throws fails the o
   const report = await Engine.withOutbox(env.sync, noSink, broken).runOnce(mailbox.id);
   assert.equal(report.outgoingErrorCode, 'sink_failed');
   assert.match(report.outgoingErrorMessage, /the CRM is down/);
+});
+
+/**
+ * [kind, owner] of the leases held on a mailbox, read from the SQLite file as
+ * an operator would (`mailsync workers` lists the same rows). Node 20 has no
+ * SQLite module: python3's, which the stack runs on anyway.
+ */
+function leases(db, mailboxId) {
+  const script = [
+    'import json, sqlite3, sys',
+    'db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)',
+    'rows = db.execute("SELECT kind, owner FROM leases WHERE mailbox_id = ? ORDER BY kind", (sys.argv[2],))',
+    'print(json.dumps(rows.fetchall()))',
+  ].join('\n');
+  return JSON.parse(execFileSync('python3', ['-c', script, db, mailboxId], { encoding: 'utf8' }));
+}
+
+test('engine.resend sends a failed message again, with the Message-ID it was given', opts, async (t) => {
+  const sender = 'sync11@example.test';
+  const { env, mailbox } = await enabled(t, sender);
+  const tag = unique('node-resend');
+  const forged = composed('crm-r', [RECIPIENT], `${tag} resent`, 'Sent on the second try.\n', { name: 'CEO', address: 'ceo@example.test' });
+  const fixed = composed('crm-r', [RECIPIENT], `${tag} resent`, 'Sent on the second try.\n');
+  const outbox = new PlainOutbox(forged);
+  const engine = Engine.withOutbox(env.sync, noSink, outbox);
+
+  const first = await engine.runOnce(mailbox.id);
+  assert.deepEqual([first.sent, first.sendFailed], [0, 1]);
+  const failed = outbox.reports.at(-1);
+  assert.equal(failed.outcome.outcome, 'failed', JSON.stringify(failed));
+  assert.equal(failed.outcome.code, 'sender_not_allowed');
+  const { messageId } = failed;
+  assert.ok(messageId && !messageId.includes('<'), messageId);
+
+  // Fixed by the host but not handed to resend: reported failed again, never sent by itself.
+  outbox.queue.push(fixed);
+  const still = await engine.runOnce(mailbox.id);
+  assert.equal(still.sent, 0);
+  const again = outbox.reports.at(-1);
+  assert.deepEqual([again.id, again.messageId, again.outcome.outcome], ['crm-r', messageId, 'failed']);
+
+  // resend: back to pending; the next cycle sends it with its Message-ID.
+  outbox.queue.push(fixed);
+  assert.equal(await engine.resend(mailbox.id, 'crm-r'), undefined);
+  const report = await engine.runOnce(mailbox.id);
+  assert.deepEqual([report.sent, report.sendFailed, report.outgoingErrorCode ?? null], [1, 0, null]);
+  const sent = outbox.reports.at(-1);
+  assert.deepEqual([sent.id, sent.messageId, sent.outcome.outcome], ['crm-r', messageId, 'sent']);
+  assert.deepEqual(outbox.queue, []);
+  const raw = (await imapFind(env.stack, RECIPIENT, messageId)).toString('utf8');
+  assert.match(raw, new RegExp(`^Subject: ${tag} resent\\r$`, 'm'));
+  assert.match(raw, new RegExp(`^From: .*${sender}`, 'mi'));
+
+  // A sent message is never sent again; an unknown id is not found; arguments are checked.
+  await rejectsWith(engine.resend(mailbox.id, 'crm-r'), 'validation', 'id');
+  await rejectsWith(engine.resend(mailbox.id, 'crm-none'), 'not_found');
+  await rejectsWith(engine.resend(mailbox.id, 5), 'validation', 'id');
+  await rejectsWith(engine.resend(5, 'crm-r'), 'validation', 'mailbox');
+});
+
+test('Engine.withOwner names the leases and takes an optional outbox', opts, async (t) => {
+  const { env, mailbox } = await enabled(t, 'sync12@example.test');
+  const owner = 'crm-worker-7';
+  const seen = [];
+  class Watching extends PlainOutbox {
+    pending(mailboxId, limit) {
+      seen.push(leases(env.db, mailboxId)); // while the engine holds the send lease
+      return super.pending(mailboxId, limit);
+    }
+  }
+  const outbox = new Watching();
+  const engine = Engine.withOwner(env.sync, noSink, defaultEngineOptions(), owner, outbox);
+  assert.ok(engine instanceof Engine);
+  assert.equal(engine.owner, owner);
+  assert.deepEqual(engine.options, defaultEngineOptions());
+  const report = await engine.runOnce(mailbox.id);
+  assert.equal(report.errorCode ?? report.outgoingErrorCode ?? null, null, JSON.stringify(report));
+  assert.deepEqual(outbox.asked, [[mailbox.id, defaultEngineOptions().sendsPerCycle]]); // the outbox is used
+  assert.equal(seen.length, 1);
+  assert.ok(seen[0].some(([kind, who]) => kind === 'send' && who === owner), JSON.stringify(seen));
+  assert.ok(seen[0].every(([, who]) => who === owner), JSON.stringify(seen));
+  for (const deadline = Date.now() + 10_000; leases(env.db, mailbox.id).length > 0;) { // given back
+    assert.ok(Date.now() < deadline, JSON.stringify(leases(env.db, mailbox.id)));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+
+  // Without an outbox (and with the default options): no outgoing cycle.
+  const bare = Engine.withOwner(env.sync, noSink, null, 'crm-worker-8');
+  assert.equal(bare.owner, 'crm-worker-8');
+  assert.deepEqual(bare.options, defaultEngineOptions());
+  const plain = await bare.runOnce(mailbox.id);
+  assert.equal(plain.errorCode ?? null, null, plain.errorMessage);
+  assert.equal(plain.sent, 0);
+  assert.equal(outbox.asked.length, 1);
+
+  // The others are named by the engine; an empty name and bad arguments are refused.
+  assert.match(new Engine(env.sync, noSink).owner, /^engine-/);
+  await rejectsWith(() => Engine.withOwner(env.sync, noSink, null, '  ', outbox), 'validation', 'owner');
+  await rejectsWith(() => Engine.withOwner(env.sync, noSink, null, 5), 'validation', 'owner');
+  await rejectsWith(() => Engine.withOwner(env.sync, noSink, null, owner, 42), 'validation', 'outbox');
+  await rejectsWith(() => Engine.withOwner(env.sync, noSink, null, owner, { pending: () => [] }), 'validation', 'outbox.report');
+});
+
+test('engine.seedOutgoing makes an outbox-only mailbox due', opts, async (t) => {
+  const { env, mailbox } = await enabled(t, 'sync09@example.test', { incomingDelivery: 'none' });
+  const tag = unique('node-seed');
+  const outbox = new PlainOutbox(composed('crm-s', [RECIPIENT], `${tag} seeded`, 'Sent by a scheduled cycle.\n'));
+  const engine = Engine.withOutbox(env.sync, noSink, outbox);
+  const row = async () => (await engine.status()).find((s) => s.mailboxId === mailbox.id);
+
+  // Enabled, but with no incoming cycle nothing ever scheduled its outgoing mail.
+  const before = await row();
+  assert.equal(before.outgoing.status, 'enabled');
+  assert.deepEqual([before.outbox ?? null, before.nextSendDue ?? null, before.nextDue ?? null], [null, null, null]);
+
+  // An engine without an outbox seeds nothing.
+  assert.equal(await new Engine(env.sync, noSink).seedOutgoing(), undefined);
+  assert.equal((await row()).nextSendDue ?? null, null);
+
+  assert.equal(await engine.seedOutgoing(), undefined);
+  const seeded = await row();
+  assert.equal(seeded.outbox.mailboxId, mailbox.id);
+  assert.ok(seeded.nextSendDue instanceof Date && seeded.nextSendDue <= new Date(), String(seeded.nextSendDue));
+  assert.deepEqual(outbox.asked, []); // scheduled, not sent
+
+  // Due: the next scheduled run sends its mail.
+  const reports = (await engine.runDue()).filter((r) => r.mailboxId === mailbox.id);
+  assert.deepEqual(reports.map((r) => [r.sent, r.outgoingErrorCode ?? null]), [[1, null]], JSON.stringify(reports));
+  assert.equal(outbox.reports.at(-1).outcome.outcome, 'sent');
+  assert.ok((await row()).nextSendDue > new Date());
 });

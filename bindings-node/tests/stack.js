@@ -49,14 +49,16 @@ function options(extra = {}) {
 }
 
 /**
- * A fresh store subscribed to every event, with the stack's Gmail app (client
- * `client`), an IMAP+SMTP(STARTTLS) default profile and a POP3+SMTP(TLS) profile.
+ * A fresh store (its SQLite file: `db`) subscribed to every event, with the
+ * stack's Gmail app (client `client`), an IMAP+SMTP(STARTTLS) default profile
+ * and a POP3+SMTP(TLS) profile.
  */
 async function setup(t, client = 'web') {
   const s = stack();
   const c = s.oauth.clients[client];
   const events = recorder();
-  const sync = await MailSync.open({ kind: 'sqlite', path: tempDb(t) }, options());
+  const db = tempDb(t);
+  const sync = await MailSync.open({ kind: 'sqlite', path: db }, options());
   t.after(() => sync.close());
   await sync.subscribe(null, events.listener);
   const app = appWithTestUsers(
@@ -73,7 +75,7 @@ async function setup(t, client = 'web') {
     incoming: { protocol: 'pop3', endpoint: { host: s.pop3.host, port: s.pop3.tls_port, security: 'tls' } },
     outgoing: { host: s.smtp.host, port: s.smtp.tls_port, security: 'tls' },
   });
-  return { stack: s, client, sync, events, imap, pop3 };
+  return { stack: s, client, db, sync, events, imap, pop3 };
 }
 
 /** Walks the provider's consent pages; resolves with the redirect URL. */

@@ -6,8 +6,10 @@
 //! addresses)`; each a plain or a coroutine function, called through
 //! host.rs (asyncio flavour: on the event loop the engine was created on).
 //! A method the object lacks (or sets to None) is the trait's default.
-//! The outbox (`Engine.with_outbox`) is any object with
+//! The outbox (`Engine.with_outbox`, `Engine.with_owner`) is any object with
 //! `pending(mailbox_id, limit)` and `report(report)`, called the same way.
+//! Progress and cycle reports reach a host callback through host.rs as
+//! events do.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,14 +20,14 @@ use futures::future::Shared;
 use mailsync::model::MailboxId;
 use mailsync::sync::{
     CycleReport, DeliveryOutcome, EngineOptions, IncomingMessage, MessageSink, Outbox,
-    OutgoingMessage, SendReport, SyncProgress, SyncStatus,
+    OutgoingMessage, SendReport, SyncStatus,
 };
 use mailsync::{Error, ErrorCode};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use pyo3_stub_gen::derive::{gen_stub_pyclass, gen_stub_pymethods};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use crate::errors::to_py_err;
@@ -186,12 +188,14 @@ impl Outbox for HostOutbox {
     }
 }
 
-/// An engine over `sync` with the host's sink and (optionally) outbox.
+/// An engine over `sync` with the host's sink, (optionally) outbox and
+/// (optionally) the name its leases carry.
 fn make_engine(
     sync: mailsync::MailSync,
     sink: &Bound<'_, PyAny>,
     outbox: Option<&Bound<'_, PyAny>>,
     options: EngineOptions,
+    owner: Option<String>,
     event_loop: &Arc<Option<Py<PyAny>>>,
 ) -> PyResult<mailsync::Engine> {
     let sink = sink_of(sink, event_loop)?;
@@ -199,11 +203,39 @@ fn make_engine(
         Some(outbox) => Some(Arc::new(HostOutbox::new(outbox, event_loop.clone())?)),
         None => None,
     };
-    mailsync::ffi::guard(|| match outbox {
-        Some(outbox) => mailsync::Engine::with_outbox(sync, sink, outbox, options),
-        None => mailsync::Engine::new(sync, sink, options),
+    mailsync::ffi::guard(|| match (outbox, owner) {
+        (outbox, Some(owner)) => mailsync::Engine::with_parts(sync, sink, outbox, options, owner),
+        (Some(outbox), None) => mailsync::Engine::with_outbox(sync, sink, outbox, options),
+        (None, None) => mailsync::Engine::new(sync, sink, options),
     })
     .map_err(to_py_err)
+}
+
+/// Calls `callback` with each value of `items` (on the engine's event loop,
+/// or a runtime thread), in a task `close()` ends; the `Subscription` that
+/// cancels it.
+fn subscribe_callback<T>(
+    items: impl futures::Stream<Item = T> + Send + 'static,
+    callback: Bound<'_, PyAny>,
+    takes: &str,
+    event_loop: &Arc<Option<Py<PyAny>>>,
+    tasks: &Mutex<Vec<AbortHandle>>,
+) -> PyResult<Subscription>
+where
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    if !callback.is_callable() {
+        return Err(PyTypeError::new_err(format!(
+            "callback must be callable (taking one {takes})"
+        )));
+    }
+    let delivery = host::deliver_each(items, Arc::new(callback.unbind()), event_loop.clone());
+    let task = spawn(delivery)?.abort_handle();
+    tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(task.clone());
+    Ok(Subscription(task))
 }
 
 /// Test hook: a sink written in Rust that keeps each message's bytes by
@@ -300,21 +332,6 @@ impl Running {
     }
 }
 
-/// Progress as a stream; a callback that falls behind skips values.
-fn progress_stream(
-    rx: broadcast::Receiver<SyncProgress>,
-) -> impl futures::Stream<Item = SyncProgress> + Send {
-    futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(progress) => return Some((progress, rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-}
-
 /// One flavour: `Engine` and `EngineHandle`.
 macro_rules! flavour {
     ($module:ident, $run:ident, $out:ident, $event_loop:ident,
@@ -356,7 +373,7 @@ macro_rules! flavour {
                     options: EngineOptions,
                 ) -> PyResult<Self> {
                     let event_loop = Arc::new($event_loop(py)?);
-                    let inner = make_engine(sync.inner.clone(), &sink, None, options, &event_loop)?;
+                    let inner = make_engine(sync.inner.clone(), &sink, None, options, None, &event_loop)?;
                     Ok(Engine { inner, event_loop, tasks: sync.subscriptions.clone() })
                 }
 
@@ -380,7 +397,30 @@ macro_rules! flavour {
                     options: EngineOptions,
                 ) -> PyResult<Self> {
                     let event_loop = Arc::new($event_loop(py)?);
-                    let inner = make_engine(sync.inner.clone(), &sink, Some(&outbox), options, &event_loop)?;
+                    let inner = make_engine(sync.inner.clone(), &sink, Some(&outbox), options, None, &event_loop)?;
+                    Ok(Engine { inner, event_loop, tasks: sync.subscriptions.clone() })
+                }
+
+                /// An engine whose leases carry the name `owner` (e.g.
+                /// `host:pid`; the others get `engine-<uuid>`), and that sends
+                /// the mail of `outbox` when one is given (as `with_outbox`).
+                /// Each engine must have a name of its own: two engines with one
+                /// name count as one holder. ValidationError for bad options or
+                /// an empty name (field `owner`). `sink` as for the constructor.
+                #[staticmethod]
+                #[pyo3(signature = (sync, sink, options, owner, outbox = None))]
+                fn with_owner(
+                    py: Python<'_>,
+                    sync: PyRef<'_, MailSync>,
+                    #[gen_stub(override_type(type_repr = "typing.Any", imports = ("typing")))]
+                    sink: Bound<'_, PyAny>,
+                    options: EngineOptions,
+                    owner: String,
+                    #[gen_stub(override_type(type_repr = "typing.Any", imports = ("typing")))]
+                    outbox: Option<Bound<'_, PyAny>>,
+                ) -> PyResult<Self> {
+                    let event_loop = Arc::new($event_loop(py)?);
+                    let inner = make_engine(sync.inner.clone(), &sink, outbox.as_ref(), options, Some(owner), &event_loop)?;
                     Ok(Engine { inner, event_loop, tasks: sync.subscriptions.clone() })
                 }
 
@@ -388,6 +428,12 @@ macro_rules! flavour {
                 #[getter]
                 fn options(&self) -> EngineOptions {
                     self.inner.options().clone()
+                }
+
+                /// The name this engine's leases carry.
+                #[getter]
+                fn owner(&self) -> String {
+                    self.inner.owner().to_owned()
                 }
 
                 /// Syncs one mailbox now, whatever its schedule: its incoming
@@ -420,6 +466,29 @@ macro_rules! flavour {
                     $run(py, async move { engine.status().await })
                 }
 
+                /// Sends again a message of the outbox whose fate was `unknown`
+                /// (or that `failed`), with the same Message-ID: its record goes
+                /// back to pending, and the next outgoing cycle sends it if the
+                /// outbox still returns it from `pending`. ConflictError while
+                /// the mailbox's mail is being sent; ValidationError for a
+                /// message that was sent (never sent twice) or is not waiting
+                /// for the host; NotFoundError for an id the engine never saw.
+                fn resend(&self, py: Python<'_>, mailbox: MailboxId, id: String) -> PyResult<$out<()>> {
+                    let engine = self.inner.clone();
+                    $run(py, async move { engine.resend(&mailbox, &id).await })
+                }
+
+                /// Starts the outgoing schedule of every mailbox that sends
+                /// through server-side sync, has its outgoing direction enabled
+                /// and never had an outgoing cycle, so that it is due now (an
+                /// outbox-only mailbox has no incoming cycle to start it).
+                /// `run_due` and `start` do this themselves; nothing without an
+                /// outbox.
+                fn seed_outgoing(&self, py: Python<'_>) -> PyResult<$out<()>> {
+                    let engine = self.inner.clone();
+                    $run(py, async move { engine.seed_outgoing().await })
+                }
+
                 /// Calls `callback(progress)` with each `SyncProgress` of the
                 /// cycles that run from now on, one at a time (a callback that
                 /// falls behind skips values); like `MailSync.subscribe`. Ends
@@ -429,14 +498,22 @@ macro_rules! flavour {
                     #[gen_stub(override_type(type_repr = "typing.Callable[[SyncProgress], typing.Any]", imports = ("typing")))]
                     callback: Bound<'_, PyAny>,
                 ) -> PyResult<Subscription> {
-                    if !callback.is_callable() {
-                        return Err(PyTypeError::new_err("callback must be callable (taking one SyncProgress)"));
-                    }
-                    let items = progress_stream(self.inner.progress());
-                    let delivery = host::deliver_each(items, Arc::new(callback.unbind()), self.event_loop.clone());
-                    let task = spawn(delivery)?.abort_handle();
-                    self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task.clone());
-                    Ok(Subscription(task))
+                    let items = mailsync::ffi::broadcast_stream(self.inner.progress());
+                    subscribe_callback(items, callback, "SyncProgress", &self.event_loop, &self.tasks)
+                }
+
+                /// Calls `callback(report)` with the `CycleReport` of every cycle
+                /// this engine ends from now on (`run_once`, `run_due` and the
+                /// cycles of `start`, which hands out no reports otherwise), one
+                /// at a time (a callback that falls behind skips reports); like
+                /// `progress`. Ends with `cancel()` or when the MailSync is closed.
+                fn reports(
+                    &self,
+                    #[gen_stub(override_type(type_repr = "typing.Callable[[CycleReport], typing.Any]", imports = ("typing")))]
+                    callback: Bound<'_, PyAny>,
+                ) -> PyResult<Subscription> {
+                    let items = mailsync::ffi::broadcast_stream(self.inner.reports());
+                    subscribe_callback(items, callback, "CycleReport", &self.event_loop, &self.tasks)
                 }
 
                 fn __repr__(&self) -> String {
@@ -468,7 +545,7 @@ flavour!(
     running_loop,
     "Engine",
     "EngineHandle",
-    "The sync engine (asyncio): new mail of each enabled mailbox into the host's sink. Create it inside a running event loop: the sink's methods and progress callbacks run on that loop.",
+    "The sync engine (asyncio): new mail of each enabled mailbox into the host's sink. Create it inside a running event loop: the sink's and outbox's methods and the progress and reports callbacks run on that loop.",
     "A started engine (`Engine.start`): `await handle.stop()`. Dropping the last reference stops it too."
 );
 flavour!(
@@ -478,6 +555,6 @@ flavour!(
     no_loop,
     "BlockingEngine",
     "BlockingEngineHandle",
-    "The blocking twin of `Engine` (`mailsync.blocking.Engine`): the same methods as plain calls. The sink's methods and progress callbacks run on a runtime thread (a coroutine they return is run with `asyncio.run`).",
+    "The blocking twin of `Engine` (`mailsync.blocking.Engine`): the same methods as plain calls. The sink's and outbox's methods and the progress and reports callbacks run on a runtime thread (a coroutine they return is run with `asyncio.run`).",
     "A started engine (`BlockingEngine.start`): `handle.stop()`. Dropping the last reference stops it too."
 );

@@ -305,11 +305,11 @@ impl AbortOnCancel {
 /// thread; a no-op once the interpreter is exiting or the loop is closed.
 fn complete<T>(event_loop: Py<PyAny>, future: Py<PyAny>, outcome: Result<T, Error>)
 where
-    T: for<'a> IntoPyObject<'a>,
+    T: for<'a> IntoPyObject<'a> + 'static,
 {
     let _ = catch_unwind(AssertUnwindSafe(move || {
         with_python(move |py| {
-            let (ok, value) = match outcome.map(|value| value.into_py_any(py)) {
+            let (ok, value) = match outcome.map(|value| result_value(py, value)) {
                 Ok(Ok(value)) => (true, value),
                 Ok(Err(err)) => (false, err.into_value(py).into_any()),
                 Err(err) => (false, to_py_err(err).into_value(py).into_any()),
@@ -322,6 +322,19 @@ where
             );
         });
     }));
+}
+
+/// What an awaitable resolves to: the value, or `None` for an operation
+/// without a result (`()`), as its blocking twin returns (pyo3 would make
+/// `()` an empty tuple).
+fn result_value<T>(py: Python<'_>, value: T) -> PyResult<Py<PyAny>>
+where
+    T: for<'a> IntoPyObject<'a> + 'static,
+{
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<()>() {
+        return Ok(py.None());
+    }
+    value.into_py_any(py)
 }
 
 /// An asyncio future resolving to a `T` (typed `typing.Awaitable[T]` in the stub).

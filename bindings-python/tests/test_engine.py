@@ -211,6 +211,50 @@ def test_a_real_sync_hands_every_message_once_with_its_fields(stack, tmp_path, n
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("name", FLAVOURS)
+def test_reports_calls_back_with_the_report_of_each_cycle(stack, tmp_path, name):
+    """`Engine.reports(callback)` hands the callback each cycle's
+    CycleReport: the very report `run_once` returns (mailbox, counts), one
+    per cycle, in order, until the subscription is cancelled."""
+
+    async def main():
+        env = await Env(stack, FLAVOURS[name], tmp_path / "m.db").open()
+        address = {"async": "sync13@example.test", "blocking": "sync14@example.test"}[name]
+        mailbox = await enabled(env, address)
+        prefix = unique("engine-reports")
+        deliver(address, 3, prefix)
+        sink = PlainSink()
+        engine = ENGINES[name](env.sync, sink, mailsync.default_engine_options())
+        with pytest.raises(TypeError, match="CycleReport"):
+            engine.reports(42)
+        reports = Recorder(skip_snapshots=False)
+        subscription = engine.reports(reports)
+        assert isinstance(subscription, mailsync.Subscription)
+
+        report = await call(engine, "run_once", mailbox.id)
+        assert report.error_code is None, report.error_message
+        [got] = await reports.wait(1)
+        assert isinstance(got, mailsync.CycleReport)
+        assert got == report  # every field: counts, bytes, duration, errors
+        assert (got.mailbox_id, got.email) == (mailbox.id, address)
+        assert got.delivered == len(sink.handed) >= 3 and len(mine(sink.handed, prefix)) == 3
+        assert got.bytes == sum(len(m.raw) for m in sink.handed) > 0
+
+        # One report per cycle, in order.
+        again = await call(engine, "run_once", mailbox.id)
+        events = await reports.wait(2)
+        assert events[1] == again and events[1] is not events[0]
+
+        # Cancelled: the next cycle is not reported.
+        subscription.cancel()
+        await call(engine, "run_once", mailbox.id)
+        await asyncio.sleep(0.5)
+        assert len(reports.events) == 2
+        await call(env.sync, "close")
+
+    asyncio.run(main())
+
+
 class Returns:
     """A sink answer instead of the outcomes."""
 

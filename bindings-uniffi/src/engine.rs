@@ -1,5 +1,6 @@
 //! The sync engine ([`Engine`], [`EngineHandle`]) and the adapters of the
-//! host's [`MessageSink`], [`Outbox`] and [`ProgressListener`].
+//! host's [`MessageSink`], [`Outbox`], [`ProgressListener`] and
+//! [`ReportListener`].
 //!
 //! The sink and the outbox are foreign traits with plain (blocking)
 //! methods, called on a blocking thread of the runtime, never a worker: they
@@ -189,6 +190,16 @@ pub trait ProgressListener: Send + Sync {
     fn on_progress(&self, progress: SyncProgress) -> Result<(), ListenerError>;
 }
 
+/// Receives the [`CycleReport`] of every cycle an engine ends, like a
+/// [`ProgressListener`]: on a library thread, one report at a time, in
+/// order; a listener that falls behind skips reports. An exception it
+/// throws loses that report only.
+#[uniffi::export(with_foreign)]
+pub trait ReportListener: Send + Sync {
+    /// One cycle's report.
+    fn on_report(&self, report: CycleReport) -> Result<(), ListenerError>;
+}
+
 /// The engine's defaults, to change fields of.
 #[uniffi::export]
 pub fn default_engine_options() -> EngineOptions {
@@ -249,9 +260,41 @@ impl Engine {
         }))
     }
 
+    /// An engine whose leases carry the name `owner` (e.g. `host:pid`; the
+    /// others get `engine-<uuid>`), and that sends the mail of `outbox` when
+    /// one is given (as [`Engine::with_outbox`]). Each engine must have a
+    /// name of its own: two engines with one name count as one holder.
+    /// `validation` for bad options or an empty name (field `owner`).
+    #[uniffi::constructor(default(outbox = None))]
+    pub fn with_owner(
+        sync: Arc<MailSync>,
+        sink: Arc<dyn MessageSink>,
+        options: EngineOptions,
+        owner: String,
+        outbox: Option<Arc<dyn Outbox>>,
+    ) -> Result<Arc<Self>> {
+        let core = sync.core.clone();
+        let inner = mailsync::ffi::guard(|| {
+            let outbox: Option<Arc<dyn mailsync::sync::Outbox>> = match outbox {
+                Some(outbox) => Some(Arc::new(HostOutbox(outbox))),
+                None => None,
+            };
+            mailsync::Engine::with_parts(core, Arc::new(HostSink(sink)), outbox, options, owner)
+        })?;
+        Ok(Arc::new(Engine {
+            inner,
+            tasks: sync.tasks.clone(),
+        }))
+    }
+
     /// The options.
     pub fn options(&self) -> EngineOptions {
         self.inner.options().clone()
+    }
+
+    /// The name this engine's leases carry.
+    pub fn owner(&self) -> String {
+        self.inner.owner().to_owned()
     }
 
     /// Syncs one mailbox now, whatever its schedule: its incoming mail, then
@@ -298,20 +341,56 @@ impl Engine {
         run(async move { engine.status().await }).await
     }
 
+    /// Sends again a message of the outbox whose fate was `Unknown` (or that
+    /// `Failed`), with the same Message-ID: its record goes back to pending,
+    /// and the next outgoing cycle sends it if the outbox still returns it
+    /// from `pending`. `conflict` while the mailbox's mail is being sent;
+    /// `validation` for a message that was sent (never sent twice) or is not
+    /// waiting for the host; `not_found` for an id the engine never saw.
+    pub async fn resend(&self, mailbox: MailboxId, id: String) -> Result<()> {
+        let engine = self.inner.clone();
+        run(async move { engine.resend(&mailbox, &id).await }).await
+    }
+
+    /// Starts the outgoing schedule of every mailbox that sends through
+    /// server-side sync, has its outgoing direction enabled and never had an
+    /// outgoing cycle, so that it is due now (an outbox-only mailbox has no
+    /// incoming cycle to start it). `runDue` and `start` do this themselves;
+    /// nothing without an outbox.
+    pub async fn seed_outgoing(&self) -> Result<()> {
+        let engine = self.inner.clone();
+        run(async move { engine.seed_outgoing().await }).await
+    }
+
     /// Delivers the progress of the cycles that run from now on to
     /// `listener`, until the subscription is cancelled or the `MailSync`'s
     /// store closed.
     pub fn progress(&self, listener: Arc<dyn ProgressListener>) -> Result<Arc<Subscription>> {
-        let items = futures::stream::unfold(self.inner.progress(), |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(progress) => return Some((progress, rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        });
-        let task = deliver_each(items, move |progress| listener.on_progress(progress))?;
+        self.listen(self.inner.progress(), move |progress| {
+            listener.on_progress(progress)
+        })
+    }
+
+    /// Delivers the [`CycleReport`] of every cycle this engine ends from now
+    /// on (`runOnce`, `runDue` and the cycles of `start`, which hands out no
+    /// reports otherwise) to `listener`, until the subscription is cancelled
+    /// or the `MailSync`'s store closed.
+    pub fn reports(&self, listener: Arc<dyn ReportListener>) -> Result<Arc<Subscription>> {
+        self.listen(self.inner.reports(), move |report| {
+            listener.on_report(report)
+        })
+    }
+}
+
+impl Engine {
+    /// Hands each value of a broadcast to `deliver` (see [`deliver_each`])
+    /// in a task that the subscription or closing the `MailSync` ends.
+    fn listen<T: Clone + Send + 'static>(
+        &self,
+        values: broadcast::Receiver<T>,
+        deliver: impl Fn(T) -> std::result::Result<(), ListenerError> + Send + Sync + 'static,
+    ) -> Result<Arc<Subscription>> {
+        let task = deliver_each(mailsync::ffi::broadcast_stream(values), deliver)?;
         crate::track(&self.tasks, task.abort_handle());
         Ok(Arc::new(Subscription(Mutex::new(Some(task)))))
     }

@@ -6,7 +6,7 @@
 //! [`Connections`] and [`Checks`], [`SealKey`], a [`Subscription`], the
 //! sync [`Engine`] and its [`EngineHandle`] — plus the runtime every call
 //! runs on and the adapters of the host's [`EventListener`],
-//! [`MessageSink`] and [`ProgressListener`]. The area methods and the plain
+//! [`MessageSink`], [`Outbox`], [`ProgressListener`] and [`ReportListener`]. The area methods and the plain
 //! functions are generated from the operation list in `mailsync::ffi::api`.
 //!
 //! Every async call runs as a task on this crate's multi-threaded Tokio
@@ -22,7 +22,9 @@ mailsync::uniffi_reexport_scaffolding!();
 
 mod engine;
 
-pub use engine::{Engine, EngineHandle, MessageSink, Outbox, ProgressListener, SinkError};
+pub use engine::{
+    Engine, EngineHandle, MessageSink, Outbox, ProgressListener, ReportListener, SinkError,
+};
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

@@ -3,7 +3,11 @@
 //!
 //! The capabilities come from the code: the area operations and functions
 //! every binding generates its surface from (`for_each_operation!`,
-//! `for_each_function!`), plus the objects listed in [`OBJECTS`]. Presence
+//! `for_each_function!`), the public methods of the sync engine's objects
+//! as their source declares them ([`ENGINE_OBJECTS`], read from
+//! `core/src/sync/`, so a method added there is missing from every
+//! binding until it is exposed or given a reason), plus the objects listed
+//! in [`OBJECTS`]. Presence
 //! is read from each binding's generated surface (`_native.pyi`,
 //! `index.d.ts`, the UniFFI Kotlin files) and, for the CLI, from
 //! [`CLI`]. A capability a host lacks needs a reason in [`REASONS`].
@@ -32,12 +36,11 @@ const OBJECTS: &[(&str, &[&str])] = &[
         "SealKey",
         &["generate", "from_bytes", "from_file", "load_or_create"],
     ),
-    (
-        "Engine",
-        &["new", "run_once", "run_due", "start", "status", "progress"],
-    ),
-    ("EngineHandle", &["stop"]),
 ];
+
+/// The sync engine's objects: every `pub fn` / `pub async fn` of their
+/// inherent `impl` blocks in `core/src/sync/` is a capability.
+const ENGINE_OBJECTS: &[&str] = &["Engine", "EngineHandle"];
 
 /// The CLI command for a capability (`Area.name` or `function`).
 const CLI: &[(&str, &str)] = &[
@@ -77,11 +80,24 @@ const CLI: &[(&str, &str)] = &[
     ("MailSync.open", "--db"),
     ("MailSync.close", "(every command)"),
     ("Engine.new", "sync once / run"),
+    (
+        "Engine.with_outbox",
+        "sync once / run (the CLI's outbox: send)",
+    ),
+    ("Engine.with_owner", "worker --name"),
+    ("Engine.owner", "workers (the leases' owners)"),
     ("Engine.run_once", "sync once EMAIL"),
     ("Engine.run_due", "sync once"),
     ("Engine.start", "sync run"),
     ("Engine.status", "sync status"),
     ("Engine.progress", "sync once / run (progress bar, --json)"),
+    ("Engine.reports", "worker (a line per cycle)"),
+    ("Engine.seed_outgoing", "sync once / run"),
+    ("Engine.record_mailbox_gauges", "worker --metrics"),
+    (
+        "Engine.release_leases",
+        "sync once / run (Ctrl-C), worker (SIGTERM)",
+    ),
     ("EngineHandle.stop", "sync run (Ctrl-C)"),
     ("error_codes", "error-codes"),
 ];
@@ -102,6 +118,51 @@ const REASONS: &[(&str, &str, &str)] = &[
         "Subscription.next",
         "Kotlin/Swift",
         "events arrive at the `EventListener` given to `subscribe`",
+    ),
+    (
+        "Engine.with_parts",
+        "Python",
+        "`with_owner` takes the optional outbox",
+    ),
+    (
+        "Engine.with_parts",
+        "Node",
+        "`withOwner` takes the optional outbox",
+    ),
+    (
+        "Engine.with_parts",
+        "Kotlin/Swift",
+        "`withOwner` takes the optional outbox",
+    ),
+    (
+        "Engine.record_mailbox_gauges",
+        "Python",
+        "sets gauges of the Rust `metrics` recorder, which only a Rust host installs",
+    ),
+    (
+        "Engine.record_mailbox_gauges",
+        "Node",
+        "sets gauges of the Rust `metrics` recorder, which only a Rust host installs",
+    ),
+    (
+        "Engine.record_mailbox_gauges",
+        "Kotlin/Swift",
+        "sets gauges of the Rust `metrics` recorder, which only a Rust host installs",
+    ),
+    (
+        "Engine.release_leases",
+        "Python",
+        "`EngineHandle.stop` and closing the `MailSync` release them",
+    ),
+    (
+        "Engine.release_leases",
+        "Node",
+        "`EngineHandle.stop` and closing the `MailSync` release them",
+    ),
+    (
+        "Engine.release_leases",
+        "Kotlin/Swift",
+        "`EngineHandle.stop` and closing the `MailSync` release them",
     ),
 ];
 
@@ -126,12 +187,57 @@ fn capabilities() -> Vec<String> {
     for (object, methods) in OBJECTS {
         all.extend(methods.iter().map(|m| format!("{object}.{m}")));
     }
+    all.extend(engine_methods());
     all.extend(mailsync::for_each_function!(functions));
     all
 }
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `Object.method` for every public method of the [`ENGINE_OBJECTS`], in
+/// source order (files by name): the `pub fn` / `pub async fn` lines of
+/// each `impl Object {` block (an inherent impl at the start of a line,
+/// ending at the next line that is `}`). `pub(crate)` and the like are
+/// not public.
+fn engine_methods() -> Vec<String> {
+    let dir = root().join("core/src/sync");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("core/src/sync")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    let mut by_object: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut object: Option<&str> = None;
+        for line in text.lines() {
+            if let Some(o) = ENGINE_OBJECTS
+                .iter()
+                .find(|o| line == format!("impl {o} {{"))
+            {
+                object = Some(o);
+            } else if line == "}" {
+                object = None;
+            } else if let Some(o) = object
+                && let Some(name) = word_after(line, &["    pub fn ", "    pub async fn "])
+            {
+                by_object.entry(o).or_default().push(format!("{o}.{name}"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for object in ENGINE_OBJECTS {
+        let methods = by_object.remove(object).unwrap_or_default();
+        assert!(
+            !methods.is_empty(),
+            "no public methods of {object} found in core/src/sync: has its `impl {object} {{` moved?"
+        );
+        out.extend(methods);
+    }
+    out
 }
 
 fn camel(snake: &str) -> String {

@@ -347,12 +347,17 @@ class BlockingDirectory:
 @typing.final
 class BlockingEngine:
     r"""
-    The blocking twin of `Engine` (`mailsync.blocking.Engine`): the same methods as plain calls. The sink's methods and progress callbacks run on a runtime thread (a coroutine they return is run with `asyncio.run`).
+    The blocking twin of `Engine` (`mailsync.blocking.Engine`): the same methods as plain calls. The sink's and outbox's methods and the progress and reports callbacks run on a runtime thread (a coroutine they return is run with `asyncio.run`).
     """
     @property
     def options(self) -> EngineOptions:
         r"""
         The options.
+        """
+    @property
+    def owner(self) -> builtins.str:
+        r"""
+        The name this engine's leases carry.
         """
     def __new__(cls, sync: BlockingMailSync, sink: typing.Any, options: EngineOptions) -> BlockingEngine:
         r"""
@@ -372,6 +377,24 @@ class BlockingEngine:
         falls behind skips values); like `MailSync.subscribe`. Ends
         with `cancel()` or when the MailSync is closed.
         """
+    def reports(self, callback: typing.Callable[[CycleReport], typing.Any]) -> Subscription:
+        r"""
+        Calls `callback(report)` with the `CycleReport` of every cycle
+        this engine ends from now on (`run_once`, `run_due` and the
+        cycles of `start`, which hands out no reports otherwise), one
+        at a time (a callback that falls behind skips reports); like
+        `progress`. Ends with `cancel()` or when the MailSync is closed.
+        """
+    def resend(self, mailbox: builtins.str, id: builtins.str) -> None:
+        r"""
+        Sends again a message of the outbox whose fate was `unknown`
+        (or that `failed`), with the same Message-ID: its record goes
+        back to pending, and the next outgoing cycle sends it if the
+        outbox still returns it from `pending`. ConflictError while
+        the mailbox's mail is being sent; ValidationError for a
+        message that was sent (never sent twice) or is not waiting
+        for the host; NotFoundError for an id the engine never saw.
+        """
     def run_due(self) -> builtins.list[CycleReport]:
         r"""
         Syncs every mailbox that is due now, once; one report per
@@ -384,6 +407,15 @@ class BlockingEngine:
         cycle is in the report (`error_code`, `outgoing_error_code`);
         raises only when the cycle could not start (NotEnabledError,
         TokenRevokedError, ...).
+        """
+    def seed_outgoing(self) -> None:
+        r"""
+        Starts the outgoing schedule of every mailbox that sends
+        through server-side sync, has its outgoing direction enabled
+        and never had an outgoing cycle, so that it is due now (an
+        outbox-only mailbox has no incoming cycle to start it).
+        `run_due` and `start` do this themselves; nothing without an
+        outbox.
         """
     def start(self, max_idle_secs: builtins.int) -> BlockingEngineHandle:
         r"""
@@ -407,6 +439,16 @@ class BlockingEngine:
         returning a message from `pending` until it is reported
         sent or failed: the engine never sends it twice. `sink` as
         for the constructor.
+        """
+    @staticmethod
+    def with_owner(sync: BlockingMailSync, sink: typing.Any, options: EngineOptions, owner: builtins.str, outbox: typing.Any = None) -> BlockingEngine:
+        r"""
+        An engine whose leases carry the name `owner` (e.g.
+        `host:pid`; the others get `engine-<uuid>`), and that sends
+        the mail of `outbox` when one is given (as `with_outbox`).
+        Each engine must have a name of its own: two engines with one
+        name count as one holder. ValidationError for bad options or
+        an empty name (field `owner`). `sink` as for the constructor.
         """
 
 @typing.final
@@ -1116,12 +1158,17 @@ class Endpoint:
 @typing.final
 class Engine:
     r"""
-    The sync engine (asyncio): new mail of each enabled mailbox into the host's sink. Create it inside a running event loop: the sink's methods and progress callbacks run on that loop.
+    The sync engine (asyncio): new mail of each enabled mailbox into the host's sink. Create it inside a running event loop: the sink's and outbox's methods and the progress and reports callbacks run on that loop.
     """
     @property
     def options(self) -> EngineOptions:
         r"""
         The options.
+        """
+    @property
+    def owner(self) -> builtins.str:
+        r"""
+        The name this engine's leases carry.
         """
     def __new__(cls, sync: MailSync, sink: typing.Any, options: EngineOptions) -> Engine:
         r"""
@@ -1141,6 +1188,24 @@ class Engine:
         falls behind skips values); like `MailSync.subscribe`. Ends
         with `cancel()` or when the MailSync is closed.
         """
+    def reports(self, callback: typing.Callable[[CycleReport], typing.Any]) -> Subscription:
+        r"""
+        Calls `callback(report)` with the `CycleReport` of every cycle
+        this engine ends from now on (`run_once`, `run_due` and the
+        cycles of `start`, which hands out no reports otherwise), one
+        at a time (a callback that falls behind skips reports); like
+        `progress`. Ends with `cancel()` or when the MailSync is closed.
+        """
+    def resend(self, mailbox: builtins.str, id: builtins.str) -> typing.Awaitable[None]:
+        r"""
+        Sends again a message of the outbox whose fate was `unknown`
+        (or that `failed`), with the same Message-ID: its record goes
+        back to pending, and the next outgoing cycle sends it if the
+        outbox still returns it from `pending`. ConflictError while
+        the mailbox's mail is being sent; ValidationError for a
+        message that was sent (never sent twice) or is not waiting
+        for the host; NotFoundError for an id the engine never saw.
+        """
     def run_due(self) -> typing.Awaitable[builtins.list[CycleReport]]:
         r"""
         Syncs every mailbox that is due now, once; one report per
@@ -1153,6 +1218,15 @@ class Engine:
         cycle is in the report (`error_code`, `outgoing_error_code`);
         raises only when the cycle could not start (NotEnabledError,
         TokenRevokedError, ...).
+        """
+    def seed_outgoing(self) -> typing.Awaitable[None]:
+        r"""
+        Starts the outgoing schedule of every mailbox that sends
+        through server-side sync, has its outgoing direction enabled
+        and never had an outgoing cycle, so that it is due now (an
+        outbox-only mailbox has no incoming cycle to start it).
+        `run_due` and `start` do this themselves; nothing without an
+        outbox.
         """
     def start(self, max_idle_secs: builtins.int) -> EngineHandle:
         r"""
@@ -1176,6 +1250,16 @@ class Engine:
         returning a message from `pending` until it is reported
         sent or failed: the engine never sends it twice. `sink` as
         for the constructor.
+        """
+    @staticmethod
+    def with_owner(sync: MailSync, sink: typing.Any, options: EngineOptions, owner: builtins.str, outbox: typing.Any = None) -> Engine:
+        r"""
+        An engine whose leases carry the name `owner` (e.g.
+        `host:pid`; the others get `engine-<uuid>`), and that sends
+        the mail of `outbox` when one is given (as `with_outbox`).
+        Each engine must have a name of its own: two engines with one
+        name count as one holder. ValidationError for bad options or
+        an empty name (field `owner`). `sink` as for the constructor.
         """
 
 @typing.final

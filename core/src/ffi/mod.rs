@@ -2,7 +2,8 @@
 //! `napi`, `python`): the mapping of the library's own value types (ids,
 //! [`Timestamp`], secrets) into each host language, done once per
 //! language rather than once per field, and the panic guard that keeps a
-//! Rust panic from ever crossing into a host.
+//! Rust panic from ever crossing into a host, and the stream that carries
+//! a broadcast (engine progress and reports) to a host callback.
 //!
 //! The records and enums of the public API carry their binding derives
 //! where they are defined; a binding crate adds only its runtime, its
@@ -24,6 +25,25 @@ pub mod napi;
 pub mod python;
 #[cfg(feature = "uniffi")]
 pub mod uniffi;
+
+/// The values of a broadcast receiver (the engine's `progress()` and
+/// `reports()`) as a stream, for a binding to hand to a host callback one
+/// at a time: a callback that falls behind skips the values it missed
+/// (rather than failing), and the stream ends when the sender is gone.
+pub fn broadcast_stream<T: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    use tokio::sync::broadcast::error::RecvError;
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(value) => return Some((value, rx)),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+}
 
 /// Turns a panic payload into an `internal` error naming what panicked.
 pub fn panic_error(payload: Box<dyn std::any::Any + Send>) -> Error {

@@ -4,6 +4,7 @@ import com.mailsync.api.Engine
 import com.mailsync.api.EngineHandle
 import com.mailsync.api.MessageSink
 import com.mailsync.api.ProgressListener
+import com.mailsync.api.ReportListener
 import com.mailsync.api.SinkException
 import com.mailsync.api.Subscription
 import com.mailsync.api.defaultEngineOptions
@@ -29,7 +30,7 @@ import java.util.concurrent.TimeUnit
  * The sync engine from Kotlin ("every binding" acceptance; the Python and
  * Node suites have the same cases): a Kotlin [MessageSink] fed by a real
  * sync, sink failures, the incoming filters' questions, EngineOptions
- * validation, a started engine's progress and stop().
+ * validation, a started engine's progress and stop(), each cycle's report.
  *
  * Each stack test connects its own account and delivers its own mail
  * (tests/stack/bin/deliver) with a unique subject prefix: INBOXes keep mail
@@ -137,6 +138,70 @@ class EngineTest {
                     TimeUnit.NANOSECONDS.timedWait(lock, left)
                 }
                 return list.toList()
+            }
+        }
+    }
+
+    /** Records [CycleReport]s (on a library thread) and lets a test wait for them. */
+    private class Reports : ReportListener {
+        private val lock = Object()
+        private val list = ArrayList<CycleReport>()
+
+        override fun onReport(report: CycleReport) = synchronized(lock) {
+            list.add(report)
+            lock.notifyAll()
+        }
+
+        val values: List<CycleReport> get() = synchronized(lock) { list.toList() }
+
+        fun await(n: Int, seconds: Long = 30): List<CycleReport> {
+            val deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds)
+            synchronized(lock) {
+                while (list.size < n) {
+                    val left = deadline - System.nanoTime()
+                    if (left <= 0) throw AssertionError("waited ${seconds}s for $n reports; got $list")
+                    TimeUnit.NANOSECONDS.timedWait(lock, left)
+                }
+                return list.toList()
+            }
+        }
+    }
+
+    /**
+     * `reports(listener)`: the listener gets each cycle's [CycleReport], the
+     * very report `runOnce` returns (mailbox, counts), one per cycle, in
+     * order, until the subscription is cancelled.
+     */
+    @Test
+    fun reportsHandEachCycleReportToTheListener(@TempDir dir: Path): Unit = runBlocking {
+        StackEnv(dir).use { env ->
+            val email = "sync14@example.test"
+            val box = env.enabledFromNow(email)
+            val prefix = unique("kotlin-engine-reports")
+            Stack.deliver(email, 3, prefix)
+            val sink = Store()
+            val reports = Reports()
+            Engine(env.sync, sink, defaultEngineOptions()).use { engine ->
+                val subscription: Subscription = engine.reports(reports)
+                val report = engine.runOnce(box.id)
+                assertNull(report.errorCode, report.errorMessage)
+                val got = reports.await(1).single()
+                assertEquals(report, got) // every field: counts, bytes, duration, errors
+                assertEquals(box.id to email, got.mailboxId to got.email)
+                assertEquals(3, mine(sink.snapshot(), prefix).size)
+                assertTrue(got.delivered >= 3u && got.delivered.toInt() == sink.stored, "$got")
+                assertEquals(sink.snapshot().sumOf { it.raw.size.toLong() }, got.bytes)
+
+                // One report per cycle, in order.
+                val again = engine.runOnce(box.id)
+                assertEquals(again, reports.await(2)[1])
+
+                // Cancelled: the next cycle is not reported.
+                subscription.cancel()
+                engine.runOnce(box.id)
+                kotlinx.coroutines.delay(500)
+                assertEquals(2, reports.values.size)
+                subscription.close()
             }
         }
     }

@@ -24,7 +24,11 @@ import java.util.concurrent.TimeUnit
  * Postfix; the host sees `Sent` with the Message-ID, and the message is read
  * back from the recipient's INBOX over IMAP. A sender other than the
  * mailbox's address never leaves: the host sees `Failed` with
- * `SENDER_NOT_ALLOWED`. Sender: sync19; recipient: sync17.
+ * `SENDER_NOT_ALLOWED`; fixed and handed to `resend`, it goes out with the
+ * Message-ID it was given. `Engine.withOwner` names the leases (read from
+ * the SQLite file while the engine holds one); `seedOutgoing()` makes an
+ * outbox-only mailbox due. Senders: sync19, sync13 (resend), sync10
+ * (withOwner), sync08 (seedOutgoing); recipient: sync17.
  */
 @Timeout(value = 180, unit = TimeUnit.SECONDS, threadMode = Timeout.ThreadMode.SEPARATE_THREAD)
 class OutboxTest {
@@ -147,4 +151,151 @@ class OutboxTest {
     }
 
     private fun CycleReport.isSuccessLike() = errorCode == null && outgoingErrorCode == null
+
+    /**
+     * (kind, owner) of the leases held on a mailbox, read from the SQLite
+     * file as an operator would (`mailsync workers` lists the same rows);
+     * with python3's sqlite3 (the JVM has no SQLite driver here; the stack
+     * runs on python3 anyway).
+     */
+    private fun leases(db: Path, mailbox: MailboxId): List<Pair<String, String>> {
+        val script = listOf(
+            "import sqlite3, sys",
+            "db = sqlite3.connect(f\"file:{sys.argv[1]}?mode=ro\", uri=True)",
+            "rows = db.execute(\"SELECT kind, owner FROM leases WHERE mailbox_id = ? ORDER BY kind\", (sys.argv[2],))",
+            "print(\"\\n\".join(f\"{k} {o}\" for k, o in rows))",
+        ).joinToString("\n")
+        val process = ProcessBuilder("python3", "-c", script, db.toString(), mailbox)
+            .redirectError(ProcessBuilder.Redirect.INHERIT)
+            .start()
+        val out = process.inputStream.bufferedReader().readText()
+        assertTrue(process.waitFor(30, TimeUnit.SECONDS), "python3 timed out")
+        assertEquals(0, process.exitValue(), out)
+        return out.lines().filter { it.isNotBlank() }.map { it.substringBefore(' ') to it.substringAfter(' ') }
+    }
+
+    @Test
+    fun `resend sends a failed message again with the Message-ID it was given`(@TempDir dir: Path): Unit = runBlocking {
+        StackEnv(dir).use { env ->
+            val from = "sync13@example.test"
+            val mailbox = env.enabledFromNow(from)
+            val tag = "kt-resend-${UUID.randomUUID().toString().take(12)}"
+            val forged = composed("crm-r", recipient, "$tag resent", "Sent on the second try.\n", MailAddress("CEO", "ceo@example.test"))
+            val fixed = composed("crm-r", recipient, "$tag resent", "Sent on the second try.\n")
+            val outbox = HostOutbox(forged)
+            Engine.withOutbox(env.sync, NoSink, outbox, defaultEngineOptions()).use { engine ->
+                val first = engine.runOnce(mailbox.id)
+                assertEquals(0u to 1u, first.sent to first.sendFailed)
+                val failed = outbox.reports.last()
+                assertEquals(ErrorCode.SENDER_NOT_ALLOWED, (failed.outcome as SendOutcome.Failed).code)
+                val messageId = failed.messageId
+                assertTrue(messageId.isNotEmpty() && !messageId.contains('<'), messageId)
+
+                // Fixed by the host but not handed to resend: reported failed again, never sent by itself.
+                outbox.queue.add(fixed)
+                val still = engine.runOnce(mailbox.id)
+                assertEquals(0u, still.sent)
+                val again = outbox.reports.last()
+                assertEquals("crm-r" to messageId, again.id to again.messageId)
+                assertTrue(again.outcome is SendOutcome.Failed, "$again")
+
+                // resend: back to pending; the next cycle sends it with its Message-ID.
+                outbox.queue.add(fixed)
+                engine.resend(mailbox.id, "crm-r")
+                val report = engine.runOnce(mailbox.id)
+                assertEquals(Triple(1u, 0u, null), Triple(report.sent, report.sendFailed, report.outgoingErrorCode))
+                val sent = outbox.reports.last()
+                assertEquals("crm-r" to messageId, sent.id to sent.messageId)
+                assertTrue(sent.outcome is SendOutcome.Sent, "$sent")
+                assertTrue(outbox.queue.isEmpty())
+                val raw = String(Stack.imapFind(recipient, messageId), Charsets.UTF_8)
+                val headers = raw.substringBefore("\r\n\r\n").lines().map { it.trimEnd('\r') }
+                assertTrue("Subject: $tag resent" in headers, raw)
+                assertTrue(headers.any { it.startsWith("From: ") && from in it }, raw)
+
+                // A sent message is never sent again; an unknown id is not found.
+                val e = fails<MailsyncException.Validation> { engine.resend(mailbox.id, "crm-r") }
+                assertEquals("validation" to "id", e.code to e.field)
+                fails<MailsyncException.NotFound> { engine.resend(mailbox.id, "crm-none") }
+            }
+        }
+    }
+
+    @Test
+    fun `withOwner names the leases and takes an optional outbox`(@TempDir dir: Path): Unit = runBlocking {
+        StackEnv(dir).use { env ->
+            val db = dir.resolve("mailsync.db")
+            val mailbox = env.enabledFromNow("sync10@example.test")
+            val owner = "crm-worker-7"
+            val seen = ArrayList<List<Pair<String, String>>>()
+            val inner = HostOutbox()
+            // Reads the leases while the engine holds the mailbox's send lease.
+            val watching = object : Outbox by inner {
+                override fun pending(mailbox: MailboxId, limit: UInt): List<OutgoingMessage> {
+                    synchronized(seen) { seen.add(leases(db, mailbox)) }
+                    return inner.pending(mailbox, limit)
+                }
+            }
+            val options = defaultEngineOptions()
+            Engine.withOwner(env.sync, NoSink, options, owner, watching).use { engine ->
+                assertEquals(owner, engine.owner())
+                assertEquals(options, engine.options())
+                val report = engine.runOnce(mailbox.id)
+                assertTrue(report.isSuccessLike(), "$report")
+                assertEquals(listOf(mailbox.id to options.sendsPerCycle), inner.asked) // the outbox is used
+                val held = synchronized(seen) { seen.single() }
+                assertTrue("send" to owner in held, "$held")
+                assertEquals(setOf(owner), held.map { it.second }.toSet())
+                eventually("the leases to be given back", 10) { leases(db, mailbox.id).isEmpty() }
+            }
+
+            // Without an outbox (left out): no outgoing cycle.
+            Engine.withOwner(env.sync, NoSink, options, "crm-worker-8").use { bare ->
+                assertEquals("crm-worker-8", bare.owner())
+                val report = bare.runOnce(mailbox.id)
+                assertNull(report.errorCode, report.errorMessage)
+                assertEquals(0u, report.sent)
+                assertEquals(1, inner.asked.size)
+            }
+
+            // The others are named by the engine; an empty name is refused.
+            Engine(env.sync, NoSink, options).use { assertTrue(it.owner().startsWith("engine-"), it.owner()) }
+            val e = fails<MailsyncException.Validation> { Engine.withOwner(env.sync, NoSink, options, "  ", watching).close() }
+            assertEquals("owner", e.field)
+        }
+    }
+
+    @Test
+    fun `seedOutgoing makes an outbox-only mailbox due`(@TempDir dir: Path): Unit = runBlocking {
+        StackEnv(dir).use { env ->
+            val mailbox = env.enabled("sync08@example.test") { incomingDelivery = IncomingDelivery.NONE }
+            val tag = "kt-seed-${UUID.randomUUID().toString().take(12)}"
+            val outbox = HostOutbox(composed("crm-s", recipient, "$tag seeded", "Sent by a scheduled cycle.\n"))
+            val options = defaultEngineOptions()
+            Engine.withOutbox(env.sync, NoSink, outbox, options).use { engine ->
+                suspend fun row() = engine.status().single { it.mailboxId == mailbox.id }
+
+                // Enabled, but with no incoming cycle nothing ever scheduled its outgoing mail.
+                val before = row()
+                assertTrue(before.outgoing is DirectionStatus.Enabled, "${before.outgoing}")
+                assertEquals(listOf(null, null, null), listOf(before.outbox, before.nextSendDue, before.nextDue))
+
+                // An engine without an outbox seeds nothing.
+                Engine(env.sync, NoSink, options).use { it.seedOutgoing() }
+                assertNull(row().nextSendDue)
+
+                engine.seedOutgoing()
+                val seeded = row()
+                assertEquals(mailbox.id, seeded.outbox?.mailboxId)
+                assertTrue(seeded.nextSendDue != null && !seeded.nextSendDue!!.isAfter(Instant.now()), "${seeded.nextSendDue}")
+                assertTrue(outbox.asked.isEmpty()) // scheduled, not sent
+
+                // Due: the next scheduled run sends its mail.
+                val reports = engine.runDue().filter { it.mailboxId == mailbox.id }
+                assertEquals(listOf(1u to null), reports.map { it.sent to it.outgoingErrorCode }, "$reports")
+                assertTrue(outbox.reports.last().outcome is SendOutcome.Sent)
+                assertTrue(row().nextSendDue!!.isAfter(Instant.now()))
+            }
+        }
+    }
 }

@@ -789,6 +789,9 @@ internal interface UniffiCallbackInterfaceOutboxMethod1 : com.sun.jna.Callback {
 internal interface UniffiCallbackInterfaceProgressListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`progress`: RustBufferSyncProgress.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
+internal interface UniffiCallbackInterfaceReportListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`report`: RustBufferCycleReport.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
 @Structure.FieldOrder("uniffiFree", "uniffiClone", "onEvent")
 internal open class UniffiVTableCallbackInterfaceEventListener(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
@@ -871,6 +874,25 @@ internal open class UniffiVTableCallbackInterfaceProgressListener(
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `onProgress` = other.`onProgress`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onReport")
+internal open class UniffiVTableCallbackInterfaceReportListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onReport`: UniffiCallbackInterfaceReportListenerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onReport`: UniffiCallbackInterfaceReportListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceReportListener(`uniffiFree`,`uniffiClone`,`onReport`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceReportListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onReport` = other.`onReport`
     }
 
 }
@@ -1025,11 +1047,19 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_engine_options(
     ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_engine_owner(
+    ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_engine_progress(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_engine_reports(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_engine_resend(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_engine_run_due(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_engine_run_once(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_engine_seed_outgoing(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_engine_start(
     ): Int
@@ -1049,6 +1079,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_method_progresslistener_on_progress(
     ): Int
+    external fun uniffi_mailsync_uniffi_checksum_method_reportlistener_on_report(
+    ): Int
     external fun uniffi_mailsync_uniffi_checksum_constructor_mailsync_open(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_constructor_sealkey_from_bytes(
@@ -1062,6 +1094,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_mailsync_uniffi_checksum_constructor_engine_new(
     ): Int
     external fun uniffi_mailsync_uniffi_checksum_constructor_engine_with_outbox(
+    ): Int
+    external fun uniffi_mailsync_uniffi_checksum_constructor_engine_with_owner(
     ): Int
     external fun ffi_mailsync_uniffi_uniffi_contract_version(
     ): Int
@@ -1083,6 +1117,7 @@ internal object UniffiLib {
         uniffiCallbackInterfaceMessageSink.register(this)
         uniffiCallbackInterfaceOutbox.register(this)
         uniffiCallbackInterfaceProgressListener.register(this)
+        uniffiCallbackInterfaceReportListener.register(this)
         com.mailsync.uniffiEnsureInitialized()
         
     }
@@ -1214,13 +1249,23 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_mailsync_uniffi_fn_constructor_engine_with_outbox(`sync`: Long,`sink`: Long,`outbox`: Long,`options`: RustBufferEngineOptions.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_mailsync_uniffi_fn_constructor_engine_with_owner(`sync`: Long,`sink`: Long,`options`: RustBufferEngineOptions.ByValue,`owner`: RustBuffer.ByValue,`outbox`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
     external fun uniffi_mailsync_uniffi_fn_method_engine_options(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBufferEngineOptions.ByValue
+    external fun uniffi_mailsync_uniffi_fn_method_engine_owner(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_mailsync_uniffi_fn_method_engine_progress(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_engine_reports(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_engine_resend(`ptr`: Long,`mailbox`: RustBufferMailboxId.ByValue,`id`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_mailsync_uniffi_fn_method_engine_run_due(`ptr`: Long,
     ): Long
     external fun uniffi_mailsync_uniffi_fn_method_engine_run_once(`ptr`: Long,`mailbox`: RustBufferMailboxId.ByValue,
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_method_engine_seed_outgoing(`ptr`: Long,
     ): Long
     external fun uniffi_mailsync_uniffi_fn_method_engine_start(`ptr`: Long,`maxIdleSecs`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1261,6 +1306,14 @@ internal object UniffiLib {
     external fun uniffi_mailsync_uniffi_fn_init_callback_vtable_progresslistener(`vtable`: UniffiVTableCallbackInterfaceProgressListener,
     ): Unit
     external fun uniffi_mailsync_uniffi_fn_method_progresslistener_on_progress(`ptr`: Long,`progress`: RustBufferSyncProgress.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_clone_reportlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_mailsync_uniffi_fn_free_reportlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_init_callback_vtable_reportlistener(`vtable`: UniffiVTableCallbackInterfaceReportListener,
+    ): Unit
+    external fun uniffi_mailsync_uniffi_fn_method_reportlistener_on_report(`ptr`: Long,`report`: RustBufferCycleReport.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_mailsync_uniffi_fn_func_app_ensure_may_connect(`app`: RustBufferOAuthApp.ByValue,`email`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
@@ -1616,13 +1669,25 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_options() and 0xFFFF) != 43428) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_owner() and 0xFFFF) != 61851) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_progress() and 0xFFFF) != 63468) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_reports() and 0xFFFF) != 37957) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_resend() and 0xFFFF) != 28080) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_run_due() and 0xFFFF) != 54466) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_run_once() and 0xFFFF) != 46253) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_seed_outgoing() and 0xFFFF) != 3479) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mailsync_uniffi_checksum_method_engine_start() and 0xFFFF) != 2886) {
@@ -1652,6 +1717,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_mailsync_uniffi_checksum_method_progresslistener_on_progress() and 0xFFFF) != 15838) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_mailsync_uniffi_checksum_method_reportlistener_on_report() and 0xFFFF) != 29107) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_mailsync_uniffi_checksum_constructor_mailsync_open() and 0xFFFF) != 52298) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1671,6 +1739,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_mailsync_uniffi_checksum_constructor_engine_with_outbox() and 0xFFFF) != 123) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_mailsync_uniffi_checksum_constructor_engine_with_owner() and 0xFFFF) != 1826) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -3616,11 +3687,34 @@ public interface EngineInterface {
     fun `options`(): EngineOptions
     
     /**
+     * The name this engine's leases carry.
+     */
+    fun `owner`(): kotlin.String
+    
+    /**
      * Delivers the progress of the cycles that run from now on to
      * `listener`, until the subscription is cancelled or the `MailSync`'s
      * store closed.
      */
     fun `progress`(`listener`: ProgressListener): Subscription
+    
+    /**
+     * Delivers the [`CycleReport`] of every cycle this engine ends from now
+     * on (`runOnce`, `runDue` and the cycles of `start`, which hands out no
+     * reports otherwise) to `listener`, until the subscription is cancelled
+     * or the `MailSync`'s store closed.
+     */
+    fun `reports`(`listener`: ReportListener): Subscription
+    
+    /**
+     * Sends again a message of the outbox whose fate was `Unknown` (or that
+     * `Failed`), with the same Message-ID: its record goes back to pending,
+     * and the next outgoing cycle sends it if the outbox still returns it
+     * from `pending`. `conflict` while the mailbox's mail is being sent;
+     * `validation` for a message that was sent (never sent twice) or is not
+     * waiting for the host; `not_found` for an id the engine never saw.
+     */
+    suspend fun `resend`(`mailbox`: MailboxId, `id`: kotlin.String)
     
     /**
      * Syncs every mailbox that is due now, once; one report per mailbox synced.
@@ -3634,6 +3728,15 @@ public interface EngineInterface {
      * not start (`not_enabled`, `token_revoked`, …).
      */
     suspend fun `runOnce`(`mailbox`: MailboxId): CycleReport
+    
+    /**
+     * Starts the outgoing schedule of every mailbox that sends through
+     * server-side sync, has its outgoing direction enabled and never had an
+     * outgoing cycle, so that it is due now (an outbox-only mailbox has no
+     * incoming cycle to start it). `runDue` and `start` do this themselves;
+     * nothing without an outbox.
+     */
+    suspend fun `seedOutgoing`()
     
     /**
      * Runs `runDue` until the handle is stopped or freed, or the
@@ -3789,6 +3892,22 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
 
     
     /**
+     * The name this engine's leases carry.
+     */override fun `owner`(): kotlin.String {
+            return FfiConverterString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_engine_owner(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Delivers the progress of the cycles that run from now on to
      * `listener`, until the subscription is cancelled or the `MailSync`'s
      * store closed.
@@ -3806,6 +3925,59 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
     )
     }
     
+
+    
+    /**
+     * Delivers the [`CycleReport`] of every cycle this engine ends from now
+     * on (`runOnce`, `runDue` and the cycles of `start`, which hands out no
+     * reports otherwise) to `listener`, until the subscription is cancelled
+     * or the `MailSync`'s store closed.
+     */
+    @Throws(MailsyncException::class)override fun `reports`(`listener`: ReportListener): Subscription {
+            return FfiConverterTypeSubscription.lift(
+    callWithHandle {
+    uniffiRustCallWithError(MailsyncExceptionExternalErrorHandler) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_engine_reports(
+        it,
+        
+        FfiConverterTypeReportListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Sends again a message of the outbox whose fate was `Unknown` (or that
+     * `Failed`), with the same Message-ID: its record goes back to pending,
+     * and the next outgoing cycle sends it if the outbox still returns it
+     * from `pending`. `conflict` while the mailbox's mail is being sent;
+     * `validation` for a message that was sent (never sent twice) or is not
+     * waiting for the host; `not_found` for an id the engine never saw.
+     */
+    @Throws(MailsyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `resend`(`mailbox`: MailboxId, `id`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_method_engine_resend(
+                uniffiHandle,
+                
+        FfiConverterTypeMailboxId.lower(`mailbox`),
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        MailsyncExceptionExternalErrorHandler,
+    )
+    }
 
     
     /**
@@ -3854,6 +4026,35 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeCycleReport.lift(it) },
+        // Error FFI converter
+        MailsyncExceptionExternalErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Starts the outgoing schedule of every mailbox that sends through
+     * server-side sync, has its outgoing direction enabled and never had an
+     * outgoing cycle, so that it is due now (an outbox-only mailbox has no
+     * incoming cycle to start it). `runDue` and `start` do this themselves;
+     * nothing without an outbox.
+     */
+    @Throws(MailsyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `seedOutgoing`() {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_method_engine_seed_outgoing(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_mailsync_uniffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_mailsync_uniffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
         // Error FFI converter
         MailsyncExceptionExternalErrorHandler,
     )
@@ -3926,6 +4127,30 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         FfiConverterTypeMessageSink.lower(`sink`),
         FfiConverterTypeOutbox.lower(`outbox`),
         FfiConverterTypeEngineOptions.lower(`options`),_status)
+}
+    )
+    }
+    
+
+        
+    /**
+     * An engine whose leases carry the name `owner` (e.g. `host:pid`; the
+     * others get `engine-<uuid>`), and that sends the mail of `outbox` when
+     * one is given (as [`Engine::with_outbox`]). Each engine must have a
+     * name of its own: two engines with one name count as one holder.
+     * `validation` for bad options or an empty name (field `owner`).
+     */
+    @Throws(MailsyncException::class) fun `withOwner`(`sync`: MailSync, `sink`: MessageSink, `options`: EngineOptions, `owner`: kotlin.String, `outbox`: Outbox? = null): Engine {
+            return FfiConverterTypeEngine.lift(
+    uniffiRustCallWithError(MailsyncExceptionExternalErrorHandler) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_constructor_engine_with_owner(
+    
+        
+        FfiConverterTypeMailSync.lower(`sync`),
+        FfiConverterTypeMessageSink.lower(`sink`),
+        FfiConverterTypeEngineOptions.lower(`options`),
+        FfiConverterString.lower(`owner`),
+        FfiConverterOptionalTypeOutbox.lower(`outbox`),_status)
 }
     )
     }
@@ -6257,6 +6482,341 @@ public object FfiConverterTypeProgressListener: FfiConverter<ProgressListener, L
 
 
 /**
+ * Receives the [`CycleReport`] of every cycle an engine ends, like a
+ * [`ProgressListener`]: on a library thread, one report at a time, in
+ * order; a listener that falls behind skips reports. An exception it
+ * throws loses that report only.
+ */
+public interface ReportListener {
+    
+    /**
+     * One cycle's report.
+     */
+    fun `onReport`(`report`: CycleReport)
+    
+    companion object
+}
+
+/**
+ * Receives the [`CycleReport`] of every cycle an engine ends, like a
+ * [`ProgressListener`]: on a library thread, one report at a time, in
+ * order; a listener that falls behind skips reports. An exception it
+ * throws loses that report only.
+ */
+open class ReportListenerImpl: Disposable, AutoCloseable, ReportListener
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_mailsync_uniffi_fn_free_reportlistener(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_mailsync_uniffi_fn_clone_reportlistener(handle, status)
+        }
+    }
+
+    
+    /**
+     * One cycle's report.
+     */
+    @Throws(ListenerException::class)override fun `onReport`(`report`: CycleReport)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(ListenerException) { _status ->
+    UniffiLib.uniffi_mailsync_uniffi_fn_method_reportlistener_on_report(
+        it,
+        
+        FfiConverterTypeCycleReport.lower(`report`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceReportListener {
+    internal object `onReport`: UniffiCallbackInterfaceReportListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`report`: RustBufferCycleReport.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeReportListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onReport`(
+                    FfiConverterTypeCycleReport.lift(`report`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCallWithError(
+                uniffiCallStatus,
+                makeCall,
+                writeReturn,
+                { e: ListenerException -> FfiConverterTypeListenerError.lower(e) }
+            )
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeReportListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeReportListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceReportListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onReport`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_mailsync_uniffi_fn_init_callback_vtable_reportlistener(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReportListener: FfiConverter<ReportListener, Long> {
+    internal val handleMap = UniffiHandleMap<ReportListener>()
+
+    override fun lower(value: ReportListener): Long {
+        if (value is ReportListenerImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): ReportListener {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return ReportListenerImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): ReportListener {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: ReportListener) = 8UL
+
+    override fun write(value: ReportListener, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
  * A 256-bit key that seals secrets at rest. Never shown.
  */
 public interface SealKeyInterface {
@@ -7104,6 +7664,38 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
         } else {
             buf.put(1)
             FfiConverterString.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeOutbox: FfiConverterRustBuffer<Outbox?> {
+    override fun read(buf: ByteBuffer): Outbox? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeOutbox.read(buf)
+    }
+
+    override fun allocationSize(value: Outbox?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeOutbox.allocationSize(value)
+        }
+    }
+
+    override fun write(value: Outbox?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeOutbox.write(value, buf)
         }
     }
 }
