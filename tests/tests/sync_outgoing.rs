@@ -897,9 +897,17 @@ async fn run_due_claims_a_mailbox_whose_outgoing_mail_is_due() {
         None,
         "no incoming mail and no outgoing cycle yet: not scheduled"
     );
+    let mut published = engine.reports();
     let reports = engine.run_due().await.unwrap();
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].sent, 1, "{reports:?}");
+    // The outgoing-only cycle is published too, with what it sent.
+    let report = published.try_recv().expect("a published report");
+    assert_eq!(
+        (report.mailbox_id.clone(), report.sent),
+        (env.mailbox.id.clone(), 1)
+    );
+    assert!(published.try_recv().is_err(), "one report per cycle");
     let next = store.next_due().await.unwrap().expect("scheduled now");
     assert_eq!(
         next.unix_millis(),

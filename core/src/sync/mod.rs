@@ -478,8 +478,10 @@ impl Engine {
         self.inner.progress.subscribe()
     }
 
-    /// The report of every cycle this engine ends from now on (also those
-    /// of [`Engine::start`], which hands out no reports otherwise).
+    /// The report of every cycle this engine ends from now on, both
+    /// directions counted, as [`Engine::run_once`] and [`Engine::run_due`]
+    /// return it (also those of [`Engine::start`], which hands out no
+    /// reports otherwise).
     pub fn reports(&self) -> broadcast::Receiver<CycleReport> {
         self.inner.reports.subscribe()
     }
@@ -507,7 +509,15 @@ impl Engine {
         if outgoing.is_none() {
             report.absorb_outgoing(self.send_cycle(record).await?);
         }
+        self.ended(&report);
         Ok(report)
+    }
+
+    /// A cycle ended, both directions counted: its metrics, and its report
+    /// to [`Engine::reports`].
+    fn ended(&self, report: &CycleReport) {
+        crate::metrics::cycle_ended(report);
+        let _ = self.inner.reports.send(report.clone());
     }
 
     /// Every mailbox's sync status.
@@ -630,6 +640,7 @@ impl Engine {
             }
             None => {}
         }
+        self.ended(&report);
         Ok(report)
     }
 
@@ -699,7 +710,6 @@ impl Engine {
         report.duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
         self.conclude(&mailbox, &profile, outcome, &mut report)
             .await;
-        crate::metrics::cycle_ended(&report);
         // What the cycle handled, counted as its progress events counted it.
         let handled = report.delivered
             + report.skipped
@@ -716,7 +726,6 @@ impl Engine {
             bytes_total: report.bytes,
             finished: true,
         });
-        let _ = self.inner.reports.send(report.clone());
         Ok(report)
     }
 
